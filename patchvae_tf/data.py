@@ -1,0 +1,294 @@
+"""tf.data input pipelines: synthetic shapes, TFDS datasets and image folders, scaled to [-1, 1]."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import tensorflow as tf
+from absl import logging
+
+from patchvae_tf import shapes
+from patchvae_tf.config import DataConfig
+from patchvae_tf.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+FOLDER_PREFIX = "folder:"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A resolved dataset: how to read each split, and what it holds."""
+
+    name: str
+    num_classes: int | None
+    has_masks: bool
+    # split -> callable(input_context) -> unbatched dataset of dicts with "image" (and "label").
+    readers: dict
+    sizes: dict
+    skipped: int = 0
+
+
+def preprocess_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Any-size RGB image [h, w, 3] (uint8 or float 0..255) -> [S, S, 3] float in [-1, 1].
+
+    Resizes the shorter side to S, then takes the centre S x S crop, as at serving.
+    """
+    image = tf.cast(image, tf.float32)
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    ratio = float(image_size) / tf.minimum(h, w)
+    new_h = tf.maximum(image_size, tf.cast(tf.round(h * ratio), tf.int32))
+    new_w = tf.maximum(image_size, tf.cast(tf.round(w * ratio), tf.int32))
+    image = tf.image.resize(image, [new_h, new_w], method="bilinear", antialias=True)
+    top = (new_h - image_size) // 2
+    left = (new_w - image_size) // 2
+    image = image[top : top + image_size, left : left + image_size, :]
+    image = tf.ensure_shape(image, [image_size, image_size, 3])
+    return tf.clip_by_value(image, 0.0, 255.0) / 127.5 - 1.0
+
+
+def to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """[h, w, 1|3|4] -> [h, w, 3]: grey is repeated, alpha dropped."""
+    channels = tf.shape(image)[-1]
+    return tf.case(
+        [
+            (tf.equal(channels, 1), lambda: tf.image.grayscale_to_rgb(image)),
+            (tf.equal(channels, 4), lambda: image[..., :3]),
+            (tf.equal(channels, 2), lambda: tf.image.grayscale_to_rgb(image[..., :1])),
+        ],
+        default=lambda: image,
+    )
+
+
+def decode_image(data: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG/PNG bytes -> uint8 [h, w, 3]; palette, grey and RGBA become RGB."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+# --- folders ----------------------------------------------------------------
+
+
+def _check_images(paths: list[str]) -> list[bool]:
+    """Which files open as images; corrupt ones are skipped rather than failing training."""
+    from PIL import Image  # Imported here: only folder datasets need it.
+
+    def ok(path: str) -> bool:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+            return True
+        except Exception:  # PIL raises many types for a bad file.
+            return False
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(ok, paths))
+
+
+def _list_class_folder(root: str) -> list[tuple[str, str]]:
+    """[(relative path, class name)] of images under root/CLASS/..."""
+    items = []
+    for cls in sorted(os.listdir(root)):
+        cdir = os.path.join(root, cls)
+        if not os.path.isdir(cdir):
+            continue
+        for dirpath, _, files in os.walk(cdir):
+            for f in sorted(files):
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    rel = os.path.relpath(os.path.join(dirpath, f), root)
+                    items.append((rel, cls))
+    return items
+
+
+def _read_split_file(path: str, root: str) -> list[tuple[str, str]]:
+    if not os.path.isfile(path):
+        raise UserError(f"split file {path!r} does not exist")
+    with open(path) as f:
+        rels = [line.strip() for line in f if line.strip()]
+    if not rels:
+        raise UserError(f"split file {path!r} lists no images")
+    missing = [r for r in rels if not os.path.isfile(os.path.join(root, r))]
+    if missing:
+        raise UserError(
+            f"split file {path!r} names {len(missing)} missing image(s) under {root!r}, "
+            f"first {missing[0]!r}"
+        )
+    return [(r, r.replace("\\", "/").split("/")[0]) for r in rels]
+
+
+def _folder_source(cfg: DataConfig) -> Source:
+    root = cfg.dataset[len(FOLDER_PREFIX) :]
+    if not root or not os.path.isdir(root):
+        raise UserError(f"image folder {root!r} does not exist")
+    if cfg.train_split_file or cfg.test_split_file:
+        if not (cfg.train_split_file and cfg.test_split_file):
+            raise UserError("give both --train_split_file and --test_split_file, or neither")
+        splits = {
+            "train": _read_split_file(cfg.train_split_file, root),
+            "test": _read_split_file(cfg.test_split_file, root),
+        }
+        bases = {"train": root, "test": root}
+    elif os.path.isdir(os.path.join(root, "train")):
+        bases = {s: os.path.join(root, s) for s in ("train", "test")}
+        splits = {s: _list_class_folder(b) if os.path.isdir(b) else [] for s, b in bases.items()}
+    else:
+        raise UserError(
+            f"image folder {root!r} has no train/ subfolder; give --train_split_file and "
+            "--test_split_file for a folder of class subfolders"
+        )
+    if not splits["train"]:
+        raise UserError(f"image folder {root!r} holds no JPEG or PNG training images")
+    classes = sorted({c for items in splits.values() for _, c in items})
+    index = {c: i for i, c in enumerate(classes)}
+    readers, sizes, skipped = {}, {}, 0
+    for split, items in splits.items():
+        paths = [os.path.join(bases[split], rel) for rel, _ in items]
+        good = _check_images(paths)
+        bad = [p for p, g in zip(paths, good, strict=True) if not g]
+        if bad:
+            logging.warning("skipping %d corrupt image(s) in %s, e.g. %s", len(bad), split, bad[0])
+            print(f"skipped {len(bad)} corrupt image(s) in the {split} split, e.g. {bad[0]}")
+        skipped += len(bad)
+        kept = [(p, index[c]) for p, (_, c), g in zip(paths, items, good, strict=True) if g]
+        if split == "train" and not kept:
+            raise UserError(f"image folder {root!r}: every training image is corrupt")
+        readers[split] = _folder_reader(kept, cfg.image_size)
+        sizes[split] = len(kept)
+    return Source(cfg.dataset, len(classes), False, readers, sizes, skipped)
+
+
+def _folder_reader(items: list[tuple[str, int]], image_size: int):
+    paths = [p for p, _ in items]
+    labels = [label for _, label in items]
+
+    def read(input_context=None, shuffle_seed=None):
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+        if input_context is not None:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if shuffle_seed is not None:
+            # Shuffle file names (cheap) rather than decoded images.
+            ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+        def load(path, label):
+            image = decode_image(tf.io.read_file(path))
+            return {"image": preprocess_image(image, image_size), "label": label}
+
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        # A file that passed the header check but fails to decode is dropped, not fatal.
+        return ds.ignore_errors(log_warning=True)
+
+    return read
+
+
+# --- TFDS -------------------------------------------------------------------
+
+
+def _tfds_source(cfg: DataConfig) -> Source:
+    import tensorflow_datasets as tfds  # Slow to import; only TFDS datasets need it.
+
+    try:
+        builder = tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
+    except Exception as e:  # TFDS raises DatasetNotFoundError and others.
+        raise UserError(f"unknown --dataset {cfg.dataset!r}: {str(e).splitlines()[0]}") from None
+    info = builder.info
+    splits = list(info.splits.keys()) if info.splits else []
+    test_split = next((s for s in ("test", "validation") if s in splits), "test")
+    label = info.features.get("label") if hasattr(info.features, "get") else None
+    num_classes = getattr(label, "num_classes", None)
+
+    def reader(split):
+        def read(input_context=None, shuffle_seed=None):
+            read_config = tfds.ReadConfig(
+                input_context=input_context, shuffle_seed=shuffle_seed, try_autocache=False
+            )
+            ds = tfds.load(
+                cfg.dataset,
+                split=split,
+                data_dir=cfg.data_dir,
+                shuffle_files=shuffle_seed is not None,
+                read_config=read_config,
+            )
+
+            def convert(ex):
+                out = {"image": preprocess_image(to_rgb(ex["image"]), cfg.image_size)}
+                out["label"] = tf.cast(ex["label"], tf.int32) if "label" in ex else -1
+                return out
+
+            ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+            if shuffle_seed is not None:
+                ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed)
+            return ds
+
+        return read
+
+    sizes = {}
+    for s, name in (("train", "train"), ("test", test_split)):
+        sizes[s] = info.splits[name].num_examples if name in splits else 0
+    return Source(
+        cfg.dataset,
+        num_classes,
+        False,
+        {"train": reader("train"), "test": reader(test_split)},
+        sizes,
+    )
+
+
+# --- shapes -----------------------------------------------------------------
+
+
+def _shapes_source(cfg: DataConfig, seed: int) -> Source:
+    sizes = {"train": cfg.shapes_train_size, "test": cfg.shapes_test_size}
+
+    def reader(split):
+        def read(input_context=None, shuffle_seed=None):
+            return shapes.shapes_dataset(
+                split, sizes[split], cfg.image_size, seed, input_context, shuffle_seed
+            )
+
+        return read
+
+    return Source("shapes", len(shapes.CLASSES), True, {s: reader(s) for s in sizes}, sizes)
+
+
+def get_source(cfg: DataConfig, seed: int = 0) -> Source:
+    """Resolves --dataset; raises UserError for unknown names and missing folders."""
+    if cfg.dataset == "shapes":
+        return _shapes_source(cfg, seed)
+    if cfg.dataset.startswith(FOLDER_PREFIX):
+        return _folder_source(cfg)
+    return _tfds_source(cfg)
+
+
+def input_dataset(
+    source: Source,
+    split: str,
+    batch_size: int,
+    *,
+    training: bool,
+    seed: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+    repeat: bool | None = None,
+) -> tf.data.Dataset:
+    """Batched dataset of dicts {"image": [B, S, S, 3] in [-1, 1], "label": [B], ...}.
+
+    ``batch_size`` is per input pipeline (per replica under a strategy). Training data is
+    shuffled (by each reader, at its cheapest level: indices, file names, TFDS files), flipped,
+    repeated and batched with drop_remainder so every step is whole.
+    """
+    ds = source.readers[split](input_context, seed if training else None)
+    if training:
+
+        def flip(ex):
+            # Folder and TFDS images only: shapes carry masks that would need flipping too.
+            ex = dict(ex)
+            ex["image"] = tf.image.random_flip_left_right(ex["image"], seed=seed)
+            return ex
+
+        if not source.has_masks:
+            ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+    if repeat if repeat is not None else training:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(tf.data.AUTOTUNE)

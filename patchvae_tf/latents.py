@@ -1,0 +1,92 @@
+"""The PatchVAE bottleneck: occurrence and appearance posteriors (TFP), priors, pooling, z_hat."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+tfd = tfp.distributions
+
+_EPS = 1e-6
+ANNEAL_EVERY = 1000
+
+
+def temperature(step, tau_init: float, tau_min: float, anneal_rate: float) -> tf.Tensor:
+    """tau_t = max(tau_init * exp(-anneal_rate * t), tau_min), t held for ANNEAL_EVERY steps."""
+    t = tf.cast(step // ANNEAL_EVERY * ANNEAL_EVERY, tf.float32)
+    return tf.maximum(tau_init * tf.exp(-anneal_rate * t), tau_min)
+
+
+def occurrence_probs(logits: tf.Tensor, categorical: bool) -> tf.Tensor:
+    """q_occ [B, h, w, N]: sigmoid per part, or softmax over parts when categorical."""
+    return tf.nn.softmax(logits, axis=-1) if categorical else tf.sigmoid(logits)
+
+
+def sample_occurrence(
+    logits: tf.Tensor, tau: tf.Tensor, *, categorical: bool = False, hard: bool = False
+) -> tf.Tensor:
+    """Relaxed occurrence sample z_occ [B, h, w, N] from logits [B, h, w, N].
+
+    Bernoulli: ``tfd.RelaxedBernoulli`` per part and location. Categorical:
+    ``tfd.RelaxedOneHotCategorical`` over the N parts. Hard: the forward value is
+    1[l > 0] while gradients flow through the relaxed sample (straight-through).
+    """
+    if categorical:
+        z = tfd.RelaxedOneHotCategorical(tau, logits=logits).sample()
+    else:
+        z = tfd.RelaxedBernoulli(tau, logits=logits).sample()
+    if hard:
+        binary = tf.cast(logits > 0.0, z.dtype)
+        z = z + tf.stop_gradient(binary - z)
+    return z
+
+
+def pool_appearance(
+    mean: tf.Tensor, logvar: tf.Tensor, q_occ: tf.Tensor, num_parts: int, appearance_dim: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Occurrence-weighted pooling of the per-location appearance posterior.
+
+    mean, logvar: [B, h, w, N*L]; q_occ: [B, h, w, N].
+    Returns mu_app, var_app: [B, N, L]. The weights carry no gradient, so the
+    occurrence heads learn only from reconstruction and their own rate.
+    """
+    shape = tf.shape(mean)
+    b, h, w = shape[0], shape[1], shape[2]
+    mu = tf.reshape(mean, [b, h, w, num_parts, appearance_dim])
+    var = tf.clip_by_value(
+        tf.exp(tf.reshape(logvar, [b, h, w, num_parts, appearance_dim])), 1e-7, 1e7
+    )
+    q = tf.stop_gradient(q_occ)[..., None]  # [B, h, w, N, 1]
+    total = tf.reduce_sum(q, axis=[1, 2])  # [B, N, 1]
+    mu_app = tf.reduce_sum(q * mu, axis=[1, 2]) / (total + _EPS)
+    var_app = (tf.reduce_sum(q * var, axis=[1, 2]) + _EPS) / (total + _EPS)
+    return mu_app, var_app
+
+
+def appearance_posterior(mu_app: tf.Tensor, var_app: tf.Tensor) -> tfd.Distribution:
+    """q(z_app) = Normal(mu_app, sqrt(var_app)), batch shape [B, N, L]."""
+    return tfd.Normal(mu_app, tf.sqrt(var_app))
+
+
+def compose(z_app: tf.Tensor, z_occ: tf.Tensor) -> tf.Tensor:
+    """z_hat [B, h, w, N*L]: part codes z_app [B, N, L] placed where z_occ [B, h, w, N] fires."""
+    shape = tf.shape(z_occ)
+    z = z_app[:, None, None, :, :] * z_occ[..., None]  # [B, h, w, N, L]
+    return tf.reshape(z, [shape[0], shape[1], shape[2], -1])
+
+
+def sample_prior(
+    batch: int, grid: int, num_parts: int, appearance_dim: int, prior: float, categorical: bool
+) -> tf.Tensor:
+    """z_hat [batch, grid, grid, N*L] with z_app ~ N(0, I) and z_occ ~ Bernoulli(p).
+
+    Categorical: one part per location, uniformly.
+    """
+    z_app = tfd.Normal(0.0, 1.0).sample([batch, num_parts, appearance_dim])
+    if categorical:
+        z_occ = tfd.OneHotCategorical(logits=tf.zeros([num_parts]), dtype=tf.float32).sample(
+            [batch, grid, grid]
+        )
+    else:
+        z_occ = tfd.Bernoulli(probs=prior, dtype=tf.float32).sample([batch, grid, grid, num_parts])
+    return compose(z_app, z_occ)

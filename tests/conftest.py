@@ -1,0 +1,37 @@
+"""Shared fixtures: one tiny PatchVAE trained once per test session."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from patchvae_tf.config import Config, DataConfig, ModelConfig, TrainConfig  # noqa: E402
+
+
+def tiny_config(workdir: str, **train) -> Config:
+    """A model and data small enough to train in seconds on 2 CPU cores."""
+    return Config(
+        data=DataConfig(
+            dataset="shapes", image_size=32, shapes_train_size=2048, shapes_test_size=256
+        ),
+        model=ModelConfig(
+            encoder="pyramid", base_channels=16, scale=4, num_parts=8, appearance_dim=4
+        ),
+        train=TrainConfig(
+            workdir=workdir,
+            batch_size=32,
+            learning_rate=1e-3,
+            **{"train_steps": 300, "log_every": 100, "checkpoint_every": 100, **train},
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(config, summary) of a tiny PatchVAE trained on shapes; shared by every test."""
+    from patchvae_tf import training
+
+    cfg = tiny_config(str(tmp_path_factory.mktemp("trained") / "workdir"))
+    summary = training.train(cfg)
+    return cfg, summary

@@ -1,0 +1,17 @@
+"""Trains PatchVAE or a VAE baseline: python train.py --flagfile=configs/shapes.cfg."""
+
+from patchvae_tf import cli, config
+
+config.define_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
+    from patchvae_tf import training  # imports TensorFlow: after flags are known to be good
+
+    training.train(config.from_flags())
+
+
+if __name__ == "__main__":
+    cli.run(main)
