@@ -23,6 +23,17 @@ def _check_scale(scale: int, allowed=None) -> int:
     return int(math.log2(scale))
 
 
+def _track_stages(layer: layers.Layer) -> None:
+    """Names each of ``layer.stages`` as an attribute so TF checkpoints save it.
+
+    Keras 3 tracks a list attribute for its own weights but leaves it out of the TF object
+    graph, so a tf.train.Checkpoint of the model silently held no encoder weights (trainable
+    ones survived only through the optimizer, BatchNorm moving statistics not at all).
+    """
+    for i, stage in enumerate(layer.stages):
+        setattr(layer, f"stage_{i}", stage)
+
+
 class ResidualBlock(layers.Layer):
     """ResNet basic block: two 3x3 convs with BN and ReLU, plus a (projected) shortcut."""
 
@@ -89,6 +100,7 @@ class ResNetEncoder(layers.Layer):
                 )
             )
         self.channels = self.WIDTHS[num_stages - 1]
+        _track_stages(self)
 
     def call(self, x, training=None):
         for stage in self.stages:
@@ -116,6 +128,7 @@ class PyramidEncoder(layers.Layer):
             block.append(layers.LeakyReLU(_LEAK))
             self.stages.append(keras.Sequential(block, name=f"stage{i + 1}"))
         self.channels = base_channels * 2 ** (depth - 1)
+        _track_stages(self)
 
     def call(self, x, training=None):
         for stage in self.stages:
