@@ -65,11 +65,29 @@ class TrainConfig:
     seed: int = 0
 
 
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    """How training is spread over devices and hosts, its precision and compilation."""
+
+    strategy: str = "auto"
+    tpu: str | None = None
+    virtual_cpu_devices: int = 0  # 0 leaves the host CPU as TensorFlow sees it
+    jit_compile: bool = True
+    mixed_precision: str = "none"
+    deterministic: bool = False
+    sync_batch_norm: bool = False
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    distribute: DistributeConfig = DistributeConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,6 +101,7 @@ class Config:
             data=_build(DataConfig, d.get("data", {})),
             model=_build(ModelConfig, d.get("model", {})),
             train=_build(TrainConfig, d.get("train", {})),
+            distribute=_build(DistributeConfig, d.get("distribute", {})),
         )
 
     def replace(self, **sections: Any) -> Config:
@@ -152,6 +171,7 @@ def validate(cfg: Config) -> Config:
         raise UserError(f"--seed must be >= 0, got {t.seed}")
     if not (math.isfinite(m.tau_init) and m.tau_min <= m.tau_init):
         raise UserError(f"--tau_min={m.tau_min} must not exceed --tau_init={m.tau_init}")
+    validate_distribute(cfg.distribute)
     return cfg
 
 
@@ -200,6 +220,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("log_every", t.log_every, "Steps between TensorBoard summaries")
     flags.DEFINE_integer("checkpoint_every", t.checkpoint_every, "Steps between checkpoints")
     flags.DEFINE_integer("seed", t.seed, "Random seed")
+    _define_distribute_flags()
 
 
 def _section(cls, values) -> Any:
@@ -213,5 +234,248 @@ def from_flags(values: flags.FlagValues | None = None) -> Config:
         data=_section(DataConfig, values),
         model=_section(ModelConfig, values),
         train=_section(TrainConfig, values),
+        distribute=_section(DistributeConfig, values),
     )
     return validate(cfg)
+
+
+# --- evaluation (evaluate.py) ----------------------------------------------
+
+EVAL_MODES = ("all", "probe", "finetune", "parts", "visualize")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What evaluate.py measures; the model itself comes from WORKDIR/config.json."""
+
+    workdir: str = "runs/shapes"
+    mode: str = "all"
+    # Dataset override; None evaluates on the data the model was trained on.
+    dataset: str | None = None
+    data_dir: str | None = None
+    train_split_file: str | None = None
+    test_split_file: str | None = None
+    image_size: int = 0  # 0 means the model's; anything else must equal it
+    batch_size: int = 128
+    eval_examples: int = 5000  # per split, for probes, part scores and galleries
+    probe_steps: int = 500
+    probe_learning_rate: float = 0.05
+    finetune_steps: int = 1000
+    finetune_learning_rate: float = 0.01
+    freeze_stages: int = -1  # -1 freezes every encoder stage
+    dropout: float = 0.5
+    gallery_size: int = 10
+    seed: int = 0
+
+    def modes(self) -> tuple[str, ...]:
+        """The sections to run: every one for "all"."""
+        return EVAL_MODES[1:] if self.mode == "all" else (self.mode,)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def validate_eval(cfg: EvalConfig) -> EvalConfig:
+    """Checks evaluation values a user can get wrong; raises UserError naming the value."""
+    if cfg.mode not in EVAL_MODES:
+        raise UserError(f"unknown --mode {cfg.mode!r}; expected one of {', '.join(EVAL_MODES)}")
+    positive = {
+        "batch_size": cfg.batch_size,
+        "eval_examples": cfg.eval_examples,
+        "probe_steps": cfg.probe_steps,
+        "probe_learning_rate": cfg.probe_learning_rate,
+        "finetune_steps": cfg.finetune_steps,
+        "finetune_learning_rate": cfg.finetune_learning_rate,
+        "gallery_size": cfg.gallery_size,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise UserError(f"--{name} must be positive, got {value}")
+    if cfg.image_size < 0:
+        raise UserError(f"--image_size must be >= 0 (0 means the model's), got {cfg.image_size}")
+    if cfg.freeze_stages < -1:
+        raise UserError(f"--freeze_stages must be >= 0 (or -1 for all), got {cfg.freeze_stages}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {cfg.seed}")
+    return cfg
+
+
+_EVAL_DEFAULT = EvalConfig()
+
+
+def define_eval_flags() -> None:
+    """Defines evaluate.py's flags; safe to call twice, and after define_flags()."""
+    e = _EVAL_DEFAULT
+    specs = [
+        ("string", "workdir", e.workdir, "Training workdir: config.json and checkpoints"),
+        ("string", "mode", e.mode, " | ".join(EVAL_MODES)),
+        ("string", "dataset", None, "Evaluate on this dataset instead of the training one"),
+        ("string", "data_dir", None, "TFDS data directory"),
+        ("string", "train_split_file", None, "Folder datasets: file of training image paths"),
+        ("string", "test_split_file", None, "Folder datasets: file of test image paths"),
+        ("integer", "image_size", e.image_size, "Must equal the model's; 0 means the model's"),
+        ("integer", "batch_size", e.batch_size, "Batch size for features and finetuning"),
+        ("integer", "eval_examples", e.eval_examples, "Images per split used by the evaluation"),
+        ("integer", "probe_steps", e.probe_steps, "Full-batch steps of each linear probe"),
+        ("float", "probe_learning_rate", e.probe_learning_rate, "Adam learning rate, probes"),
+        ("integer", "finetune_steps", e.finetune_steps, "SGD steps of the finetuned classifier"),
+        ("float", "finetune_learning_rate", e.finetune_learning_rate, "Initial SGD rate"),
+        ("integer", "freeze_stages", e.freeze_stages, "Encoder stages frozen; -1 means all"),
+        ("float", "dropout", e.dropout, "Dropout before the classifier's hidden layer"),
+        ("integer", "gallery_size", e.gallery_size, "Patches per part in parts.png"),
+        ("integer", "seed", e.seed, "Random seed"),
+    ]
+    for kind, name, default, help_text in specs:
+        # Shared names (workdir, dataset, ...) may already exist when train flags are defined.
+        if name not in flags.FLAGS:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+
+def eval_from_flags(values: flags.FlagValues | None = None) -> EvalConfig:
+    """Reads parsed flags once into a validated EvalConfig."""
+    values = values or flags.FLAGS
+    return validate_eval(_section(EvalConfig, values))
+
+
+# --- scaling out: strategy, devices, precision, XLA (train.py) ----------------
+
+
+def validate_distribute(d: DistributeConfig) -> DistributeConfig:
+    """Checks the scale-out flags; TF_CONFIG and devices are checked when the strategy is made."""
+    if d.strategy not in STRATEGIES:
+        raise UserError(
+            f"unknown --strategy {d.strategy!r}; expected one of {', '.join(STRATEGIES)}"
+        )
+    if d.mixed_precision not in PRECISIONS:
+        raise UserError(
+            f"unknown --mixed_precision policy {d.mixed_precision!r}; "
+            f"expected one of {', '.join(PRECISIONS)}"
+        )
+    if d.virtual_cpu_devices < 0:
+        raise UserError(f"--virtual_cpu_devices must be >= 0, got {d.virtual_cpu_devices}")
+    if d.tpu and d.strategy != "tpu":
+        raise UserError(f"--tpu={d.tpu!r} needs --strategy=tpu (got --strategy={d.strategy})")
+    return d
+
+
+def _define_distribute_flags() -> None:
+    d = DistributeConfig()
+    flags.DEFINE_string(
+        "strategy",
+        d.strategy,
+        "auto | default | mirrored | multi_worker | tpu. auto: multi_worker when TF_CONFIG "
+        "names several tasks, mirrored when several GPUs are visible, else default",
+    )
+    flags.DEFINE_string("tpu", d.tpu, "--strategy=tpu: TPU name or grpc:// address")
+    flags.DEFINE_integer(
+        "virtual_cpu_devices",
+        d.virtual_cpu_devices,
+        "Split the host CPU into N logical devices (runs multi-device code without GPUs)",
+    )
+    flags.DEFINE_boolean("jit_compile", d.jit_compile, "XLA-compile the train step")
+    flags.DEFINE_string("mixed_precision", d.mixed_precision, " | ".join(PRECISIONS))
+    flags.DEFINE_boolean(
+        "deterministic", d.deterministic, "TF op determinism: same seed, same losses (slower)"
+    )
+    flags.DEFINE_boolean(
+        "sync_batch_norm",
+        d.sync_batch_norm,
+        "BatchNorm statistics over the global batch instead of each replica's share",
+    )
+
+
+# --- export (python -m export) ------------------------------------------------
+
+EXPORT_FORMATS = ("saved_model", "onnx")
+QUANTIZE_MODES = ("int8",)
+MIN_ONNX_OPSET = 17
+MAX_ONNX_OPSET = 18  # the newest opset tf2onnx 1.17 converts to
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What the export stage writes; the model itself comes from WORKDIR/config.json."""
+
+    workdir: str = ""
+    export_dir: str = ""
+    version: int = 0  # 0 means the restored checkpoint's step
+    formats: tuple[str, ...] = EXPORT_FORMATS
+    quantize: str = ""  # "" or "int8"
+    overwrite: bool = False
+    checkpoint: str = ""  # a checkpoint prefix; "" means the latest in WORKDIR
+    model_name: str = "patchvae"  # the TF Serving model name in models.config
+    opset: int = MIN_ONNX_OPSET
+    parity_images: int = 32  # real training images compared across the runtimes
+    calibration_images: int = 128  # training images that calibrate int8 ranges
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def validate_export(cfg: ExportConfig) -> ExportConfig:
+    """Checks export values a user can get wrong; raises UserError naming the value."""
+    for name in ("workdir", "export_dir"):
+        if not getattr(cfg, name):
+            raise UserError(f"--{name} is required")
+    if os.path.abspath(cfg.export_dir) == os.path.abspath(cfg.workdir):
+        raise UserError(f"--export_dir={cfg.export_dir!r} must differ from --workdir")
+    if cfg.version < 0:
+        raise UserError(f"--version must be >= 0 (0: the checkpoint's step), got {cfg.version}")
+    if not cfg.formats:
+        raise UserError(f"--formats is empty; expected some of {', '.join(EXPORT_FORMATS)}")
+    unknown = [f for f in cfg.formats if f not in EXPORT_FORMATS]
+    if unknown or len(set(cfg.formats)) != len(cfg.formats):
+        raise UserError(
+            f"--formats={','.join(cfg.formats)} is not a list of distinct formats from "
+            f"{', '.join(EXPORT_FORMATS)}"
+        )
+    if cfg.quantize and cfg.quantize not in QUANTIZE_MODES:
+        raise UserError(
+            f"unknown --quantize {cfg.quantize!r}; expected one of {', '.join(QUANTIZE_MODES)}"
+        )
+    if cfg.quantize and "onnx" not in cfg.formats:
+        raise UserError(f"--quantize={cfg.quantize} needs the ONNX model: add onnx to --formats")
+    if not MIN_ONNX_OPSET <= cfg.opset <= MAX_ONNX_OPSET:
+        raise UserError(f"--opset must be in [{MIN_ONNX_OPSET}, {MAX_ONNX_OPSET}], got {cfg.opset}")
+    if not cfg.model_name or not cfg.model_name.replace("_", "").replace("-", "").isalnum():
+        raise UserError(f"--model_name must be letters, digits, - or _, got {cfg.model_name!r}")
+    for name in ("parity_images", "calibration_images"):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    return cfg
+
+
+_EXPORT_DEFAULT = ExportConfig()
+
+
+def define_export_flags() -> None:
+    """Defines the export flags; safe to call twice, and after the other define functions."""
+    e = _EXPORT_DEFAULT
+    specs = [
+        ("string", "workdir", None, "Training workdir: config.json and checkpoints"),
+        ("string", "export_dir", None, "Export base directory (saved_model/, onnx/, report)"),
+        ("integer", "version", e.version, "SavedModel version; 0 means the checkpoint's step"),
+        ("list", "formats", list(e.formats), "Comma-separated: saved_model,onnx"),
+        ("string", "quantize", e.quantize, "int8: also write an int8 ONNX model"),
+        ("boolean", "overwrite", e.overwrite, "Replace an existing export of --version"),
+        ("string", "checkpoint", None, "Checkpoint prefix to export instead of the latest"),
+        ("string", "model_name", e.model_name, "TF Serving model name in models.config"),
+        ("integer", "opset", e.opset, f"ONNX opset (>= {MIN_ONNX_OPSET})"),
+        ("integer", "parity_images", e.parity_images, "Training images for the parity check"),
+        ("integer", "calibration_images", e.calibration_images, "Images for int8 calibration"),
+    ]
+    for kind, name, default, help_text in specs:
+        if name not in flags.FLAGS:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+
+def export_from_flags(values: flags.FlagValues | None = None) -> ExportConfig:
+    """Reads parsed flags once into a validated ExportConfig."""
+    values = values or flags.FLAGS
+    fields = {f.name: getattr(values, f.name) for f in dataclasses.fields(ExportConfig)}
+    fields["formats"] = tuple(f.strip() for f in fields["formats"] or () if f.strip())
+    for name in ("workdir", "export_dir", "quantize", "checkpoint"):
+        fields[name] = fields[name] or ""
+    return validate_export(ExportConfig(**fields))

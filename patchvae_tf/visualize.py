@@ -65,3 +65,128 @@ def save_png(image: tf.Tensor | np.ndarray, path: str) -> None:
     tmp = path + ".tmp"
     tf.io.write_file(tmp, tf.io.encode_png(pixels))
     os.replace(tmp, path)
+
+
+# --- part galleries ----------------------------------------------------------
+
+
+def _conv_chain(layer) -> list[tuple[int, int]]:
+    """(kernel, stride) of the convolutions and poolings on layer's longest path, in order."""
+    import keras  # Only the receptive-field walk needs Keras itself.
+
+    from patchvae_tf import networks
+
+    if isinstance(layer, keras.Sequential):
+        return [ks for sub in layer.layers for ks in _conv_chain(sub)]
+    if hasattr(layer, "stages"):  # the encoders
+        return [ks for stage in layer.stages for ks in _conv_chain(stage)]
+    if isinstance(layer, networks.ResidualBlock):
+        # The residual path (two 3x3 convs) sees further than the 1x1 shortcut.
+        return _conv_chain(layer.conv1) + _conv_chain(layer.conv2)
+    if isinstance(layer, keras.layers.Conv2D):
+        return [(int(layer.kernel_size[0]), int(layer.strides[0]))]
+    if isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
+        return [(int(layer.pool_size[0]), int(layer.strides[0]))]
+    return []
+
+
+def receptive_field(encoder, head_kernel: int = 3) -> int:
+    """Side in pixels of the input region one occurrence logit sees.
+
+    Walks the encoder's convolutions and poolings (each adds (k - 1) * jump), then the
+    head_kernel x head_kernel head conv on the feature map.
+    """
+    size, jump = 1, 1
+    for kernel, stride in _conv_chain(encoder) + [(head_kernel, 1)]:
+        size += (kernel - 1) * jump
+        jump *= stride
+    return size
+
+
+def crop_patches(
+    images: np.ndarray, rows: np.ndarray, cols: np.ndarray, scale: int, size: int
+) -> np.ndarray:
+    """Patches centred on feature-map cells.
+
+    images [B, H, W, C] in [-1, 1]; rows, cols [B] cell indices on the h x w grid ->
+    [B, size, size, C] in [0, 1]. Cell (r, c) is centred at pixel ((r + 0.5) s, (c + 0.5) s);
+    the region outside the image is mid-grey.
+    """
+    images = np.asarray(images, np.float32)
+    pad = size
+    padded = np.pad(images, [(0, 0), (pad, pad), (pad, pad), (0, 0)], constant_values=0.0)
+    out = np.empty([len(images), size, size, images.shape[-1]], np.float32)
+    for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+        top = int(round((r + 0.5) * scale - size / 2)) + pad
+        left = int(round((c + 0.5) * scale - size / 2)) + pad
+        out[i] = padded[i, top : top + size, left : left + size]
+    return np.clip((out + 1.0) / 2.0, 0.0, 1.0)
+
+
+class PartGallery:
+    """Keeps, per part, the k images where it occurs most strongly, as patches at that spot.
+
+    Feed batches with ``add``; ``grid`` draws one row per part, patches sorted by q_occ.
+    Each image contributes at most one patch per part (its strongest location), so a row
+    shows k different images rather than k neighbouring cells of one.
+    """
+
+    def __init__(self, num_parts: int, k: int, scale: int, patch_size: int):
+        self.num_parts, self.k, self.scale, self.patch_size = num_parts, k, scale, patch_size
+        self.scores = [np.zeros([0], np.float32) for _ in range(num_parts)]
+        self.patches = [np.zeros([0, patch_size, patch_size, 3], np.float32)] * num_parts
+
+    def add(self, images, q_occ) -> None:
+        """Adds a batch: images [B, H, W, 3] in [-1, 1], q_occ [B, h, w, N]."""
+        images, q = np.asarray(images), np.asarray(q_occ, np.float32)
+        b, _, w, n = q.shape
+        flat = q.reshape(b, -1, n)
+        best = flat.max(axis=1)  # [B, N]
+        where = flat.argmax(axis=1)  # [B, N]
+        for part in range(n):
+            top = np.argsort(-best[:, part], kind="stable")[: self.k]
+            cells = where[top, part]
+            patches = crop_patches(images[top], cells // w, cells % w, self.scale, self.patch_size)
+            scores = np.concatenate([self.scores[part], best[top, part]])
+            patches = np.concatenate([self.patches[part], patches])
+            keep = np.argsort(-scores, kind="stable")[: self.k]
+            self.scores[part], self.patches[part] = scores[keep], patches[keep]
+
+    def grid(self) -> tf.Tensor:
+        """[N*(P+1)+1, k*(P+1)+1, 3]: row i holds part i's patches, strongest first."""
+        cells = []
+        for patches in self.patches:
+            blank = np.ones([self.k - len(patches), *patches.shape[1:]], np.float32)
+            cells.append(np.concatenate([patches, blank]))
+        return image_grid(np.concatenate(cells), cols=self.k)
+
+
+# --- training curves -------------------------------------------------------------
+
+
+def curves_image(series: dict[str, tuple[np.ndarray, np.ndarray]], cols: int = 3) -> np.ndarray:
+    """One labelled panel per scalar, {name: (steps, values)} -> [H, W, 3] in [0, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    from matplotlib import pyplot as plt
+
+    names = list(series)
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names, strict=False):
+        steps, values = series[name]
+        ax.plot(steps, values, linewidth=1.2)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if name in ("loss", "distortion") and values.size and values.min() > 0:
+            # The first steps' loss is orders of magnitude above the rest.
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.float32) / 255.0
+    plt.close(fig)
+    return pixels

@@ -1,0 +1,18 @@
+"""Evaluates a trained workdir: python evaluate.py --workdir=runs/shapes [--mode=all]."""
+
+from patchvae_tf import cli, config
+
+config.define_eval_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
+    ecfg = config.eval_from_flags()
+    from patchvae_tf import evaluation  # imports TensorFlow: after flags are known to be good
+
+    print(evaluation.summary_line(evaluation.evaluate(ecfg)))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,637 @@
+"""Evaluation: recognition probes and finetuning, part-discovery scores, figures and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from patchvae_tf import data, models, training, visualize
+from patchvae_tf.config import Config, EvalConfig, load_config
+from patchvae_tf.errors import UserError
+from patchvae_tf.shapes import CLASSES as SHAPE_CLASSES
+
+EVAL_DIR = "eval"
+REPORT_KEYS = (
+    "linear_probe",
+    "part_code_probe",
+    "random_probe",
+    "random_part_code_probe",
+    "finetune",
+    "part_discovery",
+    "images",
+)
+_NUM_SHOWN = 8  # images in reconstructions.png and per row of samples.png
+_NUM_MAPS = 4  # images in occurrence_maps.png
+_WEIGHT_DECAY = 1e-4
+_CURVES = ("loss", "distortion", "rate_app", "rate_occ", "temperature", "learning_rate")
+
+
+# --- setting up ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Setup:
+    cfg: Config  # the training config, with the data section the evaluation reads
+    source: data.Source
+    model: models._Autoencoder
+    step: int
+    modes: tuple[str, ...]
+    skipped: dict[str, str]
+
+
+def _data_config(cfg: Config, ecfg: EvalConfig) -> Config:
+    image_size = cfg.data.image_size
+    if ecfg.image_size and ecfg.image_size != image_size:
+        raise UserError(
+            f"--image_size={ecfg.image_size} does not match the model's image size {image_size} "
+            f"(from {os.path.join(ecfg.workdir, training.CONFIG_FILE)})"
+        )
+    if ecfg.dataset is None:
+        return cfg
+    override = dataclasses.replace(
+        cfg.data,
+        dataset=ecfg.dataset,
+        data_dir=ecfg.data_dir,
+        train_split_file=ecfg.train_split_file,
+        test_split_file=ecfg.test_split_file,
+    )
+    return cfg.replace(data=override)
+
+
+def restore_model(cfg: Config) -> tuple[models._Autoencoder, int]:
+    """The model of cfg restored from its workdir's latest checkpoint, and that step."""
+    model = models.build_model(cfg.model, cfg.data.image_size)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    manager = training.restore(cfg, model, step=step)
+    if not manager.latest_checkpoint:
+        raise UserError(
+            f"workdir {cfg.train.workdir!r} has no checkpoint; train a model there first "
+            f"(python train.py --workdir={cfg.train.workdir})"
+        )
+    return model, int(step.numpy())
+
+
+def _num_stages(model) -> int:
+    return len(model.encoder.stages)
+
+
+def _plan(ecfg: EvalConfig, cfg: Config, source: data.Source, model) -> tuple[tuple, dict]:
+    """The sections to run; an explicit --mode that cannot run is a UserError, "all" skips it."""
+    explicit = ecfg.mode != "all"
+    reasons = {}
+    workdir = ecfg.workdir
+    for mode in ("probe", "finetune"):
+        if not source.num_classes:
+            reasons[mode] = f"dataset {source.name!r} has no labels; {mode} needs labelled images"
+        elif source.num_classes < 2:
+            reasons[mode] = (
+                f"dataset {source.name!r} has {source.num_classes} class; {mode} needs labels of "
+                "at least 2 classes"
+            )
+        elif not source.sizes.get("test"):
+            reasons[mode] = f"dataset {source.name!r} has no test images to score {mode} on"
+    if not isinstance(model, models.PatchVAE):
+        reasons["parts"] = f"workdir {workdir!r} holds a {cfg.model.arch}, which has no parts"
+    elif not source.has_masks:
+        reasons["parts"] = (
+            f"dataset {source.name!r} has no ground-truth part masks; part discovery needs "
+            "--dataset=shapes"
+        )
+    elif not source.sizes.get("test"):
+        reasons["parts"] = f"dataset {source.name!r} has no test images"
+    modes = ecfg.modes()
+    if explicit and modes[0] in reasons:
+        raise UserError(reasons[modes[0]])
+    if "finetune" in modes and ecfg.freeze_stages > _num_stages(model):
+        raise UserError(
+            f"--freeze_stages={ecfg.freeze_stages} exceeds the {_num_stages(model)} stages of "
+            f"the {cfg.model.encoder} encoder"
+        )
+    skipped = {m: r for m, r in reasons.items() if m in modes}
+    return tuple(m for m in modes if m not in skipped), skipped
+
+
+def setup(ecfg: EvalConfig) -> _Setup:
+    """Reads the workdir's config and checkpoint and the dataset; checks every input first."""
+    if not os.path.isdir(ecfg.workdir):
+        raise UserError(f"--workdir {ecfg.workdir!r} is not a directory")
+    saved = load_config(os.path.join(ecfg.workdir, training.CONFIG_FILE))
+    # The config records where it was trained; the workdir may have moved since.
+    saved = saved.replace(train=dataclasses.replace(saved.train, workdir=ecfg.workdir))
+    cfg = _data_config(saved, ecfg)
+    keras.utils.set_random_seed(ecfg.seed)
+    model, step = restore_model(cfg)
+    source = data.get_source(cfg.data, cfg.train.seed)
+    modes, skipped = _plan(ecfg, cfg, source, model)
+    for mode, reason in skipped.items():
+        print(f"skipping {mode}: {reason}")
+    return _Setup(cfg, source, model, step, modes, skipped)
+
+
+# --- features ----------------------------------------------------------------
+
+
+def _batches(source: data.Source, split: str, limit: int, batch_size: int):
+    """Up to ``limit`` examples of a split, in order, as dicts of numpy arrays."""
+    seen = 0
+    ds = data.input_dataset(source, split, batch_size, training=False)
+    for batch in ds.take(-(-limit // batch_size)):
+        batch = {k: v.numpy() for k, v in batch.items()}
+        batch = {k: v[: limit - seen] for k, v in batch.items()}
+        seen += len(batch["image"])
+        yield batch
+
+
+def _codes(encoded: dict) -> tf.Tensor:
+    """The part codes [B, C]: max-pooled q_occ [B, N] beside appearance means [B, N*L]."""
+    appearance = tf.reshape(encoded["appearance"], [tf.shape(encoded["appearance"])[0], -1])
+    if "occurrence" not in encoded:  # the VAE's code is its appearance alone
+        return appearance
+    return tf.concat([tf.reduce_max(encoded["occurrence"], axis=[1, 2]), appearance], axis=-1)
+
+
+def encode_split(model, source, split: str, limit: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Features [n, D], part codes [n, C] and labels [n] of up to ``limit`` examples."""
+    encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
+    out = {"features": [], "codes": [], "labels": []}
+    for batch in _batches(source, split, limit, batch_size):
+        encoded = encode(tf.constant(batch["image"]))
+        out["features"].append(encoded["features"].numpy())
+        out["codes"].append(_codes(encoded).numpy())
+        out["labels"].append(batch["label"])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+# --- recognition -----------------------------------------------------------------
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k largest logits; logits [n, K], labels [n]."""
+    k = min(k, logits.shape[1])
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(top == labels[:, None], axis=1)))
+
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    num_classes: int,
+    steps: int,
+    learning_rate: float,
+) -> dict[str, float]:
+    """Softmax regression on frozen features [n, D]; top-1 / top-5 on the test rows.
+
+    Features are standardised with the training rows' statistics; full-batch Adam with a
+    small L2 penalty (the optimum is then unique, so the result does not depend on luck).
+    """
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+    x = tf.constant((train_x - mean) / std, tf.float32)
+    y = tf.constant(train_y, tf.int32)
+    w = tf.Variable(tf.zeros([x.shape[1], num_classes]))
+    b = tf.Variable(tf.zeros([num_classes]))
+    optimizer = keras.optimizers.Adam(learning_rate)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = tf.matmul(x, w) + b
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            loss = tf.reduce_mean(ce) + _WEIGHT_DECAY * tf.reduce_sum(w * w)
+        optimizer.apply_gradients(zip(tape.gradient(loss, [w, b]), [w, b], strict=True))
+        return loss
+
+    for _ in range(steps):
+        step()
+    test_logits = ((test_x - mean) / std).astype(np.float32) @ w.numpy() + b.numpy()
+    train_logits = x.numpy() @ w.numpy() + b.numpy()
+    return {
+        "top1": topk_accuracy(test_logits, test_y, 1),
+        "top5": topk_accuracy(test_logits, test_y, 5),
+        "train_top1": topk_accuracy(train_logits, train_y, 1),
+    }
+
+
+def _probes(model, random_model, setup: _Setup, ecfg: EvalConfig) -> dict[str, dict]:
+    """The four linear probes: trained and random encoder, pooled features and part codes."""
+    k, n = setup.source.num_classes, ecfg.eval_examples
+    results = {}
+    names = {
+        ("trained", "features"): "linear_probe",
+        ("trained", "codes"): "part_code_probe",
+        ("random", "features"): "random_probe",
+        ("random", "codes"): "random_part_code_probe",
+    }
+    for which, m in (("trained", model), ("random", random_model)):
+        train = encode_split(m, setup.source, "train", n, ecfg.batch_size)
+        test = encode_split(m, setup.source, "test", n, ecfg.batch_size)
+        for key in ("features", "codes"):
+            results[names[which, key]] = linear_probe(
+                train[key],
+                train["labels"],
+                test[key],
+                test["labels"],
+                k,
+                ecfg.probe_steps,
+                ecfg.probe_learning_rate,
+            ) | {"train_examples": len(train["labels"]), "test_examples": len(test["labels"])}
+    return results
+
+
+def finetune(setup: _Setup, ecfg: EvalConfig) -> dict:
+    """The paper's protocol: flatten -> dropout -> dense 512 -> ReLU -> dense classes on phi(x).
+
+    The first --freeze_stages encoder stages are frozen (batch norm in inference mode too);
+    SGD with momentum 0.9 and weight decay 1e-4, learning rate divided by 10 at 50% and 75%
+    of the steps. A freshly restored copy is trained, so the other sections see the
+    checkpoint's weights.
+    """
+    cfg, source = setup.cfg, setup.source
+    model, _ = restore_model(cfg)
+    stages = model.encoder.stages
+    frozen = len(stages) if ecfg.freeze_stages < 0 else ecfg.freeze_stages
+    head = keras.Sequential(
+        [
+            keras.layers.Flatten(),
+            keras.layers.Dropout(ecfg.dropout, seed=ecfg.seed),
+            keras.layers.Dense(512),
+            keras.layers.ReLU(),
+            keras.layers.Dense(source.num_classes),
+        ],
+        name="classifier",
+    )
+
+    def logits_of(x, training):
+        f = x
+        for i, stage in enumerate(stages):
+            f = stage(f, training=training and i >= frozen)
+        return head(f, training=training)
+
+    logits_of(tf.zeros([1, cfg.data.image_size, cfg.data.image_size, 3]), False)
+    variables = head.trainable_variables + [
+        v for stage in stages[frozen:] for v in stage.trainable_variables
+    ]
+    lr, steps = ecfg.finetune_learning_rate, ecfg.finetune_steps
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [max(1, steps // 2), max(2, 3 * steps // 4)], [lr, lr / 10, lr / 100]
+    )
+    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=_WEIGHT_DECAY)
+
+    @tf.function
+    def train_step(images, labels):
+        with tf.GradientTape() as tape:
+            logits = logits_of(images, True)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            )
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return loss
+
+    ds = data.input_dataset(source, "train", ecfg.batch_size, training=True, seed=ecfg.seed)
+    start, loss = time.perf_counter(), float("nan")
+    for batch in ds.take(steps):
+        loss = float(train_step(batch["image"], batch["label"]))
+    seconds = time.perf_counter() - start
+
+    predict = tf.function(lambda x: logits_of(x, False), reduce_retracing=True)
+    logits, labels = [], []
+    for batch in _batches(source, "test", ecfg.eval_examples, ecfg.batch_size):
+        logits.append(predict(tf.constant(batch["image"])).numpy())
+        labels.append(batch["label"])
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    return {
+        "top1": topk_accuracy(logits, labels, 1),
+        "top5": topk_accuracy(logits, labels, 5),
+        "frozen_stages": frozen,
+        "encoder_stages": len(stages),
+        "steps": steps,
+        "final_train_loss": loss,
+        "test_examples": len(labels),
+        "seconds": round(seconds, 1),
+    }
+
+
+# --- part discovery ---------------------------------------------------------------
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of scores [n] for boolean positives [n]; ties count half.
+
+    The Mann-Whitney statistic on average ranks; NaN when only one class is present.
+    """
+    scores = np.asarray(scores, np.float64).ravel()
+    positives = np.asarray(positives, bool).ravel()
+    n_pos = int(positives.sum())
+    n_neg = positives.size - n_pos
+    if not n_pos or not n_neg:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # Average 1-based rank of each distinct score: tied values share the mean of their ranks.
+    ends = np.cumsum(counts)
+    ranks = (ends - (counts - 1) / 2.0)[inverse]
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def part_scores(q_occ: np.ndarray, cells: np.ndarray, class_names) -> dict:
+    """How well each part's occurrence map predicts where each class is.
+
+    q_occ [n, h, w, N] and cells [n, h, w, C] (True where class c covers most of the cell) ->
+    per part the best-matching class and its AUROC, their mean over parts, and per class the
+    best part's AUROC.
+    """
+    n_parts = q_occ.shape[-1]
+    q = q_occ.reshape(-1, n_parts)
+    c = cells.reshape(-1, cells.shape[-1])
+    table = np.array([[auroc(q[:, i], c[:, j]) for j in range(c.shape[1])] for i in range(n_parts)])
+    parts = []
+    for i in range(n_parts):
+        j = int(np.nanargmax(table[i]))
+        parts.append(
+            {
+                "part": i,
+                "best_class": class_names[j],
+                "auroc": float(table[i, j]),
+                "auroc_per_class": dict(zip(class_names, map(float, table[i]), strict=True)),
+                "mean_q_occ": float(q[:, i].mean()),
+            }
+        )
+    return {
+        "mean_auroc": float(np.mean([p["auroc"] for p in parts])),
+        "per_class_best": {
+            name: float(np.nanmax(table[:, j])) for j, name in enumerate(class_names)
+        },
+        "parts": parts,
+    }
+
+
+def _occurrence_and_cells(model, setup: _Setup, ecfg: EvalConfig):
+    """q_occ [n, h, w, N] and ground-truth cells [n, h, w, C] on the test split."""
+    encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
+    scale = setup.cfg.model.scale
+    qs, cells = [], []
+    for batch in _batches(setup.source, "test", ecfg.eval_examples, ecfg.batch_size):
+        qs.append(encode(tf.constant(batch["image"]))["occurrence"].numpy())
+        # The fraction of each scale x scale cell a class covers; the majority decides.
+        cover = tf.nn.avg_pool2d(tf.constant(batch["masks"]), scale, scale, "VALID")
+        cells.append(cover.numpy() >= 0.5)
+    return np.concatenate(qs), np.concatenate(cells)
+
+
+def part_discovery(model, random_model, setup: _Setup, ecfg: EvalConfig) -> dict:
+    """part_scores for the trained model, with a random-init model's as the floor."""
+    q, cells = _occurrence_and_cells(model, setup, ecfg)
+    result = part_scores(q, cells, SHAPE_CLASSES)
+    q_random, _ = _occurrence_and_cells(random_model, setup, ecfg)
+    floor = part_scores(q_random, cells, SHAPE_CLASSES)
+    result["random"] = {k: floor[k] for k in ("mean_auroc", "per_class_best")}
+    result["cells"] = int(cells[..., 0].size)
+    result["positive_fraction"] = {
+        name: float(cells[..., j].mean()) for j, name in enumerate(SHAPE_CLASSES)
+    }
+    return result
+
+
+# --- figures -----------------------------------------------------------------
+
+
+def read_scalars(logdir: str, tags=_CURVES) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{tag: (steps, values)} of the tf.summary v2 scalars in a TensorBoard log directory."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    if not os.path.isdir(logdir):
+        return {}
+    events = EventAccumulator(logdir, size_guidance={"tensors": 0})
+    events.Reload()
+    available = set(events.Tags().get("tensors", []))
+    series = {}
+    for tag in tags:
+        if tag in available:
+            points = sorted({e.step: e for e in events.Tensors(tag)}.items())  # last write wins
+            steps = np.array([s for s, _ in points])
+            values = np.array([float(tf.make_ndarray(e.tensor_proto)) for _, e in points])
+            series[tag] = (steps, values)
+    return series
+
+
+def figures(model, setup: _Setup, ecfg: EvalConfig) -> dict[str, np.ndarray]:
+    """{name: image [H, W, 3] in [0, 1]} of every figure that applies to this model."""
+    source, cfg = setup.source, setup.cfg
+    shown = next(_batches(source, "test", _NUM_SHOWN, _NUM_SHOWN))["image"]
+    out = {}
+    recon = model(tf.constant(shown), training=False)["reconstruction"]
+    pairs = tf.concat([shown, recon], axis=0)
+    out["reconstructions"] = visualize.image_grid(visualize.to_unit(pairs), cols=len(shown))
+    samples = model.sample(2 * _NUM_SHOWN)
+    out["samples"] = visualize.image_grid(visualize.to_unit(samples), cols=_NUM_SHOWN)
+    if isinstance(model, models.PatchVAE):
+        maps = shown[:_NUM_MAPS]
+        q = model.encode(tf.constant(maps))["occurrence"]
+        out["occurrence_maps"] = visualize.occurrence_grid(maps, q)
+        size = min(visualize.receptive_field(model.encoder), cfg.data.image_size)
+        gallery = visualize.PartGallery(
+            cfg.model.num_parts, ecfg.gallery_size, cfg.model.scale, size
+        )
+        encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
+        for batch in _batches(source, "train", ecfg.eval_examples, ecfg.batch_size):
+            gallery.add(batch["image"], encode(tf.constant(batch["image"]))["occurrence"])
+        out["parts"] = gallery.grid()
+    curves = read_scalars(os.path.join(ecfg.workdir, training.LOG_DIR))
+    if curves:
+        out["training_curves"] = visualize.curves_image(curves)
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+# --- the report ------------------------------------------------------------------
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _markdown(report: dict) -> str:
+    r = report
+    lines = [
+        f"# Evaluation of `{r['workdir']}`",
+        "",
+        f"Checkpoint step {r['checkpoint_step']}, model `{r['config']['model']['arch']}` "
+        f"({r['config']['model']['encoder']} encoder), dataset `{r['dataset']}` "
+        f"({r['num_classes']} classes; chance top-1 {_fmt(r['chance_top1'])}).",
+        "",
+    ]
+    probes = [
+        ("linear probe, pooled features", "linear_probe"),
+        ("linear probe, part codes", "part_code_probe"),
+        ("random encoder, pooled features (floor)", "random_probe"),
+        ("random encoder, part codes (floor)", "random_part_code_probe"),
+        ("finetuned classifier on phi(x)", "finetune"),
+    ]
+    if any(r[key] for _, key in probes):
+        lines += [
+            "## Recognition",
+            "",
+            "Top-5 counts a hit among the min(5, classes) best guesses.",
+            "",
+            "| classifier | top-1 | top-5 |",
+            "|---|---|---|",
+        ]
+        for title, key in probes:
+            if r[key]:
+                lines.append(f"| {title} | {_fmt(r[key]['top1'])} | {_fmt(r[key]['top5'])} |")
+        if r["finetune"]:
+            ft = r["finetune"]
+            lines += [
+                "",
+                f"Finetuning froze {ft['frozen_stages']} of {ft['encoder_stages']} encoder "
+                f"stages and ran {ft['steps']} SGD steps.",
+            ]
+        lines.append("")
+    pd = r["part_discovery"]
+    if pd:
+        lines += [
+            "## Part discovery",
+            "",
+            "AUROC of each part's occurrence probability as a detector of the best-matching "
+            "shape class, over all h x w cells of the test images (a cell belongs to a class "
+            "when the class covers most of it). 0.5 is chance.",
+            "",
+            f"Mean over parts: **{pd['mean_auroc']:.3f}** "
+            f"(random-init model: {pd['random']['mean_auroc']:.3f}).",
+            "",
+            "| part | best class | AUROC | mean q_occ |",
+            "|---|---|---|---|",
+        ]
+        for p in pd["parts"]:
+            lines.append(
+                f"| {p['part']} | {p['best_class']} | {p['auroc']:.3f} | {p['mean_q_occ']:.3f} |"
+            )
+        lines += ["", "Best part per class:", ""]
+        for name, v in pd["per_class_best"].items():
+            lines.append(f"- {name}: {v:.3f} (random {pd['random']['per_class_best'][name]:.3f})")
+        lines.append("")
+    captions = {
+        "reconstructions": "Test images (top) above their reconstructions.",
+        "occurrence_maps": "Per test image: the image, then each part's occurrence map.",
+        "samples": "Images decoded from the prior.",
+        "parts": "One row per part: training-image patches (the size of a part's receptive "
+        "field) centred where the part occurs most strongly, strongest first.",
+        "training_curves": "Loss terms, temperature and learning rate over training.",
+    }
+    if r["images"]:
+        lines += ["## Figures", ""]
+        for name, path in r["images"].items():
+            lines += [f"### {name}", "", captions[name], "", f"![{name}]({path})", ""]
+    if r["skipped"]:
+        lines += ["## Skipped", ""] + [f"- {m}: {why}" for m, why in r["skipped"].items()] + [""]
+    return "\n".join(lines)
+
+
+def _write_tensorboard(logdir: str, report: dict, images: dict, step: int) -> None:
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        for name, image in images.items():
+            tf.summary.image(name, image[None], step=step)
+        for key in REPORT_KEYS[:5]:
+            if report[key]:
+                tf.summary.scalar(f"{key}/top1", report[key]["top1"], step=step)
+        if report["part_discovery"]:
+            pd = report["part_discovery"]
+            tf.summary.scalar("part_discovery/mean_auroc", pd["mean_auroc"], step=step)
+            tf.summary.scalar("part_discovery/random", pd["random"]["mean_auroc"], step=step)
+        tf.summary.text("report", report["markdown"], step=step)
+    writer.close()
+
+
+def _publish(staging: str, out_dir: str) -> None:
+    """Moves every file of the staging directory into out_dir, each one atomically."""
+    for dirpath, _, files in os.walk(staging):
+        target = os.path.join(out_dir, os.path.relpath(dirpath, staging))
+        os.makedirs(target, exist_ok=True)
+        for f in files:
+            os.replace(os.path.join(dirpath, f), os.path.join(target, f))
+
+
+def evaluate(ecfg: EvalConfig) -> dict:
+    """Runs the sections ecfg asks for and writes WORKDIR/eval/; returns the report."""
+    s = setup(ecfg)
+    model, cfg = s.model, s.cfg
+    random_model = None
+    if {"probe", "parts"} & set(s.modes):
+        keras.utils.set_random_seed(ecfg.seed + 1)
+        random_model = models.build_model(cfg.model, cfg.data.image_size)
+    report = {
+        "workdir": ecfg.workdir,
+        "checkpoint_step": s.step,
+        "dataset": s.source.name,
+        "num_classes": s.source.num_classes,
+        "chance_top1": 1.0 / s.source.num_classes if s.source.num_classes else None,
+        "config": cfg.to_dict(),
+        "eval_config": ecfg.to_dict(),
+        "modes": list(s.modes),
+        "skipped": s.skipped,
+        **{k: None for k in REPORT_KEYS},
+    }
+    timings = {}
+    start = time.perf_counter()
+    if "probe" in s.modes:
+        report |= _probes(model, random_model, s, ecfg)
+        timings["probe"] = time.perf_counter() - start
+    if "parts" in s.modes:
+        start = time.perf_counter()
+        report["part_discovery"] = part_discovery(model, random_model, s, ecfg)
+        timings["parts"] = time.perf_counter() - start
+    if "finetune" in s.modes:
+        start = time.perf_counter()
+        report["finetune"] = finetune(s, ecfg)
+        timings["finetune"] = time.perf_counter() - start
+    images = {}
+    if "visualize" in s.modes:
+        start = time.perf_counter()
+        images = figures(model, s, ecfg)
+        timings["visualize"] = time.perf_counter() - start
+    report["images"] = {name: f"{name}.png" for name in images} or None
+    report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+
+    out_dir = os.path.join(ecfg.workdir, EVAL_DIR)
+    # Everything is written beside the outputs first, so a failure leaves no half a report.
+    staging = tempfile.mkdtemp(prefix=".eval-", dir=ecfg.workdir)
+    try:
+        for name, image in images.items():
+            visualize.save_png(image, os.path.join(staging, f"{name}.png"))
+        markdown = _markdown(report)
+        report["markdown"] = markdown
+        _write_tensorboard(os.path.join(staging, "logs"), report, images, s.step)
+        del report["markdown"]
+        with open(os.path.join(staging, "report.md"), "w") as f:
+            f.write(markdown + "\n")
+        with open(os.path.join(staging, "report.json"), "w") as f:
+            json.dump(report, f, indent=2, sort_keys=True)
+        _publish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def summary_line(report: dict) -> str:
+    """The one line evaluate.py prints: where the report is and its headline numbers."""
+    parts = [f"wrote {os.path.join(report['workdir'], EVAL_DIR, 'report.md')}"]
+    if report["linear_probe"]:
+        parts.append(
+            f"linear probe top-1 {report['linear_probe']['top1']:.3f} "
+            f"(part codes {report['part_code_probe']['top1']:.3f}, "
+            f"random encoder {report['random_probe']['top1']:.3f})"
+        )
+    if report["finetune"]:
+        parts.append(f"finetuned top-1 {report['finetune']['top1']:.3f}")
+    if report["part_discovery"]:
+        pd = report["part_discovery"]
+        parts.append(f"part AUROC {pd['mean_auroc']:.3f} (random {pd['random']['mean_auroc']:.3f})")
+    return "; ".join(parts)
