@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import sys
 import time
 
 import keras
 import tensorflow as tf
 
-from patchvae_tf import data, latents, models, visualize
+from patchvae_tf import data, distribute, latents, models, precision, visualize
 from patchvae_tf.config import Config
 from patchvae_tf.errors import UserError
 
@@ -17,6 +19,8 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 _NUM_IMAGES = 8  # images shown in TensorBoard
+# TF's restart code for preempted jobs (failure_handling): a job manager restarts on it.
+PREEMPTED_EXIT_CODE = 42
 
 
 def _check_workdir(cfg: Config) -> Config | None:
@@ -54,8 +58,10 @@ def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
 
 def create_strategy(cfg: Config) -> tf.distribute.Strategy:
     """The distribution strategy; created once, before any variable."""
-    del cfg
-    return tf.distribute.get_strategy()
+    distribute.configure_devices(cfg.distribute)
+    strategy = distribute.create_strategy(cfg.distribute)
+    distribute.check_global_batch(cfg.train.batch_size, strategy)
+    return strategy
 
 
 def restore(cfg: Config, model, optimizer=None, step=None) -> tf.train.CheckpointManager:
@@ -105,29 +111,142 @@ def _log_images(model, images: tf.Tensor, step: int) -> None:
         )
 
 
+def make_train_step(
+    cfg: Config,
+    strategy: tf.distribute.Strategy,
+    model,
+    optimizer: keras.optimizers.Optimizer,
+    step: tf.Variable,
+    jit_compile: bool = False,
+):
+    """A tf.function taking a distributed iterator: one optimizer step on each replica's share
+    of the next global batch; returns the global-batch means of the loss terms.
+
+    With jit_compile the forward and backward pass of each replica is compiled
+    by XLA; the gradient all-reduce and the update stay outside it, where every strategy
+    supports them.
+    """
+    m = cfg.model
+    global_batch = cfg.train.batch_size
+
+    def temperature():
+        return latents.temperature(step, m.tau_init, m.tau_min, m.anneal_rate)
+
+    def gradients(images, tau):
+        """Images [b, H, W, 3] (this replica's share) -> gradients, summed terms / global batch."""
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True, temperature=tau)
+            terms = model.loss_terms(images, outputs)
+            # Each replica divides its sum by the global batch, so the gradients that the
+            # optimizer sums across replicas are those of the mean over the global batch.
+            loss = tf.reduce_sum(terms["loss"]) / global_batch
+            scaled = optimizer.scale_loss(loss)  # loss scaling under mixed_float16
+        grads = tape.gradient(scaled, model.trainable_variables)
+        return grads, {k: tf.reduce_sum(v) / global_batch for k, v in terms.items()}
+
+    if jit_compile:
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(batch):
+        grads, terms = gradients(batch["image"], temperature())
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return terms
+
+    @tf.function
+    def train_step(iterator):
+        per_replica = strategy.run(replica_step, args=(next(iterator),))
+        metrics = {
+            k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for k, v in per_replica.items()
+        }
+        metrics["temperature"] = temperature()
+        step.assign_add(1)
+        # Written in-graph, so logging the temperature every step costs no host round trip.
+        tf.summary.scalar("temperature", metrics["temperature"], step=step)
+        return metrics
+
+    return train_step
+
+
+def _check_same_step(strategy: tf.distribute.Strategy, step: tf.Variable) -> None:
+    """Workers that restored different steps would deadlock at the end: refuse to start."""
+    if distribute.task(strategy)[0] is None:
+        return
+    value = tf.cast(step, tf.float64)
+    mean, mean_sq = (
+        strategy.reduce(
+            tf.distribute.ReduceOp.MEAN, strategy.run(lambda x=x: tf.identity(x)), axis=None
+        )
+        for x in (value, value * value)
+    )
+    if float(mean_sq - mean * mean) > 1e-6:
+        raise UserError(
+            f"workers restored different steps (this one {int(step.numpy())}, mean "
+            f"{float(mean):.1f}): every worker must read the chief's --workdir checkpoints "
+            "(a shared filesystem)"
+        )
+
+
+def _preemption_handler(strategy, manager, checkpoint_dir: str):
+    """TF's handler: on SIGTERM to any worker, all save at one agreed step, then exit 42."""
+
+    def exit_fn():
+        distribute.remove_worker_dir(checkpoint_dir, strategy)
+        print(
+            f"preempted: saved {manager.latest_checkpoint}; run the same command to resume",
+            flush=True,
+        )
+        sys.exit(PREEMPTED_EXIT_CODE)
+
+    return tf.distribute.experimental.PreemptionCheckpointHandler(
+        getattr(strategy, "cluster_resolver", None),
+        manager,
+        termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=exit_fn),
+    )
+
+
 def train(cfg: Config) -> dict:
     """Trains cfg's model in cfg.train.workdir, resuming from its latest checkpoint.
 
     Returns a summary: first and last logged loss, final step, images/s.
     """
-    t = cfg.train
+    t, dc = cfg.train, cfg.distribute
     _check_workdir(cfg)
-    source = data.get_source(cfg.data, t.seed)
     strategy = create_strategy(cfg)
+    chief = distribute.is_chief(strategy)
+    source = data.get_source(cfg.data, t.seed)
+    if dc.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(t.seed)
 
     with strategy.scope():
-        model = models.build_model(cfg.model, cfg.data.image_size)
-        optimizer = make_optimizer(cfg)
+        model = precision.build_model(cfg.model, cfg.data.image_size, dc.mixed_precision)
+        if dc.sync_batch_norm:
+            distribute.synchronize_batch_norm(model)
+        optimizer = precision.wrap_optimizer(make_optimizer(cfg), dc.mixed_precision)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    manager = restore(cfg, model, optimizer, step)
+
+    checkpoint_dir = os.path.join(t.workdir, CHECKPOINT_DIR)
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=precision.inner_optimizer(optimizer), step=step
+    )
+    # Every worker restores the chief's latest checkpoint: all start at the same step.
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    _check_same_step(strategy, step)
+    distribute.remove_worker_dir(checkpoint_dir, strategy)  # a killed run's leftovers
+    manager = tf.train.CheckpointManager(
+        checkpoint, distribute.write_dir(checkpoint_dir, strategy), max_to_keep=3
+    )
     start = int(step.numpy())
 
-    os.makedirs(t.workdir, exist_ok=True)
-    _write_json_atomic(os.path.join(t.workdir, CONFIG_FILE), cfg.to_json())
+    if chief:
+        os.makedirs(t.workdir, exist_ok=True)
+        _write_json_atomic(os.path.join(t.workdir, CONFIG_FILE), cfg.to_json())
     if start:
-        print(f"resuming from step {start} ({manager.latest_checkpoint})")
+        print(f"resuming from step {start} ({latest})")
     if start >= t.train_steps:
         print(f"already trained for {start} steps (--train_steps={t.train_steps})")
         return {"step": start, "first_loss": None, "last_loss": None, "images_per_second": 0.0}
@@ -135,6 +254,7 @@ def train(cfg: Config) -> dict:
     global_batch = t.batch_size
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        # Each worker reads its own shard (input_context) in per-replica batches.
         return data.input_dataset(
             source,
             "train",
@@ -145,70 +265,65 @@ def train(cfg: Config) -> dict:
         )
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    m = cfg.model
+    jit_compile = dc.jit_compile
+    if jit_compile and dc.sync_batch_norm and strategy.num_replicas_in_sync > 1:
+        # Synchronised BatchNorm all-reduces inside the forward pass; XLA cannot hold that.
+        print("note: --sync_batch_norm over several replicas runs without XLA (--jit_compile)")
+        jit_compile = False
+    train_step = make_train_step(cfg, strategy, model, optimizer, step, jit_compile)
 
-    def step_fn(batch):
-        images = batch["image"]
-        tau = latents.temperature(step, m.tau_init, m.tau_min, m.anneal_rate)
-        with tf.GradientTape() as tape:
-            outputs = model(images, training=True, temperature=tau)
-            terms = model.loss_terms(images, outputs)
-            # Each replica divides its sum by the global batch, so the gradients that the
-            # optimizer sums across replicas are those of the mean over the global batch.
-            loss = tf.reduce_sum(terms["loss"]) / global_batch
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return {k: tf.reduce_sum(v) / global_batch for k, v in terms.items()}
-
-    @tf.function
-    def train_step(it):
-        per_replica = strategy.run(step_fn, args=(next(it),))
-        metrics = {
-            k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-            for k, v in per_replica.items()
-        }
-        metrics["temperature"] = latents.temperature(step, m.tau_init, m.tau_min, m.anneal_rate)
-        step.assign_add(1)
-        # Written in-graph, so logging the temperature every step costs no host round trip.
-        tf.summary.scalar("temperature", metrics["temperature"], step=step)
-        return metrics
-
-    writer = tf.summary.create_file_writer(os.path.join(t.workdir, LOG_DIR))
-    preview = next(iter(data.input_dataset(source, "test", _NUM_IMAGES, training=False)))
-    preview = preview["image"]
+    if chief:
+        writer = tf.summary.create_file_writer(os.path.join(t.workdir, LOG_DIR))
+        preview = next(iter(data.input_dataset(source, "test", _NUM_IMAGES, training=False)))
+        preview = preview["image"]
+    else:
+        writer = tf.summary.create_noop_writer()
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    preemption = _preemption_handler(strategy, manager, checkpoint_dir)
     progress = keras.utils.Progbar(t.train_steps, stateful_metrics=["loss", "images/s"])
     first_loss = last_loss = None
     window_start, window_steps, rate = time.perf_counter(), 0, 0.0
     current = start
-    with writer.as_default():
-        while current < t.train_steps:
-            metrics = train_step(iterator)
-            current += 1
-            window_steps += 1
-            if current % t.log_every == 0 or current == t.train_steps or first_loss is None:
-                values = {k: float(v) for k, v in metrics.items()}
-                elapsed = time.perf_counter() - window_start
-                rate = window_steps * global_batch / max(elapsed, 1e-9)
-                window_start, window_steps = time.perf_counter(), 0
-                if first_loss is None:
-                    first_loss = values["loss"]
-                last_loss = values["loss"]
-                for k, v in values.items():
-                    if k != "temperature":
-                        tf.summary.scalar(k, v, step=current)
-                tf.summary.scalar("learning_rate", float(optimizer.learning_rate), step=current)
-                tf.summary.scalar("images_per_second", rate, step=current)
-                if current % t.log_every == 0 or current == t.train_steps:
-                    _log_images(model, preview, current)
-                progress.update(current, [("loss", last_loss), ("images/s", rate)])
-            if current % t.checkpoint_every == 0 or current == t.train_steps:
-                manager.save(checkpoint_number=current)
-        writer.flush()
-    print(
-        f"trained to step {current}: checkpoint {manager.latest_checkpoint}, "
-        f"TensorBoard logs in {os.path.join(t.workdir, LOG_DIR)} "
-        f"(tensorboard --logdir {t.workdir})"
-    )
+    try:
+        with writer.as_default():
+            while current < t.train_steps:
+                metrics = train_step(iterator)
+                current += 1
+                window_steps += 1
+                if current % t.log_every == 0 or current == t.train_steps or first_loss is None:
+                    values = {k: float(v) for k, v in metrics.items()}
+                    elapsed = time.perf_counter() - window_start
+                    rate = window_steps * global_batch / max(elapsed, 1e-9)
+                    window_start, window_steps = time.perf_counter(), 0
+                    if first_loss is None:
+                        first_loss = values["loss"]
+                    last_loss = values["loss"]
+                    for k, v in values.items():
+                        if k != "temperature":
+                            tf.summary.scalar(k, v, step=current)
+                    # Through numpy: float() fails on a MirroredVariable.
+                    learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+                    tf.summary.scalar("learning_rate", learning_rate, step=current)
+                    tf.summary.scalar("images_per_second", rate, step=current)
+                    if chief and (current % t.log_every == 0 or current == t.train_steps):
+                        _log_images(model, preview, current)
+                    progress.update(current, [("loss", last_loss), ("images/s", rate)])
+                if current % t.checkpoint_every == 0 or current == t.train_steps:
+                    # Every worker saves (a collective); only the chief's copy is kept.
+                    manager.save(checkpoint_number=current)
+                    distribute.remove_worker_dir(checkpoint_dir, strategy)
+                else:
+                    preemption.save_checkpoint_if_preempted(checkpoint_number=current)
+            writer.flush()
+    finally:
+        # The handler took SIGTERM for this run only; give it back (tests train in-process).
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    if chief:
+        print(
+            f"trained to step {current}: checkpoint {manager.latest_checkpoint}, "
+            f"TensorBoard logs in {os.path.join(t.workdir, LOG_DIR)} "
+            f"(tensorboard --logdir {t.workdir})"
+        )
     return {
         "step": current,
         "first_loss": first_loss,
