@@ -1,0 +1,1 @@
+"""The export stage: the trained encoder as a TF Serving SavedModel and an ONNX model."""

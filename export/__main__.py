@@ -1,0 +1,25 @@
+"""Exports a trained encoder: python -m export --workdir=W --export_dir=E [--quantize=int8]."""
+
+import sys
+
+from patchvae_tf import cli, config
+
+config.define_export_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
+    cfg = config.export_from_flags()
+    from export import exporter, onnx_export, parity  # TensorFlow: after the flags are good
+
+    try:
+        rep = exporter.export(cfg)
+    except (parity.ParityError, onnx_export.OnnxCheckError) as e:
+        print(f"error: export check failed, nothing written: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(exporter.summary(cfg, rep))
+
+
+if __name__ == "__main__":
+    cli.run(main)

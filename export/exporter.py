@@ -1,0 +1,201 @@
+"""The export stage end to end: restore, write, reload, compare, then move into place."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from export import checkpoint, layout, onnx_export, parity, quantize, report, serving, warmup
+from patchvae_tf import data, models, training
+from patchvae_tf.config import ExportConfig, load_config
+from patchvae_tf.errors import UserError
+
+
+def training_images(cfg, count: int) -> np.ndarray:
+    """The first `count` training images [count, S, S, 3] in [-1, 1], in a fixed order."""
+    source = data.get_source(cfg.data, cfg.train.seed)
+    batch = next(iter(data.input_dataset(source, "train", count, training=False)), None)
+    images = None if batch is None else batch["image"].numpy()
+    if images is None or len(images) < min(count, 2):
+        raise UserError(f"dataset {cfg.data.dataset!r} gave too few training images to check")
+    return images
+
+
+def _latency_ms(fn, runs: int = 20) -> float:
+    fn()  # the first call traces / allocates
+    start = time.perf_counter()
+    for _ in range(runs):
+        fn()
+    return (time.perf_counter() - start) / runs * 1e3
+
+
+def _numpy(outputs) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+def export(cfg: ExportConfig) -> dict:
+    """Exports the encoder of cfg.workdir into cfg.export_dir; returns the report.
+
+    Nothing appears in export_dir unless every check passed.
+    """
+    model_cfg = load_config(os.path.join(cfg.workdir, training.CONFIG_FILE))
+    path = checkpoint.find_checkpoint(cfg.workdir, cfg.checkpoint)
+    step = checkpoint.checkpoint_step(path)
+    version = cfg.version or step
+    if version <= 0:
+        raise UserError(f"checkpoint {path!r} is at step {step}; pass --version=N (N >= 1)")
+    layout.check_target(cfg.export_dir, version, cfg.overwrite)
+
+    model = models.build_model(model_cfg.model, model_cfg.data.image_size)
+    restored = checkpoint.restore_encoder(model, path)
+    module = serving.EncoderServing(model)
+    n = cfg.parity_images
+    calib = cfg.calibration_images if cfg.quantize else 0
+    unit = training_images(model_cfg, n + calib)
+    unit, calib_unit = unit[:n], unit[n:]
+    pixels = ((unit + 1.0) * 127.5).astype(np.float32)
+    keras_out = _numpy(model.encode(tf.constant(unit), training=False))
+
+    rep = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "workdir": os.path.abspath(cfg.workdir),
+        "checkpoint": os.path.abspath(path),
+        "step": step,
+        "version": version,
+        "model": {
+            "arch": model_cfg.model.arch,
+            "encoder": model_cfg.model.encoder,
+            "image_size": model.image_size,
+            "scale": model.scale,
+            "num_parts": model.num_parts,
+            "appearance_dim": model.appearance_dim,
+            "encoder_variables": restored,
+            "encoder_parameters": serving.parameter_count(model),
+        },
+        "input": {
+            "images": f"float32 [batch, {model.image_size}, {model.image_size}, 3], 0..255",
+            "image_bytes": "string [batch], JPEG or PNG files of any size",
+        },
+        "outputs": serving.output_shapes(model),
+        "versions": report.versions(),
+        "files": {},
+        "parity": {"images": int(len(pixels)), "tolerance": parity.TOLERANCE},
+        "latency_ms_batch1": {},
+    }
+    with layout.Staging(cfg.export_dir) as stage:
+        sm_out = None
+        if "saved_model" in cfg.formats:
+            sm_out = _saved_model(cfg, module, version, stage, pixels, keras_out, rep)
+        if "onnx" in cfg.formats:
+            _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep)
+        report.write_json(stage.join(layout.REPORT), rep)
+        stage.commit(version, cfg.overwrite)
+    return rep
+
+
+def _saved_model(cfg, module, version, stage, pixels, keras_out, rep) -> dict:
+    """Writes, reloads and checks the SavedModel; returns its outputs on pixels."""
+    out_dir = layout.version_dir(stage.path, version)
+    tf.saved_model.save(module, out_dir, signatures=module.signatures())
+    rep["warmup_requests"] = warmup.write_warmup(out_dir, cfg.model_name, pixels)
+    report.write_models_config(stage.join(layout.MODELS_CONFIG), cfg.model_name)
+
+    loaded = tf.saved_model.load(out_dir)
+    replayed = warmup.replay_warmup(out_dir, loaded)
+    default = loaded.signatures[serving.DEFAULT_SIGNATURE]
+    sm_out = _numpy(default(images=tf.constant(pixels)))
+    diffs = parity.max_abs(sm_out, keras_out)
+    parity.check("SavedModel vs Keras", diffs)
+
+    # The bytes signature on lossless PNGs of the same (rounded) pixels must give what
+    # serving_default gives: decoding and preprocessing add nothing.
+    rounded = np.round(pixels)
+    pngs = tf.stack([tf.io.encode_png(tf.cast(p, tf.uint8)) for p in rounded])
+    bytes_out = _numpy(loaded.signatures[serving.BYTES_SIGNATURE](image_bytes=pngs))
+    bytes_diffs = parity.max_abs(bytes_out, _numpy(default(images=tf.constant(rounded))))
+    parity.check("serve_image_bytes vs serving_default", bytes_diffs)
+
+    rep["signatures"] = report.signatures(loaded)
+    rep["parity"]["saved_model_vs_keras"] = diffs
+    rep["parity"]["image_bytes_vs_images"] = bytes_diffs
+    rep["warmup_replayed"] = replayed
+    rel = os.path.join(layout.SAVED_MODEL, str(version))
+    rep["files"][rel] = report.size_bytes(out_dir)
+    one = tf.constant(pixels[:1])
+    rep["latency_ms_batch1"]["saved_model"] = _latency_ms(lambda: default(images=one))
+    return sm_out
+
+
+def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> None:
+    """Converts, checks and compares the ONNX model (and its int8 variant)."""
+    import onnxruntime as ort
+
+    os.makedirs(stage.join(layout.ONNX_DIR))
+    path = stage.join(layout.ONNX_DIR, layout.ONNX_FILE)
+    rep["onnx"] = onnx_export.convert(module, path, cfg.opset)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def run(sess, x):
+        return dict(zip(names, sess.run(names, {serving.IMAGES: x}), strict=True))
+
+    onnx_out = run(session, pixels)
+    diffs = parity.max_abs(onnx_out, keras_out)
+    parity.check("ONNX Runtime vs Keras", diffs)
+    rep["parity"]["onnx_vs_keras"] = diffs
+    if sm_out is not None:
+        diffs = parity.max_abs(onnx_out, sm_out)
+        parity.check("ONNX Runtime vs SavedModel", diffs)
+        rep["parity"]["onnx_vs_saved_model"] = diffs
+    # The batch axis is dynamic: one image alone gives its row of the batch result.
+    single = parity.max_abs(run(session, pixels[:1]), {k: v[:1] for k, v in onnx_out.items()})
+    parity.check("ONNX Runtime batch 1 vs batch", single)
+    rep["parity"]["onnx_batch1_vs_batch"] = single
+    rep["files"][os.path.join(layout.ONNX_DIR, layout.ONNX_FILE)] = report.size_bytes(path)
+    one = pixels[:1]
+    rep["latency_ms_batch1"]["onnxruntime"] = _latency_ms(lambda: run(session, one))
+
+    if cfg.quantize == "int8":
+        int8_path = stage.join(layout.ONNX_DIR, layout.ONNX_INT8_FILE)
+        calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
+        quantize.quantize_int8(path, int8_path, calibration)
+        int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
+        int8_out = run(int8_session, pixels)
+        size = report.size_bytes(int8_path)
+        rep["files"][os.path.join(layout.ONNX_DIR, layout.ONNX_INT8_FILE)] = size
+        rep["int8"] = {
+            "method": quantize.METHOD,
+            "calibration_images": int(len(calibration)),
+            "evaluated_on": "the parity images (not used for calibration)",
+            "size_bytes": size,
+            "size_vs_float32": size / report.size_bytes(path),
+            "agreement_with_float32": parity.agreement(onnx_out, int8_out),
+        }
+        rep["latency_ms_batch1"]["onnxruntime_int8"] = _latency_ms(lambda: run(int8_session, one))
+
+
+def summary(cfg: ExportConfig, rep: dict) -> str:
+    """A few lines for the terminal: where things went, sizes, and the parity figures."""
+    lines = [f"exported step {rep['step']} as version {rep['version']} to {cfg.export_dir}"]
+    for rel, size in sorted(rep["files"].items()):
+        lines.append(f"  {rel}: {size / 1e6:.2f} MB")
+    worst = {
+        name: max(diffs.values())
+        for name, diffs in rep["parity"].items()
+        if isinstance(diffs, dict) and diffs
+    }
+    lines += [f"  max abs diff {name}: {v:.2e}" for name, v in sorted(worst.items())]
+    if "int8" in rep:
+        agree = rep["int8"]["agreement_with_float32"]
+        lines.append(
+            "  int8 vs float32: "
+            + ", ".join(
+                f"{k} max {v['max_abs']:.3g} (cos {v['mean_cosine']:.4f})" for k, v in agree.items()
+            )
+        )
+    lines.append(f"  report: {os.path.join(cfg.export_dir, layout.REPORT)}")
+    return "\n".join(lines)

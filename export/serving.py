@@ -1,0 +1,140 @@
+"""The deterministic encoder as a tf.Module with the two TF Serving signatures."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from patchvae_tf import data, models
+
+IMAGES = "images"
+IMAGE_BYTES = "image_bytes"
+DEFAULT_SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "serve_image_bytes"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def encoder_parts(model) -> dict:
+    """The layers the deterministic encoder uses, by their attribute name on the model.
+
+    The decoder is left out: recognition deployments never run it.
+    """
+    if isinstance(model, models.PatchVAE):
+        return {"encoder": model.encoder, "heads": model.heads}
+    if isinstance(model, models.VAE):
+        return {"encoder": model.encoder, "flatten": model.flatten, "posterior": model.posterior}
+    raise TypeError(f"`model` must be a PatchVAE or a VAE. Received: {type(model).__name__}")
+
+
+def parameter_count(model) -> int:
+    """Scalars in the exported encoder's variables (BatchNorm statistics included)."""
+    layers = encoder_parts(model).values()
+    return int(sum(v.shape.num_elements() for layer in layers for v in layer.variables))
+
+
+def output_shapes(model) -> dict[str, list[int | None]]:
+    """Output name -> shape with batch None, as the signatures return them."""
+    d = model.encoder.channels
+    if isinstance(model, models.PatchVAE):
+        g, n, l_ = model.grid, model.num_parts, model.appearance_dim
+        return {"occurrence": [None, g, g, n], "appearance": [None, n, l_], "features": [None, d]}
+    return {"appearance": [None, model.code_size], "features": [None, d]}
+
+
+class EncoderServing(tf.Module):
+    """Raw pixels or encoded images in, occurrence / appearance / features out.
+
+    Only the encoder parts are tracked, so the SavedModel holds no decoder weights.
+    """
+
+    def __init__(self, model, name: str = "patchvae_encoder"):
+        super().__init__(name=name)
+        for attr, layer in encoder_parts(model).items():
+            setattr(self, attr, layer)
+        # A bound method is not trackable, so the model (and its decoder) stays out.
+        self._encode = model.encode
+        self.image_size = int(model.image_size)
+        s = self.image_size
+        self.expected = f"float32 [batch, {s}, {s}, 3] pixel values in [0, 255]"
+        self.encode_pixels = tf.function(
+            self._encode_pixels,
+            input_signature=[tf.TensorSpec([None, s, s, 3], tf.float32, name=IMAGES)],
+        )
+        # Unknown rank, so a wrong rank reaches the in-graph checks (InvalidArgument with a
+        # message) instead of failing signature binding with a client-side TypeError.
+        self.serve = tf.function(
+            self._serve, input_signature=[tf.TensorSpec(None, tf.float32, name=IMAGES)]
+        )
+        self.serve_image_bytes = tf.function(
+            self._serve_image_bytes,
+            input_signature=[tf.TensorSpec(None, tf.string, name=IMAGE_BYTES)],
+        )
+
+    def signatures(self) -> dict:
+        return {
+            DEFAULT_SIGNATURE: self.serve.get_concrete_function(),
+            BYTES_SIGNATURE: self.serve_image_bytes.get_concrete_function(),
+        }
+
+    def _encode_pixels(self, images):
+        """Images [B, S, S, 3] float 0..255 -> the encoder outputs; no checks (the ONNX graph).
+
+        The scaling is the last step of patchvae_tf.data.preprocess_image, so served and
+        training inputs match.
+        """
+        return self._encode_scaled(tf.clip_by_value(images, 0.0, 255.0) / 127.5 - 1.0)
+
+    def _encode_scaled(self, x):
+        """X [B, S, S, 3] in [-1, 1] -> {name: output} of model.encode (inference mode)."""
+        return {k: tf.identity(v, name=k) for k, v in self._encode(x, training=False).items()}
+
+    def _serve(self, images):
+        """Images [B, S, S, 3] float32 0..255 -> outputs, after checking shape and values."""
+        # EnsureShape fails with InvalidArgument naming the expected shape, for a wrong rank,
+        # size or channel count alike.
+        images = tf.ensure_shape(images, [None, self.image_size, self.image_size, 3])
+        finite = tf.debugging.assert_all_finite(images, f"`images` must be {self.expected}")
+        with tf.control_dependencies([finite]):
+            in_range = [
+                tf.debugging.assert_greater_equal(
+                    tf.reduce_min(images),
+                    0.0,
+                    message=f"`images` must be {self.expected}; got a negative value",
+                ),
+                tf.debugging.assert_less_equal(
+                    tf.reduce_max(images),
+                    255.0,
+                    message=f"`images` must be {self.expected}; got a value above 255",
+                ),
+            ]
+        with tf.control_dependencies(in_range):
+            images = tf.identity(images)
+        return self._encode_pixels(images)
+
+    def _decode_one(self, blob):
+        """One JPEG/PNG file (scalar string) -> [S, S, 3] in [-1, 1], as in training."""
+        is_png = tf.equal(tf.strings.substr(blob, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
+        check = tf.debugging.Assert(
+            tf.logical_or(tf.io.is_jpeg(blob), is_png),
+            [
+                "`image_bytes` must hold JPEG or PNG files; one starts with",
+                tf.strings.substr(blob, 0, 8),
+            ],
+        )
+        with tf.control_dependencies([check]):
+            image = data.decode_image(blob)
+        return data.preprocess_image(image, self.image_size)
+
+    def _serve_image_bytes(self, image_bytes):
+        """image_bytes [B] string of JPEG/PNG files of any size -> outputs."""
+        check = tf.debugging.assert_rank(
+            image_bytes, 1, message="`image_bytes` must be a string [batch] of JPEG or PNG files"
+        )
+        with tf.control_dependencies([check]):
+            image_bytes = tf.identity(image_bytes)
+        s = self.image_size
+        x = tf.map_fn(
+            self._decode_one,
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32),
+        )
+        return self._encode_scaled(x)

@@ -1,0 +1,63 @@
+"""TF Serving warmup requests: a few PredictionLog records in assets.extra."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from export import serving
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+
+def _predict_log(model_name: str, signature: str, name: str, value: np.ndarray):
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+
+
+def write_warmup(saved_model_dir: str, model_name: str, pixels: np.ndarray) -> list[dict]:
+    """Writes warmup requests built from real images pixels [B, S, S, 3] float 0..255.
+
+    Both signatures, at batch 1 and at a larger batch, so TF Serving traces the shapes real
+    traffic uses before the first request. Returns what was written, for the report.
+    """
+    pngs = np.array([tf.io.encode_png(tf.cast(tf.round(p), tf.uint8)).numpy() for p in pixels])
+    big = min(len(pixels), 8)
+    requests = [
+        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:1]),
+        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:big]),
+        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:1]),
+        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:big]),
+    ]
+    path = os.path.join(saved_model_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature, name, value in requests:
+            writer.write(_predict_log(model_name, signature, name, value).SerializeToString())
+    return [{"signature": s, "input": n, "batch": int(len(v))} for s, n, v in requests]
+
+
+def replay_warmup(saved_model_dir: str, loaded) -> int:
+    """Runs every warmup record through the loaded SavedModel, as TF Serving will at load.
+
+    Returns the number of records; a record that fails raises (and fails the export).
+    """
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    count = 0
+    for raw in tf.data.TFRecordDataset(os.path.join(saved_model_dir, WARMUP_FILE)):
+        log = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
+        request = log.predict_log.request
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        loaded.signatures[request.model_spec.signature_name](**inputs)
+        count += 1
+    return count
