@@ -192,10 +192,22 @@ def _tfds_source(cfg: DataConfig) -> Source:
         builder = tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
     except Exception as e:  # TFDS raises DatasetNotFoundError and others.
         raise UserError(f"unknown --dataset {cfg.dataset!r}: {str(e).splitlines()[0]}") from None
+    try:
+        # A no-op once prepared; otherwise downloads (imagenet2012 needs manual archives).
+        builder.download_and_prepare()
+    except Exception as e:  # Network, checksum and manual-download errors alike.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"TFDS dataset {cfg.dataset!r} is not available in --data_dir={cfg.data_dir!r} "
+            f"and could not be prepared: {first}"
+        ) from None
     info = builder.info
-    splits = list(info.splits.keys()) if info.splits else []
+    # Split metadata is known once prepared (or from TFDS's bundled metadata); when it is
+    # not, assume the usual "train" / "test" names.
+    splits = list(info.splits.keys())
     test_split = next((s for s in ("test", "validation") if s in splits), "test")
-    label = info.features.get("label") if hasattr(info.features, "get") else None
+    features = info.features
+    label = features["label"] if "label" in features.keys() else None
     num_classes = getattr(label, "num_classes", None)
 
     def reader(split):
@@ -203,12 +215,8 @@ def _tfds_source(cfg: DataConfig) -> Source:
             read_config = tfds.ReadConfig(
                 input_context=input_context, shuffle_seed=shuffle_seed, try_autocache=False
             )
-            ds = tfds.load(
-                cfg.dataset,
-                split=split,
-                data_dir=cfg.data_dir,
-                shuffle_files=shuffle_seed is not None,
-                read_config=read_config,
+            ds = builder.as_dataset(
+                split=split, shuffle_files=shuffle_seed is not None, read_config=read_config
             )
 
             def convert(ex):
@@ -223,9 +231,10 @@ def _tfds_source(cfg: DataConfig) -> Source:
 
         return read
 
-    sizes = {}
-    for s, name in (("train", "train"), ("test", test_split)):
-        sizes[s] = info.splits[name].num_examples if name in splits else 0
+    sizes = {
+        s: info.splits[name].num_examples if name in splits else None
+        for s, name in (("train", "train"), ("test", test_split))
+    }
     return Source(
         cfg.dataset,
         num_classes,

@@ -1,0 +1,155 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from patchvae_tf import data, shapes
+from patchvae_tf.config import DataConfig
+from patchvae_tf.errors import UserError
+
+
+def _take(ds, n):
+    return [{k: v.numpy() for k, v in ex.items()} for ex in ds.take(n)]
+
+
+def test_shapes_deterministic_per_seed_and_split():
+    a = _take(shapes.shapes_dataset("train", 4, 32, seed=7), 4)
+    b = _take(shapes.shapes_dataset("train", 4, 32, seed=7), 4)
+    c = _take(shapes.shapes_dataset("train", 4, 32, seed=8), 4)
+    t = _take(shapes.shapes_dataset("test", 4, 32, seed=7), 4)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["image"], y["image"])
+    assert not np.array_equal(a[0]["image"], c[0]["image"])
+    assert not np.array_equal(a[0]["image"], t[0]["image"])
+
+
+def test_shapes_masks_match_images():
+    for ex in _take(shapes.shapes_dataset("train", 40, 32, seed=0), 40):
+        image, masks = ex["image"], ex["masks"]
+        assert image.shape == (32, 32, 3) and masks.shape == (32, 32, 3)
+        assert image.min() >= -1.0 and image.max() <= 1.0
+        covered = masks.max(-1) > 0
+        # At most one class per pixel (occlusion resolved), and something is drawn.
+        assert (masks.sum(-1) <= 1).all() and covered.any()
+        background = image[~covered]
+        # Background is one colour in [-1, -0.2]; shapes are drawn in [0, 1].
+        if background.size:
+            assert np.allclose(background, background[0])
+            assert background.max() <= -0.2 + 1e-6
+        assert image[covered].min() >= -1e-6
+        assert ex["label"] == np.argmax(masks.sum(axis=(0, 1)))
+
+
+def test_shapes_pipeline_shards_and_batches():
+    source = data.get_source(DataConfig(shapes_train_size=64, shapes_test_size=16))
+    ds = data.input_dataset(source, "test", 8, training=False)
+    batches = _take(ds, 3)
+    assert len(batches) == 2 and batches[0]["image"].shape == (8, 32, 32, 3)
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
+    shard = _take(data.input_dataset(source, "test", 4, training=False, input_context=ctx), 10)
+    assert sum(b["image"].shape[0] for b in shard) == 8
+
+
+def _write(path, mode, size=(40, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4, "P": 1}[mode]
+    arr = rng.integers(0, 255, size=(size[1], size[0], channels), dtype=np.uint8)
+    img = Image.fromarray(
+        arr.squeeze(-1) if channels == 1 else arr, mode="L" if mode == "P" else mode
+    )
+    if mode == "P":
+        img = img.convert("P")
+    img.save(path)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    root = tmp_path / "imgs"
+    _write(root / "train" / "cat" / "a.png", "L")
+    _write(root / "train" / "cat" / "b.png", "RGBA")
+    _write(root / "train" / "dog" / "c.jpg", "RGB")
+    _write(root / "train" / "dog" / "d.png", "P")
+    (root / "train" / "dog" / "broken.jpg").write_bytes(b"not an image at all")
+    _write(root / "test" / "cat" / "e.jpg", "RGB")
+    _write(root / "test" / "dog" / "f.png", "RGB")
+    return root
+
+
+def test_folder_pipeline_converts_modes_and_skips_corrupt(image_folder, capsys):
+    cfg = DataConfig(dataset=f"folder:{image_folder}", image_size=16)
+    source = data.get_source(cfg)
+    assert "skipped 1 corrupt" in capsys.readouterr().out
+    assert source.skipped == 1 and source.num_classes == 2
+    assert source.sizes == {"train": 4, "test": 2}
+    batch = next(iter(data.input_dataset(source, "train", 4, training=True)))
+    assert batch["image"].shape == (4, 16, 16, 3)
+    assert batch["image"].numpy().min() >= -1.0 and batch["image"].numpy().max() <= 1.0
+    assert sorted(batch["label"].numpy().tolist()) == [0, 0, 1, 1]
+    test = _take(data.input_dataset(source, "test", 8, training=False), 1)[0]
+    assert test["image"].shape == (2, 16, 16, 3)
+
+
+def test_folder_grey_image_becomes_equal_rgb_channels(tmp_path):
+    root = tmp_path / "g"
+    _write(root / "train" / "x" / "a.png", "L", size=(16, 16))
+    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=16))
+    image = _take(data.input_dataset(source, "train", 1, training=False, repeat=False), 1)
+    rgb = image[0]["image"][0]
+    np.testing.assert_allclose(rgb[..., 0], rgb[..., 1])
+    np.testing.assert_allclose(rgb[..., 0], rgb[..., 2])
+
+
+def test_preprocess_resizes_then_centre_crops():
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, 10:30] = 255  # the centre 20x20 is white
+    out = data.preprocess_image(image, 10).numpy()
+    assert out.shape == (10, 10, 3)
+    # Antialiasing blends the black border into the outermost columns only.
+    assert out[:, 1:-1].min() > 0.99 and out.min() > 0.5
+
+
+def test_split_files(tmp_path):
+    root = tmp_path / "indoor"
+    for rel in ("bar/1.jpg", "bar/2.jpg", "kitchen/3.jpg"):
+        _write(root / rel, "RGB")
+    (tmp_path / "TrainImages.txt").write_text("bar/1.jpg\nkitchen/3.jpg\n")
+    (tmp_path / "TestImages.txt").write_text("bar/2.jpg\n")
+    cfg = DataConfig(
+        dataset=f"folder:{root}",
+        image_size=8,
+        train_split_file=str(tmp_path / "TrainImages.txt"),
+        test_split_file=str(tmp_path / "TestImages.txt"),
+    )
+    source = data.get_source(cfg)
+    assert source.sizes == {"train": 2, "test": 1} and source.num_classes == 2
+    (tmp_path / "TestImages.txt").write_text("bar/2.jpg\nbar/missing.jpg\n")
+    with pytest.raises(UserError, match="missing.jpg"):
+        data.get_source(cfg)
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty"])
+def test_folder_errors(tmp_path, layout):
+    root = tmp_path / "d"
+    if layout == "empty":
+        (root / "train" / "cls").mkdir(parents=True)
+    with pytest.raises(UserError, match=str(root)):
+        data.get_source(DataConfig(dataset=f"folder:{root}"))
+
+
+def test_tfds_through_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        source = data.get_source(DataConfig(dataset="mnist", image_size=16))
+        assert source.num_classes == 10
+        batch = next(iter(data.input_dataset(source, "train", 4, training=True)))
+        test = next(iter(data.input_dataset(source, "test", 4, training=False)))
+    assert batch["image"].shape == (4, 16, 16, 3) and test["image"].shape == (4, 16, 16, 3)
+    assert batch["label"].dtype == tf.int32
+    assert -1.0 <= batch["image"].numpy().min() and batch["image"].numpy().max() <= 1.0
+
+
+def test_unknown_tfds_name_is_a_user_error():
+    with pytest.raises(UserError, match="no_such_dataset"):
+        data.get_source(DataConfig(dataset="no_such_dataset"))

@@ -1,0 +1,94 @@
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from patchvae_tf import latents
+
+
+def test_pooling_matches_numpy():
+    rng = np.random.default_rng(0)
+    b, h, w, n, d = 2, 3, 3, 4, 2
+    mean = rng.normal(size=(b, h, w, n * d)).astype(np.float32)
+    logvar = rng.normal(size=(b, h, w, n * d)).astype(np.float32)
+    q = rng.uniform(size=(b, h, w, n)).astype(np.float32)
+    mu_app, var_app = latents.pool_appearance(mean, logvar, q, n, d)
+    m = mean.reshape(b, h, w, n, d)
+    v = np.exp(logvar).reshape(b, h, w, n, d)
+    qq = q[..., None]
+    total = qq.sum(axis=(1, 2))
+    np.testing.assert_allclose(mu_app, (qq * m).sum(axis=(1, 2)) / (total + 1e-6), rtol=1e-5)
+    np.testing.assert_allclose(
+        var_app, ((qq * v).sum(axis=(1, 2)) + 1e-6) / (total + 1e-6), rtol=1e-5
+    )
+
+
+def test_pooling_single_location_and_no_gradient_to_weights():
+    mean = tf.constant(np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2))  # N=2, L=1
+    logvar = tf.zeros([1, 2, 2, 2])
+    q = tf.Variable(np.array([[[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]]], np.float32))
+    with tf.GradientTape() as tape:
+        mu_app, var_app = latents.pool_appearance(mean, logvar, q, 2, 1)
+    # Part 0 only at (0, 0) where its mean is 0; part 1 only at (1, 1) where its mean is 7.
+    np.testing.assert_allclose(mu_app.numpy()[0, :, 0], [0.0, 7.0], atol=1e-5)
+    np.testing.assert_allclose(var_app.numpy()[0, :, 0], [1.0, 1.0], atol=1e-5)
+    assert tape.gradient(mu_app, q) is None
+
+
+def test_compose_places_codes_where_parts_occur():
+    z_app = tf.constant([[[1.0, 2.0], [3.0, 4.0]]])  # [1, N=2, L=2]
+    z_occ = tf.constant([[[[1.0, 0.0], [0.0, 0.5]]]])  # [1, 1, 2, N]
+    z_hat = latents.compose(z_app, z_occ).numpy()
+    np.testing.assert_allclose(z_hat[0, 0, 0], [1.0, 2.0, 0.0, 0.0])
+    np.testing.assert_allclose(z_hat[0, 0, 1], [0.0, 0.0, 1.5, 2.0])
+
+
+def test_hard_occurrences_are_binary_with_gradients():
+    logits = tf.Variable(tf.random.normal([2, 3, 3, 4], seed=1))
+    with tf.GradientTape() as tape:
+        z = latents.sample_occurrence(logits, 0.5, hard=True)
+        loss = tf.reduce_sum(z * tf.range(4, dtype=tf.float32))
+    values = np.unique(z.numpy())
+    assert set(values.tolist()) <= {0.0, 1.0}
+    np.testing.assert_array_equal(z.numpy(), (logits.numpy() > 0).astype(np.float32))
+    grad = tape.gradient(loss, logits)
+    assert grad is not None and np.abs(grad.numpy()).sum() > 0
+
+
+def test_categorical_occurrences_sum_to_one():
+    logits = tf.random.normal([2, 3, 3, 5], seed=2)
+    z = latents.sample_occurrence(logits, 0.7, categorical=True)
+    np.testing.assert_allclose(tf.reduce_sum(z, -1).numpy(), 1.0, rtol=1e-5)
+    q = latents.occurrence_probs(logits, categorical=True)
+    np.testing.assert_allclose(tf.reduce_sum(q, -1).numpy(), 1.0, rtol=1e-5)
+
+
+def test_relaxed_bernoulli_mean_follows_probability_at_high_temperature_limit():
+    # At a low temperature relaxed samples are nearly binary with P(z > 0.5) = sigmoid(l).
+    logits = tf.fill([20000], 1.0)
+    z = latents.sample_occurrence(logits, 0.05).numpy()
+    assert abs((z > 0.5).mean() - 1 / (1 + math.exp(-1.0))) < 0.02
+
+
+@pytest.mark.parametrize(
+    "step,expected",
+    [
+        (0, 1.0),
+        (999, 1.0),
+        (1000, math.exp(-3e-5 * 1000)),
+        (2500, math.exp(-3e-5 * 2000)),
+        (10**6, 0.1),
+    ],
+)
+def test_temperature_schedule(step, expected):
+    tau = latents.temperature(tf.constant(step, tf.int64), 1.0, 0.1, 3e-5)
+    assert abs(float(tau) - expected) < 1e-6
+
+
+def test_prior_samples_have_prior_rate():
+    z = latents.sample_prior(64, 4, 8, 1, prior=0.25, categorical=False)
+    occupied = (tf.abs(z) > 0).numpy().mean()
+    assert 0.2 < occupied < 0.3
+    zc = latents.sample_prior(4, 4, 8, 1, prior=0.25, categorical=True)
+    assert ((tf.abs(zc) > 0).numpy().sum(-1) <= 1).all()
