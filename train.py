@@ -8,9 +8,10 @@ config.define_flags()
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
+    cfg = config.from_flags()
     from patchvae_tf import training  # imports TensorFlow: after flags are known to be good
 
-    training.train(config.from_flags())
+    training.train(cfg)
 
 
 if __name__ == "__main__":
