@@ -1,0 +1,359 @@
+"""The export stage: SavedModel for TF Serving, ONNX for edge runtimes, and their agreement."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from patchvae_tf.config import ExportConfig, validate_export
+from patchvae_tf.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 32  # tests/conftest.py tiny_config
+GRID, PARTS, APP_DIM, CHANNELS = 8, 8, 4, 32  # its scale 4, N, L and encoder width
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """(ExportConfig, report) of one export of the session's tiny PatchVAE, with int8."""
+    from export import exporter
+
+    cfg, _ = trained
+    ecfg = ExportConfig(
+        workdir=cfg.train.workdir,
+        export_dir=str(tmp_path_factory.mktemp("export") / "patchvae"),
+        quantize="int8",
+        parity_images=16,
+        calibration_images=32,
+    )
+    return ecfg, exporter.export(validate_export(ecfg))
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    import tensorflow as tf
+
+    ecfg, rep = exported
+    return tf.saved_model.load(_version_dir(ecfg, rep))
+
+
+def _version_dir(ecfg, rep):
+    return os.path.join(ecfg.export_dir, "saved_model", str(rep["version"]))
+
+
+def _pixels(n, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def _env():
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""}
+
+
+def test_layout_report_and_parity(trained, exported):
+    cfg, summary = trained
+    ecfg, rep = exported
+    root = ecfg.export_dir
+    assert rep["version"] == rep["step"] == summary["step"] == 300
+    for rel in (
+        "saved_model/300/saved_model.pb",
+        "saved_model/300/assets.extra/tf_serving_warmup_requests",
+        "onnx/encoder.onnx",
+        "onnx/encoder.int8.onnx",
+        "models.config",
+        "export_report.json",
+    ):
+        assert os.path.isfile(os.path.join(root, rel)), rel
+    with open(os.path.join(root, "export_report.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk["version"] == 300 and on_disk["checkpoint"].endswith("ckpt-300")
+    assert on_disk["files"]["onnx/encoder.onnx"] == os.path.getsize(f"{root}/onnx/encoder.onnx")
+    # Every float32 comparison, on every output, within the contract's 1e-4.
+    comparisons = [
+        "saved_model_vs_keras",
+        "onnx_vs_keras",
+        "onnx_vs_saved_model",
+        "onnx_batch1_vs_batch",
+        "image_bytes_vs_images",
+    ]
+    for name in comparisons:
+        diffs = on_disk["parity"][name]
+        assert set(diffs) == {"occurrence", "appearance", "features"}, name
+        assert max(diffs.values()) <= 1e-4, (name, diffs)
+    assert on_disk["parity"]["images"] == 16
+    sig = on_disk["signatures"]["serving_default"]
+    assert sig["outputs"]["occurrence"]["shape"] == [None, GRID, GRID, PARTS]
+    assert sig["outputs"]["appearance"]["shape"] == [None, PARTS, APP_DIM]
+    assert sig["outputs"]["features"]["shape"] == [None, CHANNELS]
+    assert on_disk["signatures"]["serve_image_bytes"]["inputs"]["image_bytes"]["dtype"] == "string"
+    assert on_disk["warmup_replayed"] == len(on_disk["warmup_requests"]) == 4
+    assert on_disk["onnx"]["opset"] >= 17
+    assert on_disk["versions"]["tensorflow"].startswith("2.")
+    config_text = open(os.path.join(root, "models.config")).read()
+    assert "name: 'patchvae'" in config_text and "base_path: '/models/patchvae'" in config_text
+    # Nothing but the export dir itself next to it: the staging directory is gone.
+    assert os.listdir(os.path.dirname(root)) == ["patchvae"]
+
+
+def test_saved_model_holds_the_encoder_only(exported):
+    import tensorflow as tf
+
+    ecfg, rep = exported
+    keys = [k for k, _ in tf.train.list_variables(f"{_version_dir(ecfg, rep)}/variables/variables")]
+    weights = [k for k in keys if "VARIABLE_VALUE" in k]
+    assert len(weights) == rep["model"]["encoder_variables"] == 13
+    assert not [k for k in keys if "decoder" in k]
+    assert any("moving_mean" in k for k in weights)  # BatchNorm statistics are exported
+
+
+def test_fresh_process_without_our_code_serves_both_signatures(exported, tmp_path):
+    ecfg, rep = exported
+    script = textwrap.dedent(
+        """
+        import io, json, sys
+        import numpy as np
+        import tensorflow as tf
+        m = tf.saved_model.load(sys.argv[1])
+        rng = np.random.default_rng(1)
+        pixels = rng.uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+        a = m.signatures["serving_default"](images=tf.constant(pixels))
+        big = tf.cast(rng.uniform(0, 255, (50, 40, 3)), tf.uint8)
+        grey = tf.cast(rng.uniform(0, 255, (20, 33, 1)), tf.uint8)
+        blobs = tf.stack([tf.io.encode_jpeg(big), tf.io.encode_png(grey)])
+        b = m.signatures["serve_image_bytes"](image_bytes=blobs)
+        ours = [n for n in sys.modules if n.split(".")[0] in ("patchvae_tf", "export")]
+        print(json.dumps({
+            "default": {k: v.shape.as_list() for k, v in a.items()},
+            "bytes": {k: v.shape.as_list() for k, v in b.items()},
+            "finite": bool(all(np.isfinite(v.numpy()).all() for v in [*a.values(), *b.values()])),
+            "ours": ours,
+        }))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, _version_dir(ecfg, rep)],
+        cwd=tmp_path,  # not the repo: our packages are not importable from here
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["ours"] == [] and got["finite"]
+    assert got["default"] == {
+        "occurrence": [3, GRID, GRID, PARTS],
+        "appearance": [3, PARTS, APP_DIM],
+        "features": [3, CHANNELS],
+    }
+    assert got["bytes"] == {
+        "occurrence": [2, GRID, GRID, PARTS],
+        "appearance": [2, PARTS, APP_DIM],
+        "features": [2, CHANNELS],
+    }
+
+
+def test_saved_model_cli_lists_both_signatures(exported):
+    ecfg, rep = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    proc = subprocess.run(
+        [cli, "show", "--all", "--dir", _version_dir(ecfg, rep)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for text in (
+        "signature_def['serving_default']",
+        "signature_def['serve_image_bytes']",
+        "inputs['images']",
+        "inputs['image_bytes']",
+        "outputs['occurrence']",
+        "outputs['appearance']",
+        "outputs['features']",
+        f"shape: (-1, {GRID}, {GRID}, {PARTS})",
+    ):
+        assert text in out, text
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_onnx_runtime_agrees_with_saved_model(exported, loaded, batch):
+    import onnx
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    ecfg, _ = exported
+    path = os.path.join(ecfg.export_dir, "onnx", "encoder.onnx")
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert session.get_inputs()[0].shape == ["batch", SIZE, SIZE, 3]
+    names = [o.name for o in session.get_outputs()]
+    assert sorted(names) == ["appearance", "features", "occurrence"]
+
+    pixels = _pixels(batch, seed=batch)
+    got = dict(zip(names, session.run(names, {"images": pixels}), strict=True))
+    want = loaded.signatures["serving_default"](images=tf.constant(pixels))
+    for k in names:
+        assert got[k].shape == tuple(want[k].shape)
+        np.testing.assert_allclose(got[k], want[k].numpy(), rtol=0, atol=1e-4, err_msg=k)
+    # Not trivially equal: outputs vary across the batch and occurrences are probabilities.
+    assert np.all((got["occurrence"] >= 0) & (got["occurrence"] <= 1))
+    if batch > 1:
+        assert np.ptp(got["features"], axis=0).max() > 1e-3
+
+
+def test_int8_model_is_smaller_and_close(exported):
+    import onnx
+    import onnxruntime as ort
+
+    ecfg, rep = exported
+    int8 = rep["int8"]
+    assert int8["size_bytes"] == os.path.getsize(f"{ecfg.export_dir}/onnx/encoder.int8.onnx")
+    assert int8["size_bytes"] < 0.75 * rep["files"]["onnx/encoder.onnx"]
+    assert int8["calibration_images"] == 32
+    agree = int8["agreement_with_float32"]
+    # Close but not identical: a quantized model that matched exactly would not be int8.
+    assert agree["features"]["mean_cosine"] > 0.95
+    assert 0 < agree["occurrence"]["max_abs"] < 0.5
+    path = f"{ecfg.export_dir}/onnx/encoder.int8.onnx"
+    kinds = {n.op_type for n in onnx.load(path).graph.node}
+    assert "QuantizeLinear" in kinds and "DequantizeLinear" in kinds
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (occ,) = session.run(["occurrence"], {"images": _pixels(7)})
+    assert occ.shape == (7, GRID, GRID, PARTS)
+
+
+def test_bad_inputs_raise_invalid_argument(loaded):
+    import tensorflow as tf
+
+    default = loaded.signatures["serving_default"]
+    from_bytes = loaded.signatures["serve_image_bytes"]
+    expected_shape = r"expected shape \[\?,32,32,3\]"
+    cases = [
+        (default, {"images": np.zeros((SIZE, SIZE, 3), np.float32)}, expected_shape),
+        (default, {"images": np.zeros((1, 31, SIZE, 3), np.float32)}, expected_shape),
+        (default, {"images": np.zeros((1, SIZE, SIZE, 4), np.float32)}, expected_shape),
+        (default, {"images": -np.ones((1, SIZE, SIZE, 3), np.float32)}, "in \\[0, 255\\]"),
+        (default, {"images": np.full((1, SIZE, SIZE, 3), np.nan, np.float32)}, "in \\[0, 255\\]"),
+        (from_bytes, {"image_bytes": np.array([b"not an image at all"])}, "JPEG or PNG"),
+        (from_bytes, {"image_bytes": np.array(b"x")}, "string \\[batch\\]"),
+    ]
+    for fn, kwargs, message in cases:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            fn(**{k: tf.constant(v) for k, v in kwargs.items()})
+    png = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+    with pytest.raises(tf.errors.InvalidArgumentError):  # a PNG header on a broken file
+        from_bytes(image_bytes=tf.constant([png[:40]]))
+
+
+def test_second_export_of_a_version_is_refused(exported):
+    ecfg, _ = exported
+    report = os.path.join(ecfg.export_dir, "export_report.json")
+    before = os.stat(report).st_mtime_ns
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            f"--workdir={ecfg.workdir}",
+            f"--export_dir={ecfg.export_dir}",
+        ],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: version 300 already exists") and "--overwrite" in last
+    assert os.stat(report).st_mtime_ns == before
+
+
+def test_failed_check_leaves_no_directory(trained, tmp_path, monkeypatch):
+    from export import exporter, parity
+
+    cfg, _ = trained
+    target = tmp_path / "out" / "patchvae"
+    # A tolerance nothing can meet makes the first parity check fail after the SavedModel
+    # has been written to the staging directory.
+    monkeypatch.setattr(parity, "TOLERANCE", -1.0)
+    ecfg = ExportConfig(
+        workdir=cfg.train.workdir, export_dir=str(target), formats=("saved_model",), parity_images=4
+    )
+    with pytest.raises(parity.ParityError, match="SavedModel vs Keras"):
+        exporter.export(ecfg)
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_checkpoint_without_the_encoder_is_refused(trained, tmp_path):
+    import tensorflow as tf
+
+    from export import exporter
+    from patchvae_tf import models
+
+    cfg, _ = trained
+    # A VAE checkpoint shares the encoder but has no occurrence / appearance heads.
+    vae = models.build_model(dataclasses.replace(cfg.model, arch="vae"), SIZE)
+    prefix = tf.train.Checkpoint(model=vae).write(str(tmp_path / "vae" / "ckpt-5"))
+    ecfg = ExportConfig(
+        workdir=cfg.train.workdir, export_dir=str(tmp_path / "e"), checkpoint=prefix, version=1
+    )
+    with pytest.raises(UserError, match="does not hold every encoder variable"):
+        exporter.export(ecfg)
+    assert not os.path.exists(tmp_path / "e")
+
+
+def test_vae_exports_its_outputs(trained, tmp_path):
+    import tensorflow as tf
+
+    from export import exporter
+    from patchvae_tf import models, training
+
+    cfg, _ = trained
+    vae_cfg = cfg.replace(
+        model=dataclasses.replace(cfg.model, arch="vae"),
+        train=dataclasses.replace(cfg.train, workdir=str(tmp_path / "vae")),
+    )
+    vae = models.build_model(vae_cfg.model, SIZE)
+    os.makedirs(vae_cfg.train.workdir)
+    with open(os.path.join(vae_cfg.train.workdir, training.CONFIG_FILE), "w") as f:
+        f.write(vae_cfg.to_json())
+    step = tf.Variable(7, dtype=tf.int64)
+    ckpt = tf.train.Checkpoint(model=vae, step=step)
+    tf.train.CheckpointManager(ckpt, f"{vae_cfg.train.workdir}/checkpoints", 1).save(7)
+    ecfg = ExportConfig(
+        workdir=vae_cfg.train.workdir, export_dir=str(tmp_path / "e"), parity_images=8
+    )
+    rep = exporter.export(ecfg)
+    assert rep["version"] == 7
+    assert rep["outputs"] == {"appearance": [None, PARTS * APP_DIM], "features": [None, CHANNELS]}
+    assert max(rep["parity"]["onnx_vs_saved_model"].values()) <= 1e-4
+    assert set(rep["signatures"]["serving_default"]["outputs"]) == {"appearance", "features"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"workdir": ""}, "--workdir is required"),
+        ({"formats": ("saved_model", "tflite")}, "--formats"),
+        ({"formats": ("saved_model",), "quantize": "int8"}, "add onnx to --formats"),
+        ({"quantize": "int4"}, "unknown --quantize 'int4'"),
+        ({"version": -1}, "--version must be >= 0"),
+        ({"opset": 13}, "--opset must be in"),
+        ({"export_dir": "w"}, "must differ from --workdir"),
+    ],
+)
+def test_export_config_validation(change, message):
+    base = ExportConfig(workdir="w", export_dir="e")
+    with pytest.raises(UserError, match=message):
+        validate_export(dataclasses.replace(base, **change))
