@@ -1,0 +1,257 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from patchvae_tf.config import EvalConfig, validate_eval
+from patchvae_tf.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Small enough for 2 shared cores: the probes see 256 images per split.
+FAST = dict(eval_examples=256, batch_size=64, probe_steps=200, finetune_steps=30, gallery_size=5)
+
+
+def _copy_workdir(cfg, dest) -> str:
+    """A private copy of the fixture's workdir, so tests writing eval/ do not collide."""
+    workdir = str(dest / "workdir")
+    shutil.copytree(cfg.train.workdir, workdir, ignore=shutil.ignore_patterns("eval", ".eval-*"))
+    return workdir
+
+
+def _png_shape(path):
+    with Image.open(path) as im:
+        return np.asarray(im).shape
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, tmp_path_factory):
+    """(cfg, summary, workdir, report) of a full evaluation of the fixture model."""
+    from patchvae_tf import evaluation
+
+    cfg, summary = trained
+    workdir = _copy_workdir(cfg, tmp_path_factory.mktemp("evaluated"))
+    report = evaluation.evaluate(EvalConfig(workdir=workdir, mode="all", **FAST))
+    return cfg, summary, workdir, report
+
+
+def test_report_has_every_key(evaluated):
+    from patchvae_tf import evaluation
+
+    cfg, summary, workdir, report = evaluated
+    for key in evaluation.REPORT_KEYS:
+        assert report[key] is not None, key
+    for key in ("linear_probe", "part_code_probe", "random_probe", "random_part_code_probe"):
+        assert set(report[key]) >= {"top1", "top5", "train_examples", "test_examples"}
+        assert report[key]["test_examples"] == 256
+        assert 0.0 <= report[key]["top1"] <= report[key]["top5"] <= 1.0
+    # Three classes: every test label is among the top five.
+    assert report["linear_probe"]["top5"] == 1.0
+    assert report["finetune"]["frozen_stages"] == report["finetune"]["encoder_stages"] == 2
+    assert 0.0 <= report["finetune"]["top1"] <= 1.0
+    assert report["checkpoint_step"] == summary["step"] == cfg.train.train_steps
+    assert report["config"]["model"] == json.loads(cfg.to_json())["model"]
+    assert report["skipped"] == {}
+    on_disk = json.load(open(os.path.join(workdir, "eval", "report.json")))
+    assert on_disk == json.loads(json.dumps(report))
+    markdown = open(os.path.join(workdir, "eval", "report.md")).read()
+    for name in ("reconstructions", "occurrence_maps", "samples", "parts", "training_curves"):
+        assert f"![{name}]({name}.png)" in markdown
+    assert os.listdir(os.path.join(workdir, "eval", "logs"))
+    assert not [f for f in os.listdir(workdir) if f.startswith(".eval-")]
+
+
+def test_probe_beats_chance(evaluated):
+    *_, report = evaluated
+    assert report["chance_top1"] == pytest.approx(1 / 3)
+    assert report["linear_probe"]["top1"] > report["chance_top1"] + 0.1
+    assert report["part_code_probe"]["top1"] > report["chance_top1"] + 0.1
+
+
+def test_part_discovery_beats_random_floor(evaluated):
+    *_, report = evaluated
+    pd = report["part_discovery"]
+    assert len(pd["parts"]) == 8
+    assert pd["cells"] == 256 * 8 * 8
+    assert sum(pd["region_fraction"].values()) == pytest.approx(1.0)
+    for p in pd["parts"]:
+        per_region = p["auroc_per_region"]
+        assert p["auroc"] == max(per_region.values())
+        assert p["class_auroc"] == max(v for k, v in per_region.items() if k != "background")
+    assert pd["mean_auroc"] == pytest.approx(np.mean([p["auroc"] for p in pd["parts"]]))
+    assert pd["mean_auroc"] > pd["random"]["mean_auroc"]
+    # The best shape detector among the parts beats a random network's best one.
+    shapes = ("circle", "triangle", "square")
+    best = max(pd["per_region_best"][k] for k in shapes)
+    assert best > max(pd["random"]["per_region_best"][k] for k in shapes)
+
+
+def test_pngs_have_the_expected_grids(evaluated):
+    cfg, _, workdir, _ = evaluated
+    out = os.path.join(workdir, "eval")
+    cell = cfg.data.image_size + 1  # image_grid pads 1 pixel between and around cells
+    n = cfg.model.num_parts
+    assert _png_shape(os.path.join(out, "reconstructions.png")) == (2 * cell + 1, 8 * cell + 1, 3)
+    assert _png_shape(os.path.join(out, "samples.png")) == (2 * cell + 1, 8 * cell + 1, 3)
+    assert _png_shape(os.path.join(out, "occurrence_maps.png")) == (
+        4 * cell + 1,
+        (n + 1) * cell + 1,
+        3,
+    )
+    # Pyramid encoder at scale 4: two 4x4 stride-2 convs and the 3x3 head see 18 pixels.
+    patch = 18 + 1
+    assert _png_shape(os.path.join(out, "parts.png")) == (n * patch + 1, 5 * patch + 1, 3)
+    h, w, c = _png_shape(os.path.join(out, "training_curves.png"))
+    assert h > 200 and w > 400 and c == 3
+
+
+def test_receptive_field_matches_the_gradient_support(trained):
+    import tensorflow as tf
+
+    from patchvae_tf import models, visualize
+
+    cfg, _ = trained
+    model = models.build_model(cfg.model, 32)
+    x = tf.random.normal([1, 32, 32, 3])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logit = model.heads(model.encoder(x))[2][0, 4, 4, 0]  # an interior cell
+    support = np.nonzero(np.abs(tape.gradient(logit, x).numpy()[0]).sum(axis=(1, 2)))[0]
+    assert support.max() - support.min() + 1 == visualize.receptive_field(model.encoder) == 18
+
+
+def test_resnet_receptive_field():
+    from patchvae_tf import networks, visualize
+
+    # Stem 7x7/2 and 3x3/2 pool (11 px), stage 1 four 3x3 convs (+32), stage 2 (+64),
+    # the 3x3 head at stride 8 (+16).
+    assert visualize.receptive_field(networks.ResNetEncoder(8)) == 115
+
+
+def test_part_gallery_keeps_the_strongest_patch_per_image():
+    from patchvae_tf import visualize
+
+    images = np.full([3, 8, 8, 3], -1.0, np.float32)
+    q = np.zeros([3, 4, 4, 2], np.float32)
+    for i, (r, c, score) in enumerate([(1, 2, 0.5), (3, 0, 0.9), (0, 0, 0.7)]):
+        images[i, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2] = 1.0  # the cell the part found
+        q[i, r, c, 0] = score
+    gallery = visualize.PartGallery(num_parts=2, k=2, scale=2, patch_size=2)
+    gallery.add(images[:2], q[:2])
+    gallery.add(images[2:], q[2:])
+    np.testing.assert_allclose(gallery.scores[0], [0.9, 0.7])
+    # Each kept patch is exactly the white cell of its image.
+    np.testing.assert_allclose(gallery.patches[0], np.ones([2, 2, 2, 3]))
+    assert gallery.grid().shape == (2 * 3 + 1, 2 * 3 + 1, 3)
+
+
+def test_auroc_counts_pairs_and_ties():
+    from patchvae_tf import evaluation
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 200).astype(float)  # many ties
+    labels = rng.random(200) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
+    assert evaluation.auroc(scores, labels) == pytest.approx(pairs)
+    assert evaluation.auroc([0.1, 0.2, 0.9], [False, False, True]) == 1.0
+    assert np.isnan(evaluation.auroc([0.1, 0.2], [True, True]))
+
+
+def test_linear_probe_separates_and_topk():
+    from patchvae_tf import evaluation
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=[4, 6]) * 4
+    y = rng.integers(0, 4, 400)
+    x = centres[y] + rng.normal(size=[400, 6])
+    result = evaluation.linear_probe(x[:300], y[:300], x[300:], y[300:], 4, 200, 0.05)
+    assert result["top1"] > 0.95 and result["top5"] == 1.0
+    logits = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    assert evaluation.topk_accuracy(logits, np.array([0, 1]), 1) == 0.5
+    assert evaluation.topk_accuracy(logits, np.array([1, 0]), 2) == 0.5
+
+
+def _write_folder(root, classes, per_class, size=32):
+    """Root/{train,test}/CLASS/*.png: each class a noisy flat colour."""
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 40, 40), "blue": (40, 40, 200), "green": (40, 200, 40)}
+    for split in ("train", "test"):
+        for name in classes:
+            os.makedirs(root / split / name)
+            for i in range(per_class):
+                noise = rng.integers(-40, 40, [size, size, 3])
+                pixels = np.clip(np.array(colours[name]) + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return f"folder:{root}"
+
+
+def test_folder_dataset_gets_probe_numbers(trained, tmp_path):
+    from patchvae_tf import evaluation
+
+    cfg, _ = trained
+    workdir = _copy_workdir(cfg, tmp_path)
+    dataset = _write_folder(tmp_path / "images", ["blue", "red"], 12)
+    report = evaluation.evaluate(EvalConfig(workdir=workdir, mode="probe", dataset=dataset, **FAST))
+    assert report["num_classes"] == 2 and report["dataset"] == dataset
+    assert report["linear_probe"]["test_examples"] == 24
+    # Red against blue is easy for any encoder, trained or random.
+    assert report["linear_probe"]["top1"] > 0.9
+    assert report["random_probe"]["top1"] > 0.9
+    assert report["part_discovery"] is None and report["finetune"] is None
+    saved = json.load(open(os.path.join(workdir, "eval", "report.json")))
+    assert saved["linear_probe"]["top1"] == report["linear_probe"]["top1"]
+
+
+def test_bad_inputs_are_user_errors(trained, tmp_path):
+    from patchvae_tf import evaluation
+
+    cfg, _ = trained
+    workdir = _copy_workdir(cfg, tmp_path)
+    with pytest.raises(UserError, match="--image_size=64 does not match the model's image size"):
+        evaluation.evaluate(EvalConfig(workdir=workdir, image_size=64, **FAST))
+    one_class = _write_folder(tmp_path / "one", ["red"], 2)
+    with pytest.raises(UserError, match="has 1 class; probe needs labels"):
+        evaluation.evaluate(EvalConfig(workdir=workdir, mode="probe", dataset=one_class))
+    with pytest.raises(UserError, match="no ground-truth part masks"):
+        evaluation.evaluate(EvalConfig(workdir=workdir, mode="parts", dataset=one_class))
+    with pytest.raises(UserError, match="--freeze_stages=3 exceeds the 2 stages"):
+        evaluation.evaluate(EvalConfig(workdir=workdir, mode="finetune", freeze_stages=3))
+    with pytest.raises(UserError, match="unknown --mode 'probes'"):
+        validate_eval(EvalConfig(mode="probes"))
+    with pytest.raises(UserError, match="--probe_steps must be positive, got 0"):
+        validate_eval(EvalConfig(probe_steps=0))
+    assert not [f for f in os.listdir(workdir) if "eval" in f]
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "evaluate.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def test_cli_workdir_without_checkpoint_exits_2(trained, tmp_path):
+    cfg, _ = trained
+    workdir = tmp_path / "empty"
+    workdir.mkdir()
+    shutil.copy(os.path.join(cfg.train.workdir, "config.json"), workdir)
+    result = _run(f"--workdir={workdir}")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: workdir") and "has no checkpoint" in lines[-1]
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(workdir / "eval")
+
+
+def test_cli_bad_flag_exits_2():
+    result = _run("--mode=bogus")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown --mode 'bogus'")
