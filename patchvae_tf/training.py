@@ -111,6 +111,24 @@ def _log_images(model, images: tf.Tensor, step: int) -> None:
         )
 
 
+def make_iterator(cfg: Config, strategy: tf.distribute.Strategy, source: data.Source):
+    """The distributed iterator over source's training split, in global batches."""
+    t = cfg.train
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        # Each worker reads its own shard (input_context) in per-replica batches.
+        return data.input_dataset(
+            source,
+            "train",
+            ctx.get_per_replica_batch_size(t.batch_size),
+            training=True,
+            seed=t.seed,
+            input_context=ctx,
+        )
+
+    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+
 def make_train_step(
     cfg: Config,
     strategy: tf.distribute.Strategy,
@@ -118,9 +136,11 @@ def make_train_step(
     optimizer: keras.optimizers.Optimizer,
     step: tf.Variable,
     jit_compile: bool = False,
+    steps_per_loop: int = 1,
 ):
-    """A tf.function taking a distributed iterator: one optimizer step on each replica's share
-    of the next global batch; returns the global-batch means of the loss terms.
+    """A tf.function taking a distributed iterator: steps_per_loop optimizer steps, each on
+    each replica's share of the next global batch; returns the global-batch means of the
+    loss terms of the last step.
 
     With jit_compile the forward and backward pass of each replica is compiled
     by XLA; the gradient all-reduce and the update stay outside it, where every strategy
@@ -152,8 +172,7 @@ def make_train_step(
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return terms
 
-    @tf.function
-    def train_step(iterator):
+    def one_step(iterator):
         per_replica = strategy.run(replica_step, args=(next(iterator),))
         metrics = {
             k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
@@ -163,6 +182,15 @@ def make_train_step(
         step.assign_add(1)
         # Written in-graph, so logging the temperature every step costs no host round trip.
         tf.summary.scalar("temperature", metrics["temperature"], step=step)
+        return metrics
+
+    @tf.function
+    def train_step(iterator):
+        metrics = one_step(iterator)
+        if steps_per_loop > 1:
+            # Several steps per call: one Python dispatch and host sync per loop.
+            for _ in tf.range(steps_per_loop - 1):
+                metrics = one_step(iterator)
         return metrics
 
     return train_step
@@ -187,13 +215,14 @@ def _check_same_step(strategy: tf.distribute.Strategy, step: tf.Variable) -> Non
         )
 
 
-def _preemption_handler(strategy, manager, checkpoint_dir: str):
+def _preemption_handler(strategy, manager, checkpoint_dir: str, step: tf.Variable):
     """TF's handler: on SIGTERM to any worker, all save at one agreed step, then exit 42."""
 
     def exit_fn():
         distribute.remove_worker_dir(checkpoint_dir, strategy)
         print(
-            f"preempted: saved {manager.latest_checkpoint}; run the same command to resume",
+            f"preempted: checkpoint saved at step {int(step.numpy())}; "
+            "run the same command to resume",
             flush=True,
         )
         sys.exit(PREEMPTED_EXIT_CODE)
@@ -252,19 +281,7 @@ def train(cfg: Config) -> dict:
         return {"step": start, "first_loss": None, "last_loss": None, "images_per_second": 0.0}
 
     global_batch = t.batch_size
-
-    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        # Each worker reads its own shard (input_context) in per-replica batches.
-        return data.input_dataset(
-            source,
-            "train",
-            ctx.get_per_replica_batch_size(global_batch),
-            training=True,
-            seed=t.seed,
-            input_context=ctx,
-        )
-
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    iterator = make_iterator(cfg, strategy, source)
     jit_compile = dc.jit_compile
     if jit_compile and dc.sync_batch_norm and strategy.num_replicas_in_sync > 1:
         # Synchronised BatchNorm all-reduces inside the forward pass; XLA cannot hold that.
@@ -279,7 +296,7 @@ def train(cfg: Config) -> dict:
     else:
         writer = tf.summary.create_noop_writer()
     previous_sigterm = signal.getsignal(signal.SIGTERM)
-    preemption = _preemption_handler(strategy, manager, checkpoint_dir)
+    preemption = _preemption_handler(strategy, manager, checkpoint_dir, step)
     progress = keras.utils.Progbar(t.train_steps, stateful_metrics=["loss", "images/s"])
     first_loss = last_loss = None
     window_start, window_steps, rate = time.perf_counter(), 0, 0.0
