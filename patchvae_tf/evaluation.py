@@ -296,7 +296,9 @@ def finetune(setup: _Setup, ecfg: EvalConfig) -> dict:
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
-    ds = data.input_dataset(source, "train", ecfg.batch_size, training=True, seed=ecfg.seed)
+    # Training batches drop the remainder: a split smaller than a batch would yield none.
+    batch_size = min(ecfg.batch_size, source.sizes.get("train") or ecfg.batch_size)
+    ds = data.input_dataset(source, "train", batch_size, training=True, seed=ecfg.seed)
     start, loss = time.perf_counter(), float("nan")
     for batch in ds.take(steps):
         loss = float(train_step(batch["image"], batch["label"]))
