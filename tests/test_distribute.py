@@ -318,10 +318,12 @@ def _one_batch(cfg):
 
 def _trainer(cfg, policy="none", jit_compile=False, weights=None):
     """(model, optimizer, train_step) under the default strategy, as training.train makes them."""
+    import keras
     import tensorflow as tf
 
     from patchvae_tf import precision, training
 
+    keras.utils.set_random_seed(cfg.train.seed)
     model = precision.build_model(cfg.model, cfg.data.image_size, policy)
     if weights is not None:
         model.set_weights(weights)
@@ -378,9 +380,14 @@ def test_mixed_precision_trains(tmp_path, policy):
     assert out["occurrence_logits"].dtype == out["reconstruction"].dtype == "float32"
     assert out["appearance_var"].dtype == "float32"
     it = batches()
-    losses = [float(train_step(it)["loss"]) for _ in range(6)]
+    steps = 16 if policy == "mixed_float16" else 6
+    losses = [float(train_step(it)["loss"]) for _ in range(steps)]
     assert np.all(np.isfinite(losses)), losses
-    assert losses[-1] < losses[0], losses
+    assert losses[-1] < losses[0] - 100, losses
     if policy == "mixed_float16":
+        # The loss scale starts at 2^15 and halves, skipping the step, while the gradients of
+        # this summed-over-pixels loss overflow float16 (about 9 steps here); the inner
+        # optimizer counts the steps applied.
         assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        assert np.isfinite(float(optimizer.dynamic_scale))
+        assert float(optimizer.dynamic_scale) < 2**15
+        assert 0 < int(optimizer.iterations) < steps
