@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -9,6 +11,7 @@ tfd = tfp.distributions
 
 _EPS = 1e-6
 ANNEAL_EVERY = 1000
+_LOG_VAR_MIN, _LOG_VAR_MAX = math.log(1e-7), math.log(1e7)
 
 
 def temperature(step, tau_init: float, tau_min: float, anneal_rate: float) -> tf.Tensor:
@@ -22,23 +25,47 @@ def occurrence_probs(logits: tf.Tensor, categorical: bool) -> tf.Tensor:
     return tf.nn.softmax(logits, axis=-1) if categorical else tf.sigmoid(logits)
 
 
+def occurrence_posterior(
+    logits: tf.Tensor, tau: tf.Tensor, categorical: bool = False
+) -> tfd.Distribution:
+    """q(z_occ | x) from logits [B, h, w, N]: ``tfd.RelaxedBernoulli`` per part and
+    location, or ``tfd.RelaxedOneHotCategorical`` over the N parts (event shape [N])."""
+    if categorical:
+        return tfd.RelaxedOneHotCategorical(tau, logits=logits)
+    return tfd.RelaxedBernoulli(tau, logits=logits)
+
+
 def sample_occurrence(
     logits: tf.Tensor, tau: tf.Tensor, *, categorical: bool = False, hard: bool = False
 ) -> tf.Tensor:
     """Relaxed occurrence sample z_occ [B, h, w, N] from logits [B, h, w, N].
 
-    Bernoulli: ``tfd.RelaxedBernoulli`` per part and location. Categorical:
-    ``tfd.RelaxedOneHotCategorical`` over the N parts. Hard: the forward value is
-    1[l > 0] while gradients flow through the relaxed sample (straight-through).
+    Draws from ``occurrence_posterior``. Hard: the forward value is 1[l > 0] while
+    gradients flow through the relaxed sample (straight-through).
     """
+    posterior = occurrence_posterior(logits, tau, categorical)
     if categorical:
-        z = tfd.RelaxedOneHotCategorical(tau, logits=logits).sample()
+        z = posterior.sample()
     else:
-        z = tfd.RelaxedBernoulli(tau, logits=logits).sample()
+        # RelaxedBernoulli is sigmoid(Logistic(l / tau, 1 / tau)), and we draw it so.
+        # TFP's Sigmoid bijector computes tf.where(x < c, exp(x), sigmoid(x)): once
+        # (l + noise) / tau passes 88, exp overflows in the unused branch and its gradient
+        # is 0 * inf = NaN, which killed training as tau annealed. tf.sigmoid is safe.
+        tau = tf.convert_to_tensor(tau, logits.dtype)
+        z = tf.sigmoid(tfd.Logistic(logits / tau, 1.0 / tau).sample())
     if hard:
         binary = tf.cast(logits > 0.0, z.dtype)
         z = z + tf.stop_gradient(binary - z)
     return z
+
+
+def variance(logvar: tf.Tensor) -> tf.Tensor:
+    """clip(exp(logvar), 1e-7, 1e7), any shape.
+
+    Clipping the log-variance before exp gives the same values, but where exp would overflow
+    the clipped-away gradient stays 0 instead of 0 * inf = NaN.
+    """
+    return tf.exp(tf.clip_by_value(logvar, _LOG_VAR_MIN, _LOG_VAR_MAX))
 
 
 def pool_appearance(
@@ -53,9 +80,7 @@ def pool_appearance(
     shape = tf.shape(mean)
     b, h, w = shape[0], shape[1], shape[2]
     mu = tf.reshape(mean, [b, h, w, num_parts, appearance_dim])
-    var = tf.clip_by_value(
-        tf.exp(tf.reshape(logvar, [b, h, w, num_parts, appearance_dim])), 1e-7, 1e7
-    )
+    var = variance(tf.reshape(logvar, [b, h, w, num_parts, appearance_dim]))
     q = tf.stop_gradient(q_occ)[..., None]  # [B, h, w, N, 1]
     total = tf.reduce_sum(q, axis=[1, 2])  # [B, N, 1]
     mu_app = tf.reduce_sum(q * mu, axis=[1, 2]) / (total + _EPS)

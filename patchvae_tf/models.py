@@ -173,7 +173,7 @@ class VAE(_Autoencoder):
         f, pooled = self.features(x, training)
         stats = tf.cast(self.posterior(self.flatten(f)), tf.float32)
         mean, logvar = tf.split(stats, 2, axis=-1)
-        return pooled, mean, tf.clip_by_value(tf.exp(logvar), 1e-7, 1e7)
+        return pooled, mean, latents.variance(logvar)
 
     def encode(self, x, training=False):
         """X [B, H, W, 3] -> appearance [B, N*L] posterior means, features [B, D]."""
