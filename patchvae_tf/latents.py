@@ -29,7 +29,8 @@ def occurrence_posterior(
     logits: tf.Tensor, tau: tf.Tensor, categorical: bool = False
 ) -> tfd.Distribution:
     """q(z_occ | x) from logits [B, h, w, N]: ``tfd.RelaxedBernoulli`` per part and
-    location, or ``tfd.RelaxedOneHotCategorical`` over the N parts (event shape [N])."""
+    location, or ``tfd.RelaxedOneHotCategorical`` over the N parts (event shape [N]).
+    """
     if categorical:
         return tfd.RelaxedOneHotCategorical(tau, logits=logits)
     return tfd.RelaxedBernoulli(tau, logits=logits)
