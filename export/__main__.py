@@ -11,6 +11,10 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
     cfg = config.export_from_flags()
+    if cfg.version:  # known without the checkpoint: refuse before TensorFlow loads
+        from export import layout
+
+        layout.check_target(cfg.export_dir, cfg.version, cfg.overwrite)
     from export import exporter, onnx_export, parity  # TensorFlow: after the flags are good
 
     try:

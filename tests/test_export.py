@@ -256,9 +256,16 @@ def test_bad_inputs_raise_invalid_argument(loaded):
 
 
 def test_second_export_of_a_version_is_refused(exported):
+    from export import exporter
+
     ecfg, _ = exported
     report = os.path.join(ecfg.export_dir, "export_report.json")
     before = os.stat(report).st_mtime_ns
+    # The default version is the checkpoint's step, which the first export used.
+    with pytest.raises(UserError, match="version 300 already exists"):
+        exporter.export(ecfg)
+    # The command line: one line, exit status 2 (an explicit --version is refused before
+    # TensorFlow is even imported).
     proc = subprocess.run(
         [
             sys.executable,
@@ -266,6 +273,7 @@ def test_second_export_of_a_version_is_refused(exported):
             "export",
             f"--workdir={ecfg.workdir}",
             f"--export_dir={ecfg.export_dir}",
+            "--version=300",
         ],
         cwd=REPO,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
@@ -274,8 +282,10 @@ def test_second_export_of_a_version_is_refused(exported):
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: version 300 already exists") and "--overwrite" in last
+    assert proc.stderr.strip().splitlines() == [
+        f"error: version 300 already exists in {ecfg.export_dir!r}; pass --overwrite to "
+        "replace it or --version to pick another"
+    ]
     assert os.stat(report).st_mtime_ns == before
 
 
@@ -332,13 +342,28 @@ def test_vae_exports_its_outputs(trained, tmp_path):
     ckpt = tf.train.Checkpoint(model=vae, step=step)
     tf.train.CheckpointManager(ckpt, f"{vae_cfg.train.workdir}/checkpoints", 1).save(7)
     ecfg = ExportConfig(
-        workdir=vae_cfg.train.workdir, export_dir=str(tmp_path / "e"), parity_images=8
+        workdir=vae_cfg.train.workdir, export_dir=str(tmp_path / "e"), parity_images=4
     )
     rep = exporter.export(ecfg)
     assert rep["version"] == 7
     assert rep["outputs"] == {"appearance": [None, PARTS * APP_DIM], "features": [None, CHANNELS]}
     assert max(rep["parity"]["onnx_vs_saved_model"].values()) <= 1e-4
     assert set(rep["signatures"]["serving_default"]["outputs"]) == {"appearance", "features"}
+
+    # Into the existing export dir: a new version lands beside the old one ...
+    root = ecfg.export_dir
+    onnx_before = os.stat(f"{root}/onnx/encoder.onnx").st_mtime_ns
+    again = dataclasses.replace(ecfg, version=8, formats=("saved_model",), parity_images=4)
+    assert exporter.export(again)["version"] == 8
+    assert sorted(os.listdir(f"{root}/saved_model")) == ["7", "8"]
+    # ... and --overwrite replaces only what it exports.
+    redo = dataclasses.replace(ecfg, version=7, formats=("onnx",), overwrite=True, parity_images=4)
+    assert exporter.export(redo)["version"] == 7
+    assert os.stat(f"{root}/onnx/encoder.onnx").st_mtime_ns != onnx_before
+    assert sorted(os.listdir(f"{root}/saved_model")) == ["7", "8"]
+    with open(f"{root}/export_report.json") as f:
+        assert json.load(f)["version"] == 7
+    assert sorted(os.listdir(tmp_path)) == ["e", "vae"]  # no staging directory left over
 
 
 @pytest.mark.parametrize(
