@@ -479,3 +479,64 @@ def export_from_flags(values: flags.FlagValues | None = None) -> ExportConfig:
     for name in ("workdir", "export_dir", "quantize", "checkpoint"):
         fields[name] = fields[name] or ""
     return validate_export(ExportConfig(**fields))
+
+
+# --- benchmarks (python -m benchmarks) ----------------------------------------
+
+BENCH_SECTIONS = ("flops", "train", "encoder", "scaling", "memory")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What the benchmark command measures; every figure comes with a matmul probe."""
+
+    out: str = "benchmarks/results/run.json"
+    quick: bool = False  # tiny sizes and few steps: checks the harness, measures nothing
+    sections: tuple[str, ...] = BENCH_SECTIONS
+    steps: int = 0  # timed train steps per case; 0 means 24 (2 with --quick)
+    steps_per_loop: int = 1  # train steps per tf.function call
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def validate_bench(cfg: BenchConfig) -> BenchConfig:
+    """Checks benchmark values a user can get wrong; raises UserError naming the value."""
+    if not cfg.out:
+        raise UserError("--out is required: the JSON file the results go to")
+    unknown = [s for s in cfg.sections if s not in BENCH_SECTIONS]
+    if unknown or not cfg.sections:
+        raise UserError(
+            f"--sections={','.join(cfg.sections)} is not a list of sections from "
+            f"{', '.join(BENCH_SECTIONS)}"
+        )
+    if cfg.steps < 0:
+        raise UserError(f"--steps must be >= 0 (0: the default), got {cfg.steps}")
+    if cfg.steps_per_loop <= 0:
+        raise UserError(f"--steps_per_loop must be positive, got {cfg.steps_per_loop}")
+    return cfg
+
+
+def define_bench_flags() -> None:
+    """Defines the benchmark flags; safe to call twice."""
+    b = BenchConfig()
+    specs = [
+        ("string", "out", b.out, "JSON file for the results (a .md table is written beside it)"),
+        ("boolean", "quick", b.quick, "Tiny sizes and few steps: checks that everything runs"),
+        ("list", "sections", list(b.sections), "Comma-separated: " + ",".join(BENCH_SECTIONS)),
+        ("integer", "steps", b.steps, "Timed train steps per case; 0 means the default"),
+        ("integer", "steps_per_loop", b.steps_per_loop, "Train steps per tf.function call"),
+        ("integer", "seed", b.seed, "Random seed"),
+    ]
+    for kind, name, default, help_text in specs:
+        if name not in flags.FLAGS:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+
+def bench_from_flags(values: flags.FlagValues | None = None) -> BenchConfig:
+    """Reads parsed flags once into a validated BenchConfig."""
+    values = values or flags.FLAGS
+    fields = {f.name: getattr(values, f.name) for f in dataclasses.fields(BenchConfig)}
+    fields["sections"] = tuple(s.strip() for s in fields["sections"] or () if s.strip())
+    return validate_bench(BenchConfig(**fields))

@@ -1,0 +1,1 @@
+"""Benchmarks: training throughput, encoder latency, FLOPs and memory, normalised by matmul."""

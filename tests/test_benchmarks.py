@@ -1,0 +1,61 @@
+"""The benchmark command runs end to end at tiny sizes and writes valid JSON (no speed checks)."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quick_run_writes_json_and_table(tmp_path):
+    out = tmp_path / "results" / "run.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", f"--out={out}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert (tmp_path / "results" / "run.md").read_text().count("|") > 20
+    assert not list((tmp_path / "results").glob("*.tmp"))
+
+    matmul = r["matmul_gflops_start"]
+    assert 0 < matmul < 1e5
+    # FLOPs are counted from the graph: the CIFAR-recipe PatchVAE encoder is a truncated
+    # ResNet-18 (about 40 MFLOP at 32 px) plus 7.7 MFLOP of heads, and a training step costs
+    # three forward passes (forward, input gradients, weight gradients).
+    fl = r["flops_per_image"]["patchvae_32px"]
+    assert 45e6 < fl["encoder_inference"]["total"] < 52e6
+    assert fl["train_step"]["total"] == 3 * fl["train_forward"]["total"]
+
+    archs = {c["arch"] for c in r["train"]}
+    assert archs == {"patchvae", "vae"}
+    for c in r["train"] + r["train_knobs"] + r["scaling"]["by_batch"]:
+        assert c["images_per_second"] > 0
+        # The normalised values are the measured ones divided by the probe, not constants.
+        probe = c["probe"]["matmul_gflops"]
+        assert abs(c["per_matmul_gflops"] - c["images_per_second"] / probe) < 1e-3
+        flops = c["train_gflops_per_image"] * 1e9
+        expected = c["images_per_second"] * flops / (probe * 1e9)
+        assert abs(c["fraction_of_matmul"] - expected) < 1e-3
+    assert {c.get("synthetic", False) for c in r["train_knobs"]} == {True, False}
+
+    runtimes = {e["runtime"] for e in r["encoder"]}
+    assert runtimes == {"keras", "saved_model", "onnxruntime", "onnxruntime_int8"}
+    for e in r["encoder"]:
+        assert e["batch1_median_ms"] > 0 and e["batch_images_per_second"] > 0
+
+    runs = r["memory"]["runs"]
+    assert [x["dataset_size"] for x in runs] == [16, 64]
+    assert all(100 < x["peak_rss_mb"] < 1e5 for x in runs)
+    assert set(r["summary"]) == {
+        "train_patchvae_cifar_recipe",
+        "onnxruntime_encoder",
+        "scaling",
+        "memory",
+    }
