@@ -76,7 +76,7 @@ class DistributeConfig:
     strategy: str = "auto"
     tpu: str | None = None
     virtual_cpu_devices: int = 0  # 0 leaves the host CPU as TensorFlow sees it
-    jit_compile: bool = True
+    jit_compile: bool | None = None  # None: XLA with GPUs or TPUs, not on CPU only
     mixed_precision: str = "none"
     deterministic: bool = False
     sync_batch_norm: bool = False
@@ -374,7 +374,11 @@ def _define_distribute_flags() -> None:
         d.virtual_cpu_devices,
         "Split the host CPU into N logical devices (runs multi-device code without GPUs)",
     )
-    flags.DEFINE_boolean("jit_compile", d.jit_compile, "XLA-compile the train step")
+    flags.DEFINE_boolean(
+        "jit_compile",
+        d.jit_compile,
+        "XLA-compile the train step; unset: on with GPUs or TPUs, off on CPU only (slower there)",
+    )
     flags.DEFINE_string("mixed_precision", d.mixed_precision, " | ".join(PRECISIONS))
     flags.DEFINE_boolean(
         "deterministic", d.deterministic, "TF op determinism: same seed, same losses (slower)"

@@ -125,6 +125,16 @@ def create_strategy(cfg: DistributeConfig) -> tf.distribute.Strategy:
     raise UserError(f"unknown --strategy {cfg.strategy!r}")
 
 
+def use_xla(cfg: DistributeConfig, strategy: tf.distribute.Strategy) -> bool:
+    """--jit_compile, or when unset: XLA on GPUs and TPUs only. On CPU (2-core AVX2, oneDNN)
+    the CIFAR recipe measured 117 images/s with XLA against 145 without (README).
+    """
+    if cfg.jit_compile is not None:
+        return cfg.jit_compile
+    accelerators = tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU")
+    return bool(accelerators) or isinstance(strategy, tf.distribute.TPUStrategy)
+
+
 def check_global_batch(global_batch: int, strategy: tf.distribute.Strategy) -> None:
     """Every replica must get the same whole share of the global batch."""
     n = strategy.num_replicas_in_sync

@@ -282,7 +282,7 @@ def train(cfg: Config) -> dict:
 
     global_batch = t.batch_size
     iterator = make_iterator(cfg, strategy, source)
-    jit_compile = dc.jit_compile
+    jit_compile = distribute.use_xla(dc, strategy)
     if jit_compile and dc.sync_batch_norm and strategy.num_replicas_in_sync > 1:
         # Synchronised BatchNorm all-reduces inside the forward pass; XLA cannot hold that.
         print("note: --sync_batch_norm over several replicas runs without XLA (--jit_compile)")
