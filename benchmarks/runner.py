@@ -83,12 +83,12 @@ QUICK = Sizes(
     variants=("xla_off",),
     steps=2,
     scaling_batches=(2,),
-    scaling_sizes=(32,),
+    scaling_sizes=(),
     scaling_batch_for_sizes=2,
     encoder_batch=4,
     runs_batch1=3,
     runs_batch=2,
-    memory_steps=2,
+    memory_steps=1,
     memory_dataset_sizes=(16, 64),
     calibration_images=4,
     parity_images=4,
@@ -180,10 +180,15 @@ class Run:
         # Where the time goes: the input pipeline, and the per-call dispatch.
         name, size, batch = self.sizes.recipes[0]
         best = self._best_variant()
-        knobs = [
-            self._train_case("patchvae", size, batch, best, synthetic=True),
-            self._train_case("patchvae", size, batch, best, steps_per_loop=4),
-        ]
+        if self.cfg.quick:  # one case runs both code paths
+            knobs = [
+                self._train_case("patchvae", size, batch, best, synthetic=True, steps_per_loop=2)
+            ]
+        else:
+            knobs = [
+                self._train_case("patchvae", size, batch, best, synthetic=True),
+                self._train_case("patchvae", size, batch, best, steps_per_loop=4),
+            ]
         self.results["train_knobs"] = knobs
 
     def _best_variant(self) -> str:
@@ -208,7 +213,7 @@ class Run:
         # The target's range; --quick has only smaller batches and compares those.
         compared = [c for c in by_batch if 32 <= c["batch"] <= 256] or by_batch
         flat = [c["us_per_image"] for c in compared]
-        base = by_size[0]
+        base = by_size[0] if by_size else None
         self.results["scaling"] = {
             "variant": variant,
             "by_batch": by_batch,
@@ -227,7 +232,9 @@ class Run:
                     ),
                 }
                 for c in by_size
-            ],
+            ]
+            if base
+            else [],
         }
 
     def section_encoder(self) -> None:
@@ -281,6 +288,7 @@ class Run:
                 probe = self.probe()
                 fig = encoder_bench.measure(make(), one, batch, s.runs_batch1, s.runs_batch)
                 fig = {"runtime": runtime, "settings": knobs, **fig, "probe": probe}
+                fig["gflops_per_image"] = round(per_image / 1e9, 4)
                 _normalise(fig, "batch_images_per_second", per_image, probe["matmul_gflops"])
                 _log(
                     f"encoder {runtime} ({knobs}): batch 1 {fig['batch1_median_ms']} ms, "
@@ -312,6 +320,35 @@ class Run:
             "growth_ratio": round(runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], 3),
         }
 
+    def _normalise_by_run_max(self) -> None:
+        """Also divides every figure by the highest matmul rate of the run.
+
+        Other processes only ever lower a probe, so the highest one is the closest to what
+        the machine can do; dividing by it gives the conservative figure, which the
+        summary judges the targets by. The per-figure probe stays beside it.
+        """
+        r = self.results
+        best = max([*self.probe.samples, r["matmul_gflops_start"], r["matmul_gflops_end"]])
+        r["matmul_gflops_max"] = round(best, 2)
+        scaling = r.get("scaling", {})
+        figures = [
+            *r.get("train", []),
+            *r.get("train_knobs", []),
+            *scaling.get("by_batch", []),
+            *scaling.get("by_image_size", []),
+        ]
+        for f in figures:
+            per_image = f["train_gflops_per_image"] * 1e9
+            f["per_max_matmul_gflops"] = round(f["images_per_second"] / best, 4)
+            f["fraction_of_max_matmul"] = round(
+                f["images_per_second"] * per_image / (best * 1e9), 4
+            )
+        for f in r.get("encoder", []):
+            f["per_max_matmul_gflops"] = round(f["batch_images_per_second"] / best, 4)
+            f["fraction_of_max_matmul"] = round(
+                f["batch_images_per_second"] * f["gflops_per_image"] * 1e9 / (best * 1e9), 4
+            )
+
     def run(self) -> dict:
         self.results["matmul_gflops_start"] = round(hardware.matmul_gflops(), 2)
         _log(f"matmul {self.results['matmul_gflops_start']} GFLOP/s")
@@ -320,6 +357,7 @@ class Run:
             getattr(self, f"section_{section}")()
         self.results["matmul_gflops_end"] = round(hardware.matmul_gflops(), 2)
         self.results["matmul_gflops_median_of_probes"] = round(self.probe.median(), 2)
+        self._normalise_by_run_max()
         self.results["flops_per_image"] = self.flops
         self.results["summary"] = table.summary(self.results)
         self.results["finished"] = _now()

@@ -14,18 +14,19 @@ def summary(r: dict) -> dict:
     t, ref = r["targets"], r["reference"]
     train = r.get("train", [])
     recipe = train[0]["recipe"] if train else None
-    best = _best(train, "per_matmul_gflops", recipe=recipe, arch="patchvae")
+    best = _best(train, "images_per_second", recipe=recipe, arch="patchvae")
     if best:
         out["train_patchvae_cifar_recipe"] = {
             "variant": best["variant"],
             "images_per_second": best["images_per_second"],
-            "per_matmul_gflops": best["per_matmul_gflops"],
-            "fraction_of_matmul": best["fraction_of_matmul"],
+            "per_matmul_gflops_probe": best["per_matmul_gflops"],
+            "per_matmul_gflops_run_max": best["per_max_matmul_gflops"],
+            "fraction_of_matmul_run_max": best["fraction_of_max_matmul"],
             "target_per_matmul_gflops": t["train_images_per_second_per_matmul_gflops"],
             "reference_per_matmul_gflops": round(
                 ref["train_images_per_second_per_matmul_gflops"], 3
             ),
-            "met": best["per_matmul_gflops"] >= t["train_images_per_second_per_matmul_gflops"],
+            "met": best["per_max_matmul_gflops"] >= t["train_images_per_second_per_matmul_gflops"],
         }
     enc = [e for e in r.get("encoder", []) if e["runtime"].startswith("onnxruntime")]
     if enc:
@@ -80,8 +81,9 @@ def markdown(r: dict) -> str:
         f"Run {r['started']} to {r.get('finished', '?')} on {r['machine']['cpu']}, "
         f"{r['machine']['cores']} cores; float32 matmul {r['matmul_gflops_start']} GFLOP/s at "
         f"the start, {r.get('matmul_gflops_end', '?')} at the end, median of the per-figure "
-        f"probes {r.get('matmul_gflops_median_of_probes', '?')}. Each figure is divided by the "
-        "matmul rate probed just before it (column `matmul`).",
+        f"probes {r.get('matmul_gflops_median_of_probes', '?')}, highest "
+        f"{r.get('matmul_gflops_max', '?')}. Figures are divided by the highest (other processes "
+        "only lower a probe); the probe taken just before each figure is listed beside it.",
         "",
     ]
     if r.get("train"):
@@ -97,11 +99,12 @@ def markdown(r: dict) -> str:
                     "images/s",
                     "per matmul-GFLOP/s",
                     "of matmul rate",
-                    "matmul GFLOP/s",
+                    "probe GFLOP/s",
+                    "per probe-GFLOP/s",
                     "load",
                 ]
             ),
-            _row(["---"] * 9),
+            _row(["---"] * 10),
         ]
         for c in r["train"] + r.get("train_knobs", []):
             variant = c["variant"]
@@ -117,9 +120,10 @@ def markdown(r: dict) -> str:
                         variant,
                         c["batch"],
                         c["images_per_second"],
-                        c["per_matmul_gflops"],
-                        f"{c['fraction_of_matmul']:.1%}",
+                        c["per_max_matmul_gflops"],
+                        f"{c['fraction_of_max_matmul']:.1%}",
                         c["probe"]["matmul_gflops"],
+                        c["per_matmul_gflops"],
                         c["probe"]["load_average"],
                     ]
                 )
@@ -138,7 +142,7 @@ def markdown(r: dict) -> str:
                     "images/s",
                     "per matmul-GFLOP/s",
                     "of matmul rate",
-                    "matmul GFLOP/s",
+                    "probe GFLOP/s",
                 ]
             ),
             _row(["---"] * 8),
@@ -152,8 +156,8 @@ def markdown(r: dict) -> str:
                         e["batch1_median_ms"],
                         e["batch"],
                         e["batch_images_per_second"],
-                        e["per_matmul_gflops"],
-                        f"{e['fraction_of_matmul']:.1%}",
+                        e["per_max_matmul_gflops"],
+                        f"{e['fraction_of_max_matmul']:.1%}",
                         e["probe"]["matmul_gflops"],
                     ]
                 )
@@ -184,8 +188,8 @@ def markdown(r: dict) -> str:
                         c["batch"],
                         c["images_per_second"],
                         c["us_per_image"],
-                        c["per_matmul_gflops"],
-                        f"{c['fraction_of_matmul']:.1%}",
+                        c["per_max_matmul_gflops"],
+                        f"{c['fraction_of_max_matmul']:.1%}",
                     ]
                 )
             )
