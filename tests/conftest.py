@@ -15,8 +15,14 @@ def tiny_config(workdir: str, **train) -> Config:
         data=DataConfig(
             dataset="shapes", image_size=32, shapes_train_size=2048, shapes_test_size=256
         ),
+        # beta_occ=1 as in configs/shapes.cfg: at 10 a run this short keeps parts at the prior.
         model=ModelConfig(
-            encoder="pyramid", base_channels=16, scale=4, num_parts=8, appearance_dim=4
+            encoder="pyramid",
+            base_channels=16,
+            scale=4,
+            num_parts=8,
+            appearance_dim=4,
+            beta_occ=1.0,
         ),
         train=TrainConfig(
             workdir=workdir,
