@@ -200,7 +200,7 @@ class Run:
         ]
         if not cases:
             return "xla_on"
-        return max(cases, key=lambda c: c["per_matmul_gflops"])["variant"]
+        return max(cases, key=lambda c: c["images_per_second"])["variant"]
 
     def section_scaling(self) -> None:
         s = self.sizes
