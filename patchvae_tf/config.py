@@ -223,6 +223,16 @@ def define_flags() -> None:
     _define_distribute_flags()
 
 
+def _define_missing(specs) -> None:
+    """Defines flags from (kind, name, default, help) rows, skipping names already defined.
+
+    Shared names (workdir, dataset, seed, ...) may already exist when the train flags are.
+    """
+    for kind, name, default, help_text in specs:
+        if name not in flags.FLAGS:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+
 def _section(cls, values) -> Any:
     return cls(**{f.name: getattr(values, f.name) for f in dataclasses.fields(cls)})
 
@@ -327,10 +337,7 @@ def define_eval_flags() -> None:
         ("integer", "gallery_size", e.gallery_size, "Patches per part in parts.png"),
         ("integer", "seed", e.seed, "Random seed"),
     ]
-    for kind, name, default, help_text in specs:
-        # Shared names (workdir, dataset, ...) may already exist when train flags are defined.
-        if name not in flags.FLAGS:
-            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+    _define_missing(specs)
 
 
 def eval_from_flags(values: flags.FlagValues | None = None) -> EvalConfig:
@@ -470,9 +477,7 @@ def define_export_flags() -> None:
         ("integer", "parity_images", e.parity_images, "Training images for the parity check"),
         ("integer", "calibration_images", e.calibration_images, "Images for int8 calibration"),
     ]
-    for kind, name, default, help_text in specs:
-        if name not in flags.FLAGS:
-            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+    _define_missing(specs)
 
 
 def export_from_flags(values: flags.FlagValues | None = None) -> ExportConfig:
@@ -533,9 +538,7 @@ def define_bench_flags() -> None:
         ("integer", "steps_per_loop", b.steps_per_loop, "Train steps per tf.function call"),
         ("integer", "seed", b.seed, "Random seed"),
     ]
-    for kind, name, default, help_text in specs:
-        if name not in flags.FLAGS:
-            getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+    _define_missing(specs)
 
 
 def bench_from_flags(values: flags.FlagValues | None = None) -> BenchConfig:

@@ -64,23 +64,18 @@ def create_strategy(cfg: Config) -> tf.distribute.Strategy:
     return strategy
 
 
-def restore(cfg: Config, model, optimizer=None, step=None) -> tf.train.CheckpointManager:
-    """Restores the latest checkpoint of cfg's workdir into model (and optimizer, step)."""
-    parts = {"model": model}
-    if optimizer is not None:
-        parts["optimizer"] = optimizer
-    if step is not None:
-        parts["step"] = step
+def restore(cfg: Config, model, step: tf.Variable | None = None) -> tf.train.CheckpointManager:
+    """Restores the latest checkpoint of cfg's workdir into model (and step), for reading.
+
+    Training restores its own checkpoint (with the optimizer) in train().
+    """
+    parts = {"model": model} if step is None else {"model": model, "step": step}
     checkpoint = tf.train.Checkpoint(**parts)
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(cfg.train.workdir, CHECKPOINT_DIR), max_to_keep=3
     )
     if manager.latest_checkpoint:
-        status = checkpoint.restore(manager.latest_checkpoint)
-        if optimizer is not None:
-            status.assert_existing_objects_matched()
-        else:
-            status.expect_partial()
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
     return manager
 
 
