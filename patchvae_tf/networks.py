@@ -7,6 +7,8 @@ import math
 import keras
 from keras import layers
 
+from patchvae_tf.fused import FusedBatchNorm
+
 _LEAK = 0.2
 
 
@@ -44,12 +46,12 @@ class ResidualBlock(layers.Layer):
             raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
         self.filters, self.strides, self.projection = filters, strides, projection
         self.conv1 = layers.Conv2D(filters, 3, strides, padding="same", use_bias=False)
-        self.bn1 = layers.BatchNormalization()
+        self.bn1 = FusedBatchNorm()
         self.conv2 = layers.Conv2D(filters, 3, padding="same", use_bias=False)
-        self.bn2 = layers.BatchNormalization()
+        self.bn2 = FusedBatchNorm()
         if projection:
             self.proj = layers.Conv2D(filters, 1, strides, use_bias=False)
-            self.proj_bn = layers.BatchNormalization()
+            self.proj_bn = FusedBatchNorm()
 
     def call(self, x, training=None):
         y = keras.ops.relu(self.bn1(self.conv1(x), training=training))
@@ -82,7 +84,7 @@ class ResNetEncoder(layers.Layer):
         stem = keras.Sequential(
             [
                 layers.Conv2D(64, 7, 2, padding="same", use_bias=False),
-                layers.BatchNormalization(),
+                FusedBatchNorm(),
                 layers.ReLU(),
                 layers.MaxPooling2D(3, 2, padding="same"),
             ],
@@ -124,7 +126,7 @@ class PyramidEncoder(layers.Layer):
             block = [layers.Conv2D(base_channels * 2**i, 4, 2, padding="same", use_bias=i == 0)]
             # As in DCGAN, no BatchNorm on the first layer.
             if i > 0:
-                block.append(layers.BatchNormalization())
+                block.append(FusedBatchNorm())
             block.append(layers.LeakyReLU(_LEAK))
             self.stages.append(keras.Sequential(block, name=f"stage{i + 1}"))
         self.channels = base_channels * 2 ** (depth - 1)
@@ -155,14 +157,14 @@ class PyramidDecoder(layers.Layer):
         width = base_channels * 2 ** (depth - 1)
         blocks = [
             layers.Conv2DTranspose(width, 1, use_bias=False),
-            layers.BatchNormalization(),
+            FusedBatchNorm(),
             layers.LeakyReLU(_LEAK),
         ]
         for _ in range(depth - 1):
             width //= 2
             blocks += [
                 layers.Conv2DTranspose(max(width, 8), 4, 2, padding="same", use_bias=False),
-                layers.BatchNormalization(),
+                FusedBatchNorm(),
                 layers.LeakyReLU(_LEAK),
             ]
         blocks.append(layers.Conv2DTranspose(out_channels, 4, 2, padding="same"))

@@ -1,0 +1,106 @@
+"""Keras's BatchNormalization and Adam on TensorFlow's fused kernels: same variables, fewer ops."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="patchvae_tf")
+class FusedBatchNorm(keras.layers.BatchNormalization):
+    """BatchNormalization of NHWC feature maps as one FusedBatchNormV3 op (and one gradient op).
+
+    Keras 3 normalises with separate mean, variance, subtract, multiply and add ops; each
+    walks the whole activation tensor, and so does each of their gradients. TF's fused
+    kernel (oneDNN's on CPU) does it in one pass. The variables are Keras's own, so
+    checkpoints, get_config and freezing (trainable=False) are unchanged.
+
+    One difference, as in Keras 2's fused path and in PyTorch: in training the moving
+    variance averages the unbiased batch variance (times n / (n - 1), n = batch * h * w),
+    while the output is normalised with the biased one. Anything this layer cannot fuse
+    (masks, renorm, a channel axis other than the last, other ranks, synchronized
+    statistics across replicas) runs Keras's own implementation.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        # As Keras does: statistics in float32 even under mixed precision.
+        x = tf.cast(inputs, "float32")
+        ones = tf.ones([x.shape[-1]], "float32")
+        scale = tf.convert_to_tensor(self.gamma) if self.scale else ones
+        offset = tf.convert_to_tensor(self.beta) if self.center else tf.zeros_like(ones)
+        mean = tf.convert_to_tensor(self.moving_mean)
+        variance = tf.convert_to_tensor(self.moving_variance)
+        if training and self.trainable:
+            # With exponential_avg_factor the kernel returns the updated moving averages.
+            y, new_mean, new_variance = tf.compat.v1.nn.fused_batch_norm(
+                x,
+                scale,
+                offset,
+                mean=mean,
+                variance=variance,
+                epsilon=self.epsilon,
+                is_training=True,
+                exponential_avg_factor=1.0 - self.momentum,
+            )
+            self.moving_mean.assign(new_mean)
+            self.moving_variance.assign(new_variance)
+        else:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x,
+                scale,
+                offset,
+                mean=mean,
+                variance=variance,
+                epsilon=self.epsilon,
+                is_training=False,
+            )
+        return tf.cast(y, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="patchvae_tf")
+class FusedAdam(keras.optimizers.Adam):
+    """Adam whose per-variable update is one ResourceApplyAdam op.
+
+    Keras 3's Adam spends about a dozen elementwise ops per variable (each a pass over the
+    variable, plus its dispatch); the fused kernel reads the gradient and the two moments
+    once. The update is the same formula (epsilon added to sqrt(v), as in Keras), and the
+    slots are Keras's own variables, so checkpoints are interchangeable with
+    keras.optimizers.Adam. AMSGrad and sparse gradients take Keras's path.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable, learning_rate)
+        if isinstance(variable, keras.Variable):
+            variable = variable.value
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        m = self._momentums[index].value
+        v = self._velocities[index].value
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1 = tf.cast(self.beta_1, dtype)
+        beta_2 = tf.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=m.handle,
+            v=v.handle,
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+        )
