@@ -177,15 +177,25 @@ class Run:
                 for variant in self.sizes.variants:
                     cases.append(self._train_case(arch, size, batch, variant) | {"recipe": name})
         self.results["train"] = cases
-        # Where the time goes: the input pipeline, and the per-call dispatch.
+        # Where the time goes: Keras's unfused BatchNorm and Adam, the input pipeline, and the
+        # per-call dispatch.
         name, size, batch = self.sizes.recipes[0]
         best = self._best_variant()
-        if self.cfg.quick:  # one case runs both code paths
+        if self.cfg.quick:  # one case runs every code path
             knobs = [
-                self._train_case("patchvae", size, batch, best, synthetic=True, steps_per_loop=2)
+                self._train_case(
+                    "patchvae",
+                    size,
+                    batch,
+                    best,
+                    synthetic=True,
+                    steps_per_loop=2,
+                    keras_kernels=True,
+                )
             ]
         else:
             knobs = [
+                self._train_case("patchvae", size, batch, best, keras_kernels=True),
                 self._train_case("patchvae", size, batch, best, synthetic=True),
                 self._train_case("patchvae", size, batch, best, steps_per_loop=4),
             ]
@@ -265,22 +275,23 @@ class Run:
                 ("encoder.int8.onnx", "onnxruntime_int8"),
             ):
                 path = os.path.join(onnx_dir, fname)
-                for threads, optimize, spin in (
-                    (1, True, True),
-                    (2, True, True),
-                    (2, True, False),
-                    (2, False, True),
+                for threads, optimize, spin, bound in (
+                    (1, True, True, False),
+                    (2, True, True, False),
+                    (2, True, True, True),
+                    (2, True, False, False),
+                    (2, False, True, False),
                 ):
                     knobs = (
                         f"threads={threads}, graph_opt={'all' if optimize else 'off'}, "
-                        f"spinning={'on' if spin else 'off'}"
+                        f"spinning={'on' if spin else 'off'}" + (", iobinding" if bound else "")
                     )
                     runtimes.append(
                         (
                             label,
                             knobs,
-                            lambda path=path, t=threads, o=optimize, sp=spin: encoder_bench.ort_fn(
-                                encoder_bench.ort_session(path, t, o, sp)
+                            lambda path=path, t=threads, o=optimize, sp=spin, b=bound: (
+                                encoder_bench.ort_fn(encoder_bench.ort_session(path, t, o, sp), b)
                             ),
                         )
                     )

@@ -112,6 +112,8 @@ def markdown(r: dict) -> str:
                 variant += ", no input pipeline"
             if c.get("steps_per_loop", 1) > 1:
                 variant += f", {c['steps_per_loop']} steps per call"
+            if c.get("keras_kernels"):
+                variant += ", Keras BatchNorm and Adam (unfused)"
             lines.append(
                 _row(
                     [

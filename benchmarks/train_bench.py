@@ -10,11 +10,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from patchvae_tf import data, precision, training
+from patchvae_tf import data, fused, precision, training
 from patchvae_tf.config import Config
 
 
-def measure(
+def measure(cfg: Config, steps: int, steps_per_loop: int = 1, keras_kernels: bool = False, **kw):
+    """Images/s of training cfg's model (see _measure); with keras_kernels, as it trains
+    with Keras's own BatchNorm and Adam ops instead of fused.py's kernels.
+    """
+    if not keras_kernels:
+        return _measure(cfg, steps, steps_per_loop, **kw)
+    with fused.keras_kernels():
+        return _measure(cfg, steps, steps_per_loop, **kw)
+
+
+def _measure(
     cfg: Config, steps: int, steps_per_loop: int = 1, synthetic: bool = False, windows: int = 3
 ) -> dict:
     """Images/s of training cfg's model as train() does, after compilation and warm-up.

@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
+
+_enabled = True
+
+
+@contextlib.contextmanager
+def keras_kernels():
+    """Inside this block the classes below run Keras's own ops, for side-by-side benchmarks.
+
+    The choice is made when a layer or update is traced, so build and trace inside it.
+    """
+    global _enabled
+    previous, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = previous
 
 
 @keras.saving.register_keras_serializable(package="patchvae_tf")
@@ -24,7 +42,8 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
 
     def _fusable(self, inputs, mask) -> bool:
         return (
-            keras.backend.backend() == "tensorflow"
+            _enabled
+            and keras.backend.backend() == "tensorflow"
             and mask is None
             and not self.renorm
             and not self.synchronized
@@ -81,7 +100,7 @@ class FusedAdam(keras.optimizers.Adam):
     """
 
     def update_step(self, gradient, variable, learning_rate):
-        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+        if not _enabled or self.amsgrad or isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
         if isinstance(variable, keras.Variable):
             variable = variable.value

@@ -78,11 +78,13 @@ def pool_appearance(
     Returns mu_app, var_app: [B, N, L]. The weights carry no gradient, so the
     occurrence heads learn only from reconstruction and their own rate.
     """
-    shape = tf.shape(mean)
-    b, h, w = shape[0], shape[1], shape[2]
-    mu = tf.reshape(mean, [b, h, w, num_parts, appearance_dim])
-    var = variance(tf.reshape(logvar, [b, h, w, num_parts, appearance_dim]))
-    q = tf.stop_gradient(q_occ)[..., None]  # [B, h, w, N, 1]
+    # A -1 batch and static h, w where known: the exported encoder then reshapes with a
+    # constant shape instead of a Shape/Gather/Concat chain run on every request.
+    h = mean.shape[1] if mean.shape[1] is not None else tf.shape(mean)[1]
+    w = mean.shape[2] if mean.shape[2] is not None else tf.shape(mean)[2]
+    mu = tf.reshape(mean, [-1, h, w, num_parts, appearance_dim])
+    var = variance(tf.reshape(logvar, [-1, h, w, num_parts, appearance_dim]))
+    q = tf.expand_dims(tf.stop_gradient(q_occ), -1)  # [B, h, w, N, 1]
     total = tf.reduce_sum(q, axis=[1, 2])  # [B, N, 1]
     mu_app = tf.reduce_sum(q * mu, axis=[1, 2]) / (total + _EPS)
     var_app = (tf.reduce_sum(q * var, axis=[1, 2]) + _EPS) / (total + _EPS)

@@ -43,12 +43,14 @@ def test_quick_run_writes_json_and_table(tmp_path):
         flops = c["train_gflops_per_image"] * 1e9
         expected = c["images_per_second"] * flops / (probe * 1e9)
         assert abs(c["fraction_of_matmul"] - expected) < 1e-3
-    assert r["train_knobs"][0]["synthetic"] and r["train_knobs"][0]["steps_per_loop"] == 2
+    knob = r["train_knobs"][0]
+    assert knob["synthetic"] and knob["steps_per_loop"] == 2 and knob["keras_kernels"]
 
     runtimes = {e["runtime"] for e in r["encoder"]}
     assert runtimes == {"keras", "saved_model", "onnxruntime", "onnxruntime_int8"}
     for e in r["encoder"]:
         assert e["batch1_median_ms"] > 0 and e["batch_images_per_second"] > 0
+    assert sum("iobinding" in e["settings"] for e in r["encoder"]) == 2  # float32 and int8
 
     runs = r["memory"]["runs"]
     assert [x["dataset_size"] for x in runs] == [16, 64]

@@ -382,3 +382,16 @@ def test_export_config_validation(change, message):
     base = ExportConfig(workdir="w", export_dir="e")
     with pytest.raises(UserError, match=message):
         validate_export(dataclasses.replace(base, **change))
+
+
+def test_benchmark_iobinding_runner_returns_what_run_returns(exported):
+    """The benchmark's IOBinding path (a latency knob) computes the same outputs as run()."""
+    from benchmarks import encoder_bench
+
+    ecfg, _ = exported
+    session = encoder_bench.ort_session(os.path.join(ecfg.export_dir, "onnx", "encoder.onnx"), 1)
+    plain, bound = encoder_bench.ort_fn(session), encoder_bench.ort_fn(session, iobinding=True)
+    for batch in (1, 3, 1):  # a second shape, then the first again (its binding is reused)
+        x = _pixels(batch, seed=batch)
+        for a, b in zip(plain(x), bound(x), strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from patchvae_tf import fused
 from patchvae_tf.fused import FusedAdam, FusedBatchNorm
 
 
@@ -97,3 +98,25 @@ def test_adam_matches_keras_adam_step_by_step():
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)  # float rounding order
     # And it moved: four steps of size ~lr each.
     assert np.abs(results[1][0] - start[0]).max() > 0.02
+
+
+def test_keras_kernels_block_switches_both_back_to_keras_ops():
+    layer = FusedBatchNorm()
+    layer.build((None, 2, 2, 3))
+    x = tf.ones([2, 2, 2, 3])
+
+    def op_types(fn):
+        graph = tf.function(fn).get_concrete_function().graph
+        return {op.type for op in graph.get_operations()}
+
+    assert "FusedBatchNormV3" in op_types(lambda: layer(x, training=True))
+    with fused.keras_kernels():
+        assert "FusedBatchNormV3" not in op_types(lambda: layer(x, training=True))
+        variables = [tf.Variable([1.0, 2.0])]
+        optimizer = FusedAdam()
+        optimizer.build(variables)
+        ops = op_types(lambda: optimizer.apply_gradients([(tf.ones([2]), variables[0])]))
+        assert "ResourceApplyAdam" not in ops
+    assert "ResourceApplyAdam" in op_types(
+        lambda: optimizer.apply_gradients([(tf.ones([2]), variables[0])])
+    )
