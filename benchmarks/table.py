@@ -28,6 +28,12 @@ def summary(r: dict) -> dict:
             ),
             "met": best["per_max_matmul_gflops"] >= t["train_images_per_second_per_matmul_gflops"],
         }
+        paired = best.get("per_paired_matmul_gflops")
+        if paired is not None:  # each window against the probes beside it (train_bench)
+            out["train_patchvae_cifar_recipe"] |= {
+                "per_matmul_gflops_paired": paired,
+                "met_paired": paired >= t["train_images_per_second_per_matmul_gflops"],
+            }
     enc = [e for e in r.get("encoder", []) if e["runtime"].startswith("onnxruntime")]
     if enc:
         fast_batch = max(enc, key=lambda e: e["batch_images_per_second"])
@@ -99,14 +105,15 @@ def markdown(r: dict) -> str:
                     "images/s",
                     "per matmul-GFLOP/s",
                     "of matmul rate",
-                    "probe GFLOP/s",
-                    "per probe-GFLOP/s",
+                    "probes beside it, GFLOP/s",
+                    "per paired matmul-GFLOP/s",
                     "load",
                 ]
             ),
             _row(["---"] * 10),
         ]
         for c in r["train"] + r.get("train_knobs", []):
+            probes = c.get("window_matmul_gflops", [c["probe"]["matmul_gflops"]])
             variant = c["variant"]
             if c.get("synthetic"):
                 variant += ", no input pipeline"
@@ -124,8 +131,8 @@ def markdown(r: dict) -> str:
                         c["images_per_second"],
                         c["per_max_matmul_gflops"],
                         f"{c['fraction_of_max_matmul']:.1%}",
-                        c["probe"]["matmul_gflops"],
-                        c["per_matmul_gflops"],
+                        f"{min(probes):.0f} to {max(probes):.0f}",
+                        c.get("per_paired_matmul_gflops", c["per_matmul_gflops"]),
                         c["probe"]["load_average"],
                     ]
                 )

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import hardware
 from patchvae_tf import data, fused, precision, training
 from patchvae_tf.config import Config
 
@@ -25,12 +26,14 @@ def measure(cfg: Config, steps: int, steps_per_loop: int = 1, keras_kernels: boo
 
 
 def _measure(
-    cfg: Config, steps: int, steps_per_loop: int = 1, synthetic: bool = False, windows: int = 3
+    cfg: Config, steps: int, steps_per_loop: int = 1, synthetic: bool = False, windows: int = 4
 ) -> dict:
     """Images/s of training cfg's model as train() does, after compilation and warm-up.
 
     steps timed train steps are split into `windows` windows; the median window counts, so
-    a burst from another process on a shared machine moves it less. synthetic feeds one
+    a burst from another process on a shared machine moves it less. A matmul probe is
+    taken between windows, and per_paired_matmul_gflops is the median over windows of
+    images/s divided by the probes on either side. synthetic feeds one
     fixed batch from memory instead of the input pipeline, to separate the two costs.
     """
     keras.backend.clear_session()
@@ -65,7 +68,7 @@ def _measure(
             for _ in range(2):  # warm-up: allocator, thread pools, the prefetch buffer
                 metrics = train_step(iterator)
             float(metrics["loss"])
-            rates = []
+            rates, probes = [], [hardware.matmul_gflops(repeats=2)]
             for _ in range(windows):
                 start = time.perf_counter()
                 for _ in range(calls):
@@ -73,15 +76,21 @@ def _measure(
                 last_loss = float(metrics["loss"])  # waits for the last step
                 elapsed = time.perf_counter() - start
                 rates.append(calls * steps_per_loop * batch / elapsed)
+                probes.append(hardware.matmul_gflops(repeats=2))
             writer.close()
     if not (np.isfinite(first_loss) and np.isfinite(last_loss)):
         raise RuntimeError(f"training diverged while benchmarking: loss {last_loss}")
     rate = statistics.median(rates)
+    # Each window against the mean of the matmul probes taken just before and after it: on
+    # a shared machine both move together, so their ratio is steadier than either.
+    paired = [r / ((a + b) / 2) for r, a, b in zip(rates, probes[:-1], probes[1:], strict=True)]
     return {
         "images_per_second": round(rate, 2),
         "ms_per_step": round(batch / rate * 1e3, 2),
         "us_per_image": round(1e6 / rate, 2),
         "window_images_per_second": [round(r, 2) for r in rates],
+        "window_matmul_gflops": [round(p, 2) for p in probes],
+        "per_paired_matmul_gflops": round(statistics.median(paired), 4),
         "timed_steps": calls * steps_per_loop * windows,
         "first_call_seconds": round(compile_s, 2),
         "loss_first_last": [round(first_loss, 3), round(last_loss, 3)],

@@ -43,6 +43,14 @@ def test_quick_run_writes_json_and_table(tmp_path):
         flops = c["train_gflops_per_image"] * 1e9
         expected = c["images_per_second"] * flops / (probe * 1e9)
         assert abs(c["fraction_of_matmul"] - expected) < 1e-3
+        # Paired: each window over the mean of the probes on either side, median of windows.
+        rates, probes = c["window_images_per_second"], c["window_matmul_gflops"]
+        assert len(probes) == len(rates) + 1
+        pairs = zip(rates, probes[:-1], probes[1:], strict=True)
+        paired = sorted(w / ((a + b) / 2) for w, a, b in pairs)
+        assert min(paired) - 1e-3 <= c["per_paired_matmul_gflops"] <= max(paired) + 1e-3
+    summary = r["summary"]["train_patchvae_cifar_recipe"]
+    assert summary["met_paired"] == (summary["per_matmul_gflops_paired"] >= 2.5)
     knob = r["train_knobs"][0]
     assert knob["synthetic"] and knob["steps_per_loop"] == 2 and knob["keras_kernels"]
 
