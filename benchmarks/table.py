@@ -205,9 +205,12 @@ def markdown(r: dict) -> str:
         lines.append("")
     if r.get("memory"):
         m = r["memory"]
-        lines += ["Peak resident memory of train.py (" + m["variant"] + "):", ""]
-        lines += [_row(["dataset images", "steps", "peak RSS MB"]), _row(["---"] * 3)]
-        lines += [_row([x["dataset_size"], x["steps"], x["peak_rss_mb"]]) for x in m["runs"]]
+        lines += ["Peak resident memory of train.py:", ""]
+        lines += [_row(["variant", "dataset images", "steps", "peak RSS MB"]), _row(["---"] * 4)]
+        lines += [
+            _row([x["variant"], x["dataset_size"], x["steps"], x["peak_rss_mb"]])
+            for x in m["runs"] + m.get("other_variants", [])
+        ]
         lines.append("")
     if r.get("flops_per_image"):
         lines += [

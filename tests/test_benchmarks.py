@@ -69,3 +69,19 @@ def test_quick_run_writes_json_and_table(tmp_path):
         "scaling",
         "memory",
     }
+
+
+def test_peak_rss_is_the_child_s_own_not_the_benchmark_s():
+    """A child inherits its parent's high-water mark at exec; the measured one must not."""
+    from benchmarks import memory
+
+    held = bytearray(800 * 2**20)
+    held[::4096] = b"\x01" * len(held[::4096])  # touch every page: 800 MB resident here
+    mb, lines = memory.peak_rss_mb([sys.executable, "-c", "print('hello')"])
+    assert lines == ["hello"]
+    assert 1 < mb < 200
+    big, _ = memory.peak_rss_mb(
+        [sys.executable, "-c", "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"]
+    )
+    assert 300 < big < 500
+    del held
