@@ -56,12 +56,23 @@ def timings(fn, x, runs: int) -> list[float]:
     return out
 
 
-def measure(fn, one: np.ndarray, batch: np.ndarray, runs1: int, runs_batch: int) -> dict:
-    """Batch-1 median latency and batch throughput of fn (which must return host values)."""
-    lat = timings(fn, one, runs1)
+def measure(
+    fn, one: np.ndarray, batch: np.ndarray, runs1: int, runs_batch: int, windows: int = 5
+) -> dict:
+    """Batch-1 latency and batch throughput of fn (which must return host values).
+
+    The batch-1 calls run in `windows` windows: the median over all calls, and the lowest
+    window median, which is what the runtime does when other processes leave the CPU alone
+    (on this shared machine the same model's median moved between 0.26 and 0.43 ms from
+    one second to the next).
+    """
+    per_window = max(1, runs1 // windows)
+    lats = [timings(fn, one, per_window) for _ in range(windows)]
+    lat = [t for w in lats for t in w]
     big = timings(fn, batch, runs_batch)
     return {
         "batch1_median_ms": round(statistics.median(lat) * 1e3, 4),
+        "batch1_best_window_median_ms": round(min(map(statistics.median, lats)) * 1e3, 4),
         "batch1_p90_ms": round(float(np.percentile(lat, 90)) * 1e3, 4),
         "batch": len(batch),
         "batch_images_per_second": round(len(batch) / statistics.median(big), 1),

@@ -58,6 +58,9 @@ def test_quick_run_writes_json_and_table(tmp_path):
     assert runtimes == {"keras", "saved_model", "onnxruntime", "onnxruntime_int8"}
     for e in r["encoder"]:
         assert e["batch1_median_ms"] > 0 and e["batch_images_per_second"] > 0
+        assert 0 < e["batch1_best_window_median_ms"] <= e["batch1_p90_ms"]
+    enc = r["summary"]["onnxruntime_encoder"]
+    assert enc["best_window_batch1_met"] == (enc["best_window_batch1_ms"] < 0.3)
     assert sum("iobinding" in e["settings"] for e in r["encoder"]) == 2  # float32 and int8
 
     runs = r["memory"]["runs"]
