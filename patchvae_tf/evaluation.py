@@ -488,6 +488,9 @@ def _markdown(report: dict) -> str:
         f"({r['num_classes']} classes; chance top-1 {_fmt(r['chance_top1'])}).",
         "",
     ]
+    if r.get("from_earlier_run"):
+        kept = ", ".join(r["from_earlier_run"])
+        lines += [f"Kept from an earlier run on the same checkpoint: {kept}.", ""]
     probes = [
         ("linear probe, pooled features", "linear_probe"),
         ("linear probe, part codes", "part_code_probe"),
@@ -578,6 +581,32 @@ def _write_tensorboard(logdir: str, report: dict, images: dict, step: int) -> No
     writer.close()
 
 
+def _keep_earlier_sections(report: dict, path: str) -> None:
+    """Fills the sections this run did not compute from the report at path, if that report
+    is of the same checkpoint and dataset: a --mode=probe run after --mode=all keeps the
+    part scores, fine-tuning and figures. Those sections are listed under
+    "from_earlier_run"; a report of another checkpoint or dataset is replaced whole.
+    """
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+    except (OSError, ValueError):
+        return
+    # As JSON (tuples read back as lists); the model, not the paths in the config.
+    now = json.loads(json.dumps(report))
+    same = all(earlier.get(k) == now[k] for k in ("checkpoint_step", "dataset")) and (
+        earlier.get("config", {}).get("model") == now["config"]["model"]
+    )
+    if not same:
+        return
+    kept = [k for k in (*REPORT_KEYS, "images") if report[k] is None and earlier.get(k)]
+    for key in kept:
+        report[key] = earlier[key]
+    report["from_earlier_run"] = sorted(kept)
+    report["modes"] = list(dict.fromkeys([*earlier.get("modes", []), *report["modes"]]))
+    report["seconds"] = {**earlier.get("seconds", {}), **report["seconds"]}
+
+
 def _publish(staging: str, out_dir: str) -> None:
     """Moves every file of the staging directory into out_dir, each one atomically."""
     for dirpath, _, files in os.walk(staging):
@@ -605,6 +634,7 @@ def evaluate(ecfg: EvalConfig) -> dict:
         "eval_config": ecfg.to_dict(),
         "modes": list(s.modes),
         "skipped": s.skipped,
+        "from_earlier_run": [],
         **{k: None for k in REPORT_KEYS},
     }
     timings = {}
@@ -629,6 +659,7 @@ def evaluate(ecfg: EvalConfig) -> dict:
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
 
     out_dir = os.path.join(ecfg.workdir, EVAL_DIR)
+    _keep_earlier_sections(report, os.path.join(out_dir, "report.json"))
     # Everything is written beside the outputs first, so a failure leaves no half a report.
     staging = tempfile.mkdtemp(prefix=".eval-", dir=ecfg.workdir)
     try:

@@ -256,3 +256,25 @@ def test_cli_bad_flag_exits_2():
     result = _run("--mode=bogus")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: unknown --mode 'bogus'")
+
+
+def test_a_later_partial_run_keeps_the_earlier_sections(evaluated, tmp_path):
+    """--mode=parts after --mode=all replaces the part scores and keeps the rest."""
+    from patchvae_tf import evaluation
+
+    _, _, workdir, before = evaluated
+    copy = str(tmp_path / "workdir")
+    shutil.copytree(workdir, copy)
+    report = evaluation.evaluate(EvalConfig(workdir=copy, mode="parts", **FAST))
+    saved = json.load(open(os.path.join(copy, "eval", "report.json")))
+    assert saved == json.loads(json.dumps(report))
+    assert saved["linear_probe"] == before["linear_probe"]
+    assert saved["finetune"] == before["finetune"]
+    assert saved["images"] == before["images"]
+    assert "part_discovery" not in saved["from_earlier_run"]
+    assert set(saved["from_earlier_run"]) >= {"linear_probe", "finetune", "images"}
+    assert "Kept from an earlier run" in open(os.path.join(copy, "eval", "report.md")).read()
+    # Another dataset is another report: nothing is carried over.
+    dataset = _write_folder(tmp_path / "images", ["blue", "red"], 6)
+    other = evaluation.evaluate(EvalConfig(workdir=copy, mode="probe", dataset=dataset, **FAST))
+    assert other["from_earlier_run"] == [] and other["finetune"] is None
