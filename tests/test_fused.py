@@ -120,3 +120,21 @@ def test_keras_kernels_block_switches_both_back_to_keras_ops():
     assert "ResourceApplyAdam" in op_types(
         lambda: optimizer.apply_gradients([(tf.ones([2]), variables[0])])
     )
+
+
+def test_adam_checkpoints_are_interchangeable_with_keras_adam(tmp_path):
+    """A checkpoint written with keras.optimizers.Adam (session 1's runs) restores into
+    FusedAdam: the same slot variables under the same names."""
+    variables = [tf.Variable([1.0, -2.0, 3.0])]
+    keras_adam = keras.optimizers.Adam(learning_rate=0.1)
+    for g in ([0.5, -1.0, 2.0], [1.0, 1.0, -1.0]):
+        keras_adam.apply_gradients([(tf.constant(g), variables[0])])
+    path = tf.train.Checkpoint(optimizer=keras_adam, v=variables[0]).save(str(tmp_path / "ck"))
+
+    restored = [tf.Variable([0.0, 0.0, 0.0])]
+    adam = FusedAdam(learning_rate=0.1)
+    adam.build(restored)
+    tf.train.Checkpoint(optimizer=adam, v=restored[0]).restore(path).assert_consumed()
+    assert int(adam.iterations) == 2
+    for a, b in zip(keras_adam.variables, adam.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
