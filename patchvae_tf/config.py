@@ -482,12 +482,17 @@ def define_export_flags() -> None:
 
 def export_from_flags(values: flags.FlagValues | None = None) -> ExportConfig:
     """Reads parsed flags once into a validated ExportConfig."""
-    values = values or flags.FLAGS
-    fields = {f.name: getattr(values, f.name) for f in dataclasses.fields(ExportConfig)}
-    fields["formats"] = tuple(f.strip() for f in fields["formats"] or () if f.strip())
-    for name in ("workdir", "export_dir", "quantize", "checkpoint"):
-        fields[name] = fields[name] or ""
-    return validate_export(ExportConfig(**fields))
+    raw = _section(ExportConfig, values or flags.FLAGS)
+    return validate_export(
+        dataclasses.replace(
+            raw,
+            formats=tuple(f.strip() for f in raw.formats or () if f.strip()),
+            **{
+                name: getattr(raw, name) or ""
+                for name in ("workdir", "export_dir", "quantize", "checkpoint")
+            },
+        )
+    )
 
 
 # --- benchmarks (python -m benchmarks) ----------------------------------------
@@ -502,7 +507,7 @@ class BenchConfig:
     out: str = "benchmarks/results/run.json"
     quick: bool = False  # tiny sizes and few steps: checks the harness, measures nothing
     sections: tuple[str, ...] = BENCH_SECTIONS
-    steps: int = 0  # timed train steps per case; 0 means 24 (2 with --quick)
+    steps: int = 0  # timed train steps per case; 0 means 12 (2 with --quick)
     steps_per_loop: int = 1  # train steps per tf.function call
     seed: int = 0
 
@@ -543,7 +548,6 @@ def define_bench_flags() -> None:
 
 def bench_from_flags(values: flags.FlagValues | None = None) -> BenchConfig:
     """Reads parsed flags once into a validated BenchConfig."""
-    values = values or flags.FLAGS
-    fields = {f.name: getattr(values, f.name) for f in dataclasses.fields(BenchConfig)}
-    fields["sections"] = tuple(s.strip() for s in fields["sections"] or () if s.strip())
-    return validate_bench(BenchConfig(**fields))
+    raw = _section(BenchConfig, values or flags.FLAGS)
+    sections = tuple(s.strip() for s in raw.sections or () if s.strip())
+    return validate_bench(dataclasses.replace(raw, sections=sections))
