@@ -59,8 +59,19 @@ def test_quick_run_writes_json_and_table(tmp_path):
     for e in r["encoder"]:
         assert e["batch1_median_ms"] > 0 and e["batch_images_per_second"] > 0
         assert 0 < e["batch1_best_window_median_ms"] <= e["batch1_p90_ms"]
+        # Full speed: the median of the windows whose probes on both sides reached 90% of
+        # the run's highest probe (None when no window did).
+        medians, probes = e["batch1_window_medians_ms"], e["batch1_window_matmul_gflops"]
+        assert len(probes) == len(medians) + 1
+        pairs = zip(medians, probes[:-1], probes[1:], strict=True)
+        fast = [m for m, a, b in pairs if min(a, b) >= 0.9 * r["matmul_gflops_max"]]
+        assert e["batch1_full_speed_windows"] == len(fast)
+        if fast:
+            assert min(fast) - 1e-3 <= e["batch1_ms_full_speed"] <= max(fast) + 1e-3
     enc = r["summary"]["onnxruntime_encoder"]
     assert enc["best_window_batch1_met"] == (enc["best_window_batch1_ms"] < 0.3)
+    if "full_speed_batch1_ms" in enc:
+        assert enc["full_speed_batch1_met"] == (enc["full_speed_batch1_ms"] < 0.3)
     assert sum("iobinding" in e["settings"] for e in r["encoder"]) == 2  # float32 and int8
 
     runs = r["memory"]["runs"]
