@@ -62,6 +62,7 @@ class Sizes:
     memory_dataset_sizes: tuple
     calibration_images: int
     parity_images: int
+    window_probe_size: int  # matmul side of the probes between batch-1 windows
 
 
 FULL = Sizes(
@@ -78,6 +79,7 @@ FULL = Sizes(
     memory_dataset_sizes=(1280, 128000),
     calibration_images=128,
     parity_images=32,
+    window_probe_size=hardware.MATMUL_SIZE,
 )
 QUICK = Sizes(
     recipes=(("cifar_32px", 32, 4),),
@@ -93,6 +95,7 @@ QUICK = Sizes(
     memory_dataset_sizes=(16, 64),
     calibration_images=4,
     parity_images=4,
+    window_probe_size=256,
 )
 
 
@@ -325,7 +328,7 @@ class Run:
                     batch,
                     s.runs_batch1,
                     s.runs_batch,
-                    probe=lambda: hardware.matmul_gflops(repeats=2),
+                    probe=lambda: hardware.matmul_gflops(s.window_probe_size, repeats=2),
                 )
                 fig = {"runtime": runtime, "settings": knobs, **fig, "probe": probe}
                 fig["gflops_per_image"] = round(per_image / 1e9, 4)

@@ -99,3 +99,21 @@ def test_peak_rss_is_the_child_s_own_not_the_benchmark_s():
     )
     assert 300 < big < 500
     del held
+
+
+def test_full_speed_latency_keeps_the_windows_with_fast_probes_on_both_sides():
+    from benchmarks import runner
+
+    figure = {
+        "batch1_window_medians_ms": [0.30, 0.50, 0.40, 0.34],
+        # probes before and after each window; the run's highest is 140, 90% of it 126
+        "batch1_window_matmul_gflops": [130.0, 140.0, 80.0, 135.0, 127.0],
+    }
+    got = runner._full_speed_latency(figure, best=140.0)
+    # Windows 1 (130, 140) and 4 (135, 127) qualify; 2 and 3 have the 80 beside them.
+    assert got == {"batch1_ms_full_speed": 0.32, "batch1_full_speed_windows": 2}
+    slow = {**figure, "batch1_window_matmul_gflops": [80.0] * 5}
+    assert runner._full_speed_latency(slow, best=140.0) == {
+        "batch1_ms_full_speed": None,
+        "batch1_full_speed_windows": 0,
+    }
