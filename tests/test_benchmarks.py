@@ -68,6 +68,12 @@ def test_quick_run_writes_json_and_table(tmp_path):
         assert e["batch1_full_speed_windows"] == len(fast)
         if fast:
             assert min(fast) - 1e-3 <= e["batch1_ms_full_speed"] <= max(fast) + 1e-3
+    # The run's highest probe is the highest of all of them, between windows included.
+    every = [r["matmul_gflops_start"], r["matmul_gflops_end"]]
+    for f in r["train"] + r["train_knobs"] + r["scaling"]["by_batch"] + r["encoder"]:
+        every += [f["probe"]["matmul_gflops"]]
+        every += f.get("window_matmul_gflops", []) + f.get("batch1_window_matmul_gflops", [])
+    assert r["matmul_gflops_max"] == round(max(every), 2)
     enc = r["summary"]["onnxruntime_encoder"]
     assert enc["best_window_batch1_met"] == (enc["best_window_batch1_ms"] < 0.3)
     if "full_speed_batch1_ms" in enc:
