@@ -403,8 +403,7 @@ class Run:
             )
         for f in r.get("encoder", []):
             f["per_max_matmul_gflops"] = round(f["batch_images_per_second"] / best, 4)
-            if "batch1_window_medians_ms" in f:
-                f |= _full_speed_latency(f, best)
+            f |= _full_speed_latency(f, best)
             f["fraction_of_max_matmul"] = round(
                 f["batch_images_per_second"] * f["gflops_per_image"] * 1e9 / (best * 1e9), 4
             )

@@ -28,12 +28,12 @@ def summary(r: dict) -> dict:
             ),
             "met": best["per_max_matmul_gflops"] >= t["train_images_per_second_per_matmul_gflops"],
         }
-        paired = best.get("per_paired_matmul_gflops")
-        if paired is not None:  # each window against the probes beside it (train_bench)
-            out["train_patchvae_cifar_recipe"] |= {
-                "per_matmul_gflops_paired": paired,
-                "met_paired": paired >= t["train_images_per_second_per_matmul_gflops"],
-            }
+        # Each window against the probes beside it (train_bench).
+        paired = best["per_paired_matmul_gflops"]
+        out["train_patchvae_cifar_recipe"] |= {
+            "per_matmul_gflops_paired": paired,
+            "met_paired": paired >= t["train_images_per_second_per_matmul_gflops"],
+        }
     enc = [e for e in r.get("encoder", []) if e["runtime"].startswith("onnxruntime")]
     if enc:
         fast_batch = max(enc, key=lambda e: e["batch_images_per_second"])
@@ -56,16 +56,14 @@ def summary(r: dict) -> dict:
             "target_batch1_ms": t["onnx_batch1_ms"],
             "batch1_met": fast_one["batch1_median_ms"] < t["onnx_batch1_ms"],
         }
-        windows = [e for e in enc if "batch1_best_window_median_ms" in e]
-        if windows:  # the least contended window (encoder_bench.measure)
-            quiet = min(windows, key=lambda e: e["batch1_best_window_median_ms"])
-            out["onnxruntime_encoder"] |= {
-                "best_window_batch1_ms": quiet["batch1_best_window_median_ms"],
-                "best_window_batch1_setting": f"{quiet['runtime']} ({quiet['settings']})",
-                "best_window_batch1_met": quiet["batch1_best_window_median_ms"]
-                < t["onnx_batch1_ms"],
-            }
-        full = [e for e in enc if e.get("batch1_ms_full_speed") is not None]
+        # The least contended window (encoder_bench.measure).
+        quiet = min(enc, key=lambda e: e["batch1_best_window_median_ms"])
+        out["onnxruntime_encoder"] |= {
+            "best_window_batch1_ms": quiet["batch1_best_window_median_ms"],
+            "best_window_batch1_setting": f"{quiet['runtime']} ({quiet['settings']})",
+            "best_window_batch1_met": quiet["batch1_best_window_median_ms"] < t["onnx_batch1_ms"],
+        }
+        full = [e for e in enc if e["batch1_ms_full_speed"] is not None]
         if full:  # windows in which the host ran at full speed (runner._full_speed_latency)
             steady = min(full, key=lambda e: e["batch1_ms_full_speed"])
             out["onnxruntime_encoder"] |= {
@@ -95,8 +93,8 @@ def summary(r: dict) -> dict:
 
 
 def _full_speed_cell(e: dict) -> str:
-    if e.get("batch1_ms_full_speed") is None:
-        return "" if "batch1_full_speed_windows" not in e else "none (0 windows)"
+    if e["batch1_ms_full_speed"] is None:
+        return "none (0 windows)"
     return f"{e['batch1_ms_full_speed']} ({e['batch1_full_speed_windows']})"
 
 
@@ -136,7 +134,7 @@ def markdown(r: dict) -> str:
             _row(["---"] * 10),
         ]
         for c in r["train"] + r.get("train_knobs", []):
-            probes = c.get("window_matmul_gflops", [c["probe"]["matmul_gflops"]])
+            probes = c["window_matmul_gflops"]
             variant = c["variant"]
             if c.get("synthetic"):
                 variant += ", no input pipeline"
@@ -155,7 +153,7 @@ def markdown(r: dict) -> str:
                         c["per_max_matmul_gflops"],
                         f"{c['fraction_of_max_matmul']:.1%}",
                         f"{min(probes):.0f} to {max(probes):.0f}",
-                        c.get("per_paired_matmul_gflops", c["per_matmul_gflops"]),
+                        c["per_paired_matmul_gflops"],
                         c["probe"]["load_average"],
                     ]
                 )
@@ -188,7 +186,7 @@ def markdown(r: dict) -> str:
                         e["runtime"],
                         e["settings"],
                         e["batch1_median_ms"],
-                        e.get("batch1_best_window_median_ms", ""),
+                        e["batch1_best_window_median_ms"],
                         _full_speed_cell(e),
                         e["batch"],
                         e["batch_images_per_second"],
@@ -236,7 +234,7 @@ def markdown(r: dict) -> str:
         lines += [_row(["variant", "dataset images", "steps", "peak RSS MB"]), _row(["---"] * 4)]
         lines += [
             _row([x["variant"], x["dataset_size"], x["steps"], x["peak_rss_mb"]])
-            for x in m["runs"] + m.get("other_variants", [])
+            for x in m["runs"] + m["other_variants"]
         ]
         lines.append("")
     if r.get("flops_per_image"):
