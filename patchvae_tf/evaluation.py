@@ -54,10 +54,13 @@ def _data_config(cfg: Config, ecfg: EvalConfig) -> Config:
             f"--image_size={ecfg.image_size} does not match the model's image size {image_size} "
             f"(from {os.path.join(ecfg.workdir, training.CONFIG_FILE)})"
         )
+    # Recognition trains on the labelled training split, also when the model was trained on
+    # every image but the test ones (Indoor67's allminustest).
+    listed = dataclasses.replace(cfg.data, train_split="listed")
     if ecfg.dataset is None:
-        return cfg
+        return cfg.replace(data=listed)
     override = dataclasses.replace(
-        cfg.data,
+        listed,
         dataset=ecfg.dataset,
         data_dir=ecfg.data_dir,
         train_split_file=ecfg.train_split_file,

@@ -361,3 +361,61 @@ def test_compare_puts_patchvae_vae_and_random_init_side_by_side(evaluated, tmp_p
     missing = _run(f"--compare={tmp_path / 'nowhere'}")
     assert missing.returncode == 2
     assert "has no evaluation report" in missing.stderr.strip().splitlines()[-1]
+
+
+def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_path):
+    """Indoor67's layout: the model trains on every image TestImages.txt does not list,
+    recognition on TrainImages.txt; ImageNet normalisation travels into the exported encoder,
+    which still takes pixels 0..255.
+    """
+    import dataclasses
+
+    import tensorflow as tf
+
+    from conftest import tiny_config
+    from export import exporter
+    from patchvae_tf import evaluation, training
+    from patchvae_tf.config import ExportConfig, validate_export
+
+    images = tmp_path / "Images"
+    _write_folder(images, ["blue", "red"], 6)  # images/{train,test}/CLASS/i.png
+    listed = [f"{s}/{c}/{i}.png" for s in ("train", "test") for c in ("blue", "red") for i in (0, 1)]
+    (tmp_path / "TrainImages.txt").write_text("\n".join(listed[:4]) + "\n")
+    (tmp_path / "TestImages.txt").write_text("\n".join(listed[4:]) + "\n")
+    cfg = tiny_config(str(tmp_path / "workdir"), train_steps=4)
+    cfg = cfg.replace(
+        train=dataclasses.replace(cfg.train, batch_size=4),
+        data=dataclasses.replace(
+            cfg.data,
+            dataset=f"folder:{images}",
+            train_split_file=str(tmp_path / "TrainImages.txt"),
+            test_split_file=str(tmp_path / "TestImages.txt"),
+            train_split="all_but_test",
+        ),
+        model=dataclasses.replace(cfg.model, normalization="imagenet"),
+    )
+    summary = training.train(cfg)
+    assert np.isfinite(summary["last_loss"])
+    report = evaluation.evaluate(
+        EvalConfig(workdir=cfg.train.workdir, mode="probe", **{**FAST, "freeze_stages": ()})
+    )
+    # 24 images, 4 listed for testing: the model saw 20; the probe trains on the 4 listed.
+    assert report["linear_probe"]["train_examples"] == 4
+    assert report["linear_probe"]["test_examples"] == 4
+
+    ecfg = validate_export(
+        ExportConfig(
+            workdir=cfg.train.workdir,
+            export_dir=str(tmp_path / "export"),
+            parity_images=4,
+            calibration_images=4,
+        )
+    )
+    rep = exporter.export(ecfg)
+    served = tf.saved_model.load(os.path.join(ecfg.export_dir, "saved_model", str(rep["version"])))
+    model, _ = evaluation.restore_model(evaluation.setup(EvalConfig(workdir=cfg.train.workdir)).cfg)
+    pixels = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    out = served.signatures["serving_default"](images=tf.constant(pixels))
+    expected = model.encode(tf.constant(pixels / 127.5 - 1.0))
+    np.testing.assert_allclose(out["occurrence"], expected["occurrence"], atol=1e-4)
+    np.testing.assert_allclose(out["features"], expected["features"], atol=1e-4)

@@ -1,4 +1,5 @@
 import glob
+import math
 import os
 import shutil
 import subprocess
@@ -153,3 +154,34 @@ def test_bad_data_is_a_user_error(case, tmp_path):
     assert "\n" not in str(err.value)
     if case != "workdir_is_file":
         assert not workdir.exists()
+
+
+@pytest.mark.parametrize("normalization", ["unit", "imagenet"])
+def test_cifar_recipe_trains_on_shapes_without_nan(tmp_path, normalization):
+    """configs/cifar100.cfg (ResNet cut at 1/8, N=16, the authors' initialization and
+    constants) on shapes instead of CIFAR, a few small steps, in both input spaces.
+    """
+    config.define_flags()
+    try:
+        flags.FLAGS(
+            [
+                "train.py",
+                f"--flagfile={ROOT}/configs/cifar100.cfg",
+                "--dataset=shapes",
+                f"--normalization={normalization}",
+                "--shapes_train_size=256",
+                "--shapes_test_size=64",
+                "--batch_size=16",
+                "--train_steps=12",
+                "--log_every=4",
+                f"--workdir={tmp_path}",
+            ]
+        )
+        cfg = config.from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert cfg.model.initialization == "reference" and cfg.model.normalization == normalization
+    summary = training.train(cfg)
+    assert summary["step"] == 12
+    assert all(map(math.isfinite, (summary["first_loss"], summary["last_loss"])))
+    assert summary["last_loss"] < summary["first_loss"]
