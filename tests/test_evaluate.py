@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shutil
@@ -6,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
 from patchvae_tf.config import EvalConfig, validate_eval
@@ -332,10 +334,7 @@ def test_a_later_partial_run_keeps_the_earlier_sections(evaluated, tmp_path):
 
 def test_compare_puts_patchvae_vae_and_random_init_side_by_side(evaluated, tmp_path):
     """A tiny VAE trained and evaluated beside the fixture's PatchVAE, through the CLI."""
-    import dataclasses
-
     from patchvae_tf import comparison, evaluation, training
-    from conftest import tiny_config
 
     cfg, _, patch_workdir, patch_report = evaluated
     vae_cfg = tiny_config(str(tmp_path / "vae"), train_steps=60)
@@ -368,18 +367,17 @@ def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_
     recognition on TrainImages.txt; ImageNet normalisation travels into the exported encoder,
     which still takes pixels 0..255.
     """
-    import dataclasses
-
     import tensorflow as tf
 
-    from conftest import tiny_config
     from export import exporter
     from patchvae_tf import evaluation, training
     from patchvae_tf.config import ExportConfig, validate_export
 
     images = tmp_path / "Images"
     _write_folder(images, ["blue", "red"], 6)  # images/{train,test}/CLASS/i.png
-    listed = [f"{s}/{c}/{i}.png" for s in ("train", "test") for c in ("blue", "red") for i in (0, 1)]
+    listed = [
+        f"{s}/{c}/{i}.png" for s in ("train", "test") for c in ("blue", "red") for i in (0, 1)
+    ]
     (tmp_path / "TrainImages.txt").write_text("\n".join(listed[:4]) + "\n")
     (tmp_path / "TestImages.txt").write_text("\n".join(listed[4:]) + "\n")
     cfg = tiny_config(str(tmp_path / "workdir"), train_steps=4)
