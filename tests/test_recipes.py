@@ -113,3 +113,16 @@ def test_every_recipe_is_pinned():
     names = {f[:-4] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".cfg")}
     # shapes.cfg is our own default run on synthetic data, not one of the paper's.
     assert names - {"shapes"} == set(RECIPES)
+
+
+def test_eval_flagfile_of_the_default_run():
+    config.define_eval_flags()
+    try:
+        flags.FLAGS(["evaluate.py", f"--flagfile={ROOT}/configs/eval/shapes.cfg"])
+        ecfg = config.eval_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert ecfg.workdir == "runs/shapes" and ecfg.freeze_stages == (0, -1)
+    assert (ecfg.finetune_epochs, ecfg.finetune_lr_step_epochs) == (4, 2)
+    # The rest of the protocol is the authors'.
+    assert (ecfg.finetune_batch_size, ecfg.finetune_learning_rate) == (256, 0.1)
