@@ -380,21 +380,30 @@ def part_scores(q_occ: np.ndarray, cells: np.ndarray, regions, classes, prior: f
 
     q_occ [n, h, w, N]; cells [n, h, w, R], one-hot: the region covering most of the cell.
     ``regions`` names the R regions, ``classes`` those of them that are shape classes;
-    ``prior`` is the occurrence prior p. The headline is the one-to-one match (an optimal
-    assignment on AUROC): per region its matched part, the mean of the classes' matched
-    AUROCs ("distinct coverage") and how many classes reach DETECTED_AUROC. Then the active
-    parts (occurrence rate of at least ACTIVE_RATE nats per cell) and, per part, its best
-    region and best shape class with their AUROCs; per region, its best part's AUROC.
+    ``prior`` is the occurrence prior p. A part is active when its occurrence rate is at
+    least ACTIVE_RATE nats per cell. The headline is the one-to-one match of active parts to
+    regions (an optimal assignment on AUROC): per region its matched part, the mean of the
+    classes' matched AUROCs ("distinct coverage"; a class left without a part counts 0.5)
+    and how many classes reach DETECTED_AUROC. Then, per part, its best region and best
+    shape class with their AUROCs; per region, its best part's AUROC.
     """
     n_parts = q_occ.shape[-1]
     q = q_occ.reshape(-1, n_parts)
     c = cells.reshape(-1, cells.shape[-1])
     table = np.array([[auroc(q[:, i], c[:, j]) for j in range(c.shape[1])] for i in range(n_parts)])
     is_class = np.array([name in classes for name in regions])
-    matched = {regions[j]: m for j, m in match_parts(table).items()}
-    part_region = {part: name for name, (part, _) in matched.items()}
     rates = occurrence_rates(q, prior)
-    class_matches = [matched[name][1] for name in regions if name in classes and name in matched]
+    # Only active parts are matched: a part left at the prior can still rank cells by its
+    # tiny wobbles around p, but it never fires (with --hard the decoder never sees it).
+    active = np.flatnonzero(rates >= ACTIVE_RATE)
+    matched = {}
+    if active.size:
+        for j, (row, a) in match_parts(table[active]).items():
+            matched[regions[j]] = (int(active[row]), a)
+    part_region = {part: name for name, (part, _) in matched.items()}
+    # A class no active part is matched to counts as chance.
+    present = [n for j, n in enumerate(regions) if n in classes and not np.isnan(table[:, j]).all()]
+    class_matches = [matched[name][1] if name in matched else 0.5 for name in present]
     parts = []
     for i in range(n_parts):
         j = int(np.nanargmax(table[i]))
@@ -581,9 +590,11 @@ def _verdict(r: dict) -> list[str]:
         )
     pd = r["part_discovery"]
     if pd:
-        classes = [name for name in SHAPE_CLASSES if name in pd["matched"]]
+        classes = SHAPE_CLASSES
         found = ", ".join(
             f"{name} {pd['matched'][name]['auroc']:.2f} (part {pd['matched'][name]['part']})"
+            if name in pd["matched"]
+            else f"{name}: no active part"
             for name in classes
         )
         lines.append(
@@ -610,9 +621,11 @@ def _part_section(pd: dict) -> list[str]:
         "Each part's occurrence probability is scored as a detector of each ground-truth "
         "region (the three shape classes and the background) by its AUROC over all h x w "
         "cells of the test images; a cell belongs to the region that covers most of it, and "
-        "0.5 is chance. Parts are matched to regions one to one (the assignment with the "
-        "largest summed AUROC), so one part that fires on every shape counts for one class "
-        "only. Distinct coverage is the mean matched AUROC over the shape classes.",
+        "0.5 is chance. Active parts are matched to regions one to one (the assignment "
+        "with the largest summed AUROC), so one part that fires on every shape counts for "
+        "one class only; a part left at the prior is not matched (it can rank cells by tiny "
+        "wobbles around the prior, but never fires). Distinct coverage is the mean matched "
+        "AUROC over the shape classes, a class without an active part counting 0.5.",
         "",
         f"Distinct coverage **{pd['distinct_coverage']:.3f}** (random-init model: "
         f"{rnd['distinct_coverage']:.3f}); shape classes whose matched part reaches AUROC "

@@ -79,31 +79,34 @@ def test_a_foreground_part_counts_for_one_class_only():
         {"circle": foreground, "triangle": foreground, "square": foreground, "background": 0.5}
     )
     assert result["region_coverage"] == pytest.approx((3 * foreground + 0.5) / 4)
-    # One to one, it serves one class; the others and the background get a part at the prior
-    # (AUROC 0.5, every cell tied).
-    matched = {name: m["auroc"] for name, m in result["matched"].items()}
-    assert sorted(matched[c] for c in CLASSES) == pytest.approx([0.5, 0.5, foreground])
-    assert matched["background"] == 0.5
+    # One to one, it serves one class; the parts at the prior are not active, so the other
+    # classes and the background get no part, and count as chance.
+    ((name, match),) = result["matched"].items()
+    assert name in CLASSES and match == {"part": 0, "auroc": pytest.approx(foreground)}
     assert result["distinct_coverage"] == pytest.approx((foreground + 1.0) / 3)
     assert result["classes_detected"] == 0
     assert result["active_parts"] == 1
-    assert len({m["part"] for m in result["matched"].values()}) == 4
 
 
-def test_random_maps_near_the_prior_find_nothing():
+def test_random_maps_find_nothing():
     rng = np.random.default_rng(0)
     cells = np.eye(4, dtype=bool)[rng.integers(0, 4, [40, 8, 8])]  # 2,560 cells
+    # Near the prior: no part is active, so none is matched and every class is at chance.
     q = PRIOR + rng.uniform(-0.02, 0.02, [40, 8, 8, 8])
     result = evaluation.part_scores(q, cells, REGIONS, CLASSES, PRIOR)
-    # The best of 8 * 7 * 6 * 5 assignments of chance detectors is a little above 0.5.
+    assert result["active_parts"] == 0 and result["matched"] == {}
+    assert result["distinct_coverage"] == 0.5 and result["classes_detected"] == 0
+    # Uniform noise of half-width 0.02 costs 0.02^2 / 3 / (2 p (1 - p)) = 6e-4 nats per cell.
+    expected = 0.02**2 / 3 / (2 * PRIOR * (1 - PRIOR))
+    for p in result["parts"]:
+        assert p["occurrence_rate"] == pytest.approx(expected, rel=0.15)
+    # Anywhere in [0, 1]: every part is active, and the best of 8 * 7 * 6 * 5 assignments of
+    # chance detectors is a little above 0.5.
+    q = rng.uniform(0.0, 1.0, [40, 8, 8, 8])
+    result = evaluation.part_scores(q, cells, REGIONS, CLASSES, PRIOR)
+    assert result["active_parts"] == 8 and len(result["matched"]) == 4
     assert 0.5 < result["distinct_coverage"] < 0.56
     assert result["classes_detected"] == 0
-    # Uniform noise of half-width 0.02 costs 0.02^2 / 3 / (2 p (1 - p)) = 6e-4 nats per cell.
-    assert result["active_parts"] == 0
-    for p in result["parts"]:
-        assert p["occurrence_rate"] == pytest.approx(
-            0.02**2 / 3 / (2 * PRIOR * (1 - PRIOR)), rel=0.15
-        )
 
 
 def test_the_assignment_is_optimal_where_greedy_is_not():
