@@ -249,7 +249,7 @@ def colour_bar(height: int, title: str = "q_occ", name: str = "viridis") -> np.n
 
     font = _font()
     bar_w, tick_w = 14, _text_size("0.5", font)[0] + 6
-    title_h = _text_size(title, font)[1] + _PAD
+    title_h = _text_size(title, font)[1] + _PAD + 8  # room for the "1" tick beneath
     ramp = colour_map(np.linspace(1.0, 0.0, height)[:, None].repeat(bar_w, axis=1), name)
     width = max(bar_w + tick_w, _text_size(title, font)[0])
     canvas = Image.new("RGB", (width, height + title_h + 8), (255, 255, 255))
