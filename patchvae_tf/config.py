@@ -38,6 +38,7 @@ class DataConfig:
     random_flip: bool = True
     shapes_train_size: int = 10000
     shapes_test_size: int = 2000
+    shapes_texture: bool = False
     shuffle_buffer: int = 10000
 
 
@@ -237,6 +238,12 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer("shapes_train_size", d.shapes_train_size, "Shapes: training images")
     flags.DEFINE_integer("shapes_test_size", d.shapes_test_size, "Shapes: test images")
+    flags.DEFINE_boolean(
+        "shapes_texture",
+        d.shapes_texture,
+        "Shapes: each class filled with its own pattern (circle horizontal stripes, triangle "
+        "checkerboard, square vertical stripes), a local pattern repeated over the shape",
+    )
     flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer, "Shuffle buffer (examples)")
     # Model.
     flags.DEFINE_string("arch", m.arch, "patchvae | vae (beta-VAE through --beta_app)")

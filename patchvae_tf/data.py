@@ -259,7 +259,13 @@ def _shapes_source(cfg: DataConfig, seed: int) -> Source:
     def reader(split):
         def read(input_context=None, shuffle_seed=None):
             return shapes.shapes_dataset(
-                split, sizes[split], cfg.image_size, seed, input_context, shuffle_seed
+                split,
+                sizes[split],
+                cfg.image_size,
+                seed,
+                input_context,
+                shuffle_seed,
+                texture=cfg.shapes_texture,
             )
 
         return read

@@ -26,11 +26,17 @@ REPORT_KEYS = (
     "random_part_code_probe",
     "finetune",
     "part_discovery",
+    "reconstruction",
     "images",
 )
 _NUM_SHOWN = 8  # images in reconstructions.png and per row of samples.png
 _NUM_MAPS = 4  # images in occurrence_maps.png
 _WEIGHT_DECAY = 1e-4
+# A part is active when its occurrence rate (KL from the prior, nats per cell) is at least
+# this: a part at q = p +- 0.05 everywhere pays about 0.01; one that stays at the prior, ~0.
+ACTIVE_RATE = 0.01
+# A shape class counts as found when its matched part detects it with at least this AUROC.
+DETECTED_AUROC = 0.85
 _CURVES = ("loss", "distortion", "rate_app", "rate_occ", "temperature", "learning_rate")
 
 
@@ -418,19 +424,61 @@ def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def part_scores(q_occ: np.ndarray, cells: np.ndarray, regions, classes) -> dict:
-    """How well each part's occurrence map predicts where each region is.
+def occurrence_rates(q_occ: np.ndarray, prior: float) -> np.ndarray:
+    """Per part, the mean over cells of KL(Bernoulli(q_occ) || Bernoulli(prior)), in nats.
+
+    q_occ [..., N] -> [N]. It is the occurrence rate each part pays; a part that stays at
+    the prior everywhere pays nothing and tells the decoder nothing.
+    """
+    q = np.clip(np.asarray(q_occ, np.float64).reshape(-1, np.shape(q_occ)[-1]), 1e-7, 1 - 1e-7)
+    kl = q * np.log(q / prior) + (1.0 - q) * np.log((1.0 - q) / (1.0 - prior))
+    return kl.mean(axis=0)
+
+
+def match_parts(table: np.ndarray) -> dict[int, tuple[int, float]]:
+    """One-to-one parts to regions maximising the summed AUROC: {region: (part, AUROC)}.
+
+    table [N parts, R regions] of AUROCs. A region absent from the data (a column of NaN)
+    gets no part; with fewer parts than regions, the regions left over get none either.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    present = np.flatnonzero(~np.all(np.isnan(table), axis=0))
+    # A NaN inside a present column cannot happen (a part scores every cell); 0.5 is safe.
+    scores = np.nan_to_num(table[:, present], nan=0.5)
+    rows, cols = linear_sum_assignment(scores, maximize=True)
+    return {int(present[c]): (int(r), float(scores[r, c])) for r, c in zip(rows, cols, strict=True)}
+
+
+def part_scores(q_occ: np.ndarray, cells: np.ndarray, regions, classes, prior: float) -> dict:
+    """How well the parts' occurrence maps find the regions, each region by its own part.
 
     q_occ [n, h, w, N]; cells [n, h, w, R], one-hot: the region covering most of the cell.
-    ``regions`` names the R regions, ``classes`` those of them that are shape classes. Per
-    part: the best-matching region and its AUROC, and the best shape class and its AUROC;
-    the means of both over parts; per region, the best part's AUROC.
+    ``regions`` names the R regions, ``classes`` those of them that are shape classes;
+    ``prior`` is the occurrence prior p. A part is active when its occurrence rate is at
+    least ACTIVE_RATE nats per cell. The headline is the one-to-one match of active parts to
+    regions (an optimal assignment on AUROC): per region its matched part, the mean of the
+    classes' matched AUROCs ("distinct coverage"; a class left without a part counts 0.5)
+    and how many classes reach DETECTED_AUROC. Then, per part, its best region and best
+    shape class with their AUROCs; per region, its best part's AUROC.
     """
     n_parts = q_occ.shape[-1]
     q = q_occ.reshape(-1, n_parts)
     c = cells.reshape(-1, cells.shape[-1])
     table = np.array([[auroc(q[:, i], c[:, j]) for j in range(c.shape[1])] for i in range(n_parts)])
     is_class = np.array([name in classes for name in regions])
+    rates = occurrence_rates(q, prior)
+    # Only active parts are matched: a part left at the prior can still rank cells by its
+    # tiny wobbles around p, but it never fires (with --hard the decoder never sees it).
+    active = np.flatnonzero(rates >= ACTIVE_RATE)
+    matched = {}
+    if active.size:
+        for j, (row, a) in match_parts(table[active]).items():
+            matched[regions[j]] = (int(active[row]), a)
+    part_region = {part: name for name, (part, _) in matched.items()}
+    # A class no active part is matched to counts as chance.
+    present = [n for j, n in enumerate(regions) if n in classes and not np.isnan(table[:, j]).all()]
+    class_matches = [matched[name][1] if name in matched else 0.5 for name in present]
     parts = []
     for i in range(n_parts):
         j = int(np.nanargmax(table[i]))
@@ -438,20 +486,30 @@ def part_scores(q_occ: np.ndarray, cells: np.ndarray, regions, classes) -> dict:
         parts.append(
             {
                 "part": i,
+                "matched_region": part_region.get(i),
+                "matched_auroc": float(table[i, regions.index(part_region[i])])
+                if i in part_region
+                else None,
                 "best_region": regions[j],
                 "auroc": float(table[i, j]),
                 "best_class": regions[k],
                 "class_auroc": float(table[i, k]),
                 "auroc_per_region": dict(zip(regions, map(float, table[i]), strict=True)),
                 "mean_q_occ": float(q[:, i].mean()),
+                "occurrence_rate": float(rates[i]),
+                "active": bool(rates[i] >= ACTIVE_RATE),
             }
         )
     return {
+        "matched": {name: {"part": p, "auroc": a} for name, (p, a) in matched.items()},
+        "distinct_coverage": float(np.mean(class_matches)) if class_matches else float("nan"),
+        "classes_detected": int(sum(a >= DETECTED_AUROC for a in class_matches)),
+        "active_parts": int(sum(p["active"] for p in parts)),
         "mean_auroc": float(np.mean([p["auroc"] for p in parts])),
         "mean_class_auroc": float(np.mean([p["class_auroc"] for p in parts])),
         "per_region_best": {name: float(np.nanmax(table[:, j])) for j, name in enumerate(regions)},
-        # Per region its best part, averaged: parts that all take the background score high
-        # on the per-part mean, but not here, where every shape class needs its own detector.
+        # Per region its best part, averaged; one part may be the best for several regions
+        # (a foreground detector for every shape class), which distinct_coverage forbids.
         "region_coverage": float(np.mean(np.nanmax(table, axis=0))),
         "parts": parts,
     }
@@ -483,12 +541,23 @@ def part_discovery(model, random_model, setup: _Setup, ecfg: EvalConfig) -> dict
     part occurs), and scoring it against shape classes alone would count it below chance.
     """
     regions = (*SHAPE_CLASSES, "background")
+    prior = setup.cfg.model.prior
     q, cells = _occurrence_and_cells(model, setup, ecfg)
-    result = part_scores(q, cells, regions, SHAPE_CLASSES)
+    result = part_scores(q, cells, regions, SHAPE_CLASSES, prior)
     q_random, _ = _occurrence_and_cells(random_model, setup, ecfg)
-    floor = part_scores(q_random, cells, regions, SHAPE_CLASSES)
-    keys = ("mean_auroc", "mean_class_auroc", "region_coverage", "per_region_best")
+    floor = part_scores(q_random, cells, regions, SHAPE_CLASSES, prior)
+    keys = (
+        "matched",
+        "distinct_coverage",
+        "classes_detected",
+        "active_parts",
+        "mean_auroc",
+        "mean_class_auroc",
+        "region_coverage",
+        "per_region_best",
+    )
     result["random"] = {k: floor[k] for k in keys}
+    result["prior"] = prior
     result["cells"] = int(cells[..., 0].size)
     result["region_fraction"] = {
         name: float(cells[..., j].mean()) for j, name in enumerate(regions)
@@ -518,28 +587,60 @@ def read_scalars(logdir: str, tags=_CURVES) -> dict[str, tuple[np.ndarray, np.nd
     return series
 
 
-def figures(model, setup: _Setup, ecfg: EvalConfig) -> dict[str, np.ndarray]:
-    """{name: image [H, W, 3] in [0, 1]} of every figure that applies to this model."""
+def reconstruction_error(model, setup: _Setup, ecfg: EvalConfig) -> dict:
+    """Mean squared error per pixel of test reconstructions, on the [0, 1] pixel scale,
+    beside the floor of drawing every image as the test images' mean image.
+    """
+    run = tf.function(lambda x: model(x, training=False)["reconstruction"], reduce_retracing=True)
+    errors, images = [], []
+    for batch in _batches(setup.source, "test", ecfg.eval_examples, ecfg.batch_size):
+        x = tf.constant(batch["image"])
+        # Pixels in [-1, 1]: halving the difference puts the error on the [0, 1] scale.
+        errors.append(np.mean(np.square((run(x).numpy() - batch["image"]) / 2.0), axis=(1, 2, 3)))
+        images.append(batch["image"])
+    images = np.concatenate(images)
+    floor = np.mean(np.square((images - images.mean(axis=0)) / 2.0))
+    return {"mse": float(np.concatenate(errors).mean()), "mean_image_mse": float(floor)}
+
+
+def part_labels(part_discovery: dict | None, num_parts: int) -> list[str]:
+    """A figure label per part: index, matched region and its AUROC, mean q_occ."""
+    if not part_discovery:
+        return [f"part {i}" for i in range(num_parts)]
+    labels = []
+    for p in part_discovery["parts"]:
+        match = (
+            f"{p['matched_region']} {p['matched_auroc']:.2f}"
+            if p["matched_region"]
+            else "unmatched"
+        )
+        state = "" if p["active"] else " off"
+        labels.append(f"part {p['part']}\n{match}\nmean q {p['mean_q_occ']:.3f}{state}")
+    return labels
+
+
+def figures(model, setup: _Setup, ecfg: EvalConfig, part_discovery=None) -> dict[str, np.ndarray]:
+    """{name: image [H, W, 3] in [0, 1]} of every figure that applies to this model.
+
+    Image tiles are upscaled (nearest) to at least visualize.MIN_TILE pixels; parts are
+    labelled with part_discovery's matches when given.
+    """
     source, cfg = setup.source, setup.cfg
     shown = next(_batches(source, "test", _NUM_SHOWN, _NUM_SHOWN))["image"]
     out = {}
     recon = model(tf.constant(shown), training=False)["reconstruction"]
-    pairs = tf.concat([shown, recon], axis=0)
-    out["reconstructions"] = visualize.image_grid(visualize.to_unit(pairs), cols=len(shown))
-    samples = model.sample(2 * _NUM_SHOWN)
-    out["samples"] = visualize.image_grid(visualize.to_unit(samples), cols=_NUM_SHOWN)
+    out["reconstructions"] = visualize.pairs_figure(shown, recon)
+    out["samples"] = visualize.tiles_figure(model.sample(2 * _NUM_SHOWN), cols=_NUM_SHOWN)
     if isinstance(model, models.PatchVAE):
+        labels = part_labels(part_discovery, cfg.model.num_parts)
         maps = shown[:_NUM_MAPS]
         q = model.encode(tf.constant(maps))["occurrence"]
-        out["occurrence_maps"] = visualize.occurrence_grid(maps, q)
-        size = min(visualize.receptive_field(model.encoder), cfg.data.image_size)
-        gallery = visualize.PartGallery(
-            cfg.model.num_parts, ecfg.gallery_size, cfg.model.scale, size
-        )
+        out["occurrence_maps"] = visualize.occurrence_figure(maps, q, labels)
+        gallery = visualize.PartGallery(cfg.model.num_parts, ecfg.gallery_size)
         encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
-        for batch in _batches(source, "train", ecfg.eval_examples, ecfg.batch_size):
+        for batch in _batches(source, "test", ecfg.eval_examples, ecfg.batch_size):
             gallery.add(batch["image"], encode(tf.constant(batch["image"]))["occurrence"])
-        out["parts"] = gallery.grid()
+        out["parts"] = visualize.gallery_figure(gallery, cfg.model.scale, labels)
     curves = read_scalars(os.path.join(ecfg.workdir, training.LOG_DIR))
     if curves:
         out["training_curves"] = visualize.curves_image(curves)
@@ -553,11 +654,118 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _verdict(r: dict) -> list[str]:
+    """The report's opening lines: probe against its floor, distinct parts, reconstruction."""
+    lines = []
+    if r["linear_probe"]:
+        lines.append(
+            f"- **Recognition:** linear probe top-1 {r['linear_probe']['top1']:.3f} against "
+            f"{r['random_probe']['top1']:.3f} for a random-init encoder "
+            f"(chance {_fmt(r['chance_top1'])})."
+        )
+    pd = r["part_discovery"]
+    if pd:
+        classes = SHAPE_CLASSES
+        found = ", ".join(
+            f"{name} {pd['matched'][name]['auroc']:.2f} (part {pd['matched'][name]['part']})"
+            if name in pd["matched"]
+            else f"{name}: no active part"
+            for name in classes
+        )
+        lines.append(
+            f"- **Parts:** {pd['classes_detected']} of {len(classes)} shape classes found by a "
+            f"part of their own (matched AUROC >= {DETECTED_AUROC}; {found}); distinct "
+            f"coverage {pd['distinct_coverage']:.3f} (random init "
+            f"{pd['random']['distinct_coverage']:.3f}); {pd['active_parts']} of "
+            f"{len(pd['parts'])} parts active (random init {pd['random']['active_parts']})."
+        )
+    rec = r.get("reconstruction")
+    if rec:
+        lines.append(
+            f"- **Reconstruction:** mean squared error {rec['mse']:.4f} per pixel ([0, 1] "
+            f"scale) against {rec['mean_image_mse']:.4f} for the test images' mean image."
+        )
+    return lines + [""] if lines else []
+
+
+def _part_section(pd: dict) -> list[str]:
+    rnd = pd["random"]
+    lines = [
+        "## Part discovery",
+        "",
+        "Each part's occurrence probability is scored as a detector of each ground-truth "
+        "region (the three shape classes and the background) by its AUROC over all h x w "
+        "cells of the test images; a cell belongs to the region that covers most of it, and "
+        "0.5 is chance. Active parts are matched to regions one to one (the assignment "
+        "with the largest summed AUROC), so one part that fires on every shape counts for "
+        "one class only; a part left at the prior is not matched (it can rank cells by tiny "
+        "wobbles around the prior, but never fires). Distinct coverage is the mean matched "
+        "AUROC over the shape classes, a class without an active part counting 0.5.",
+        "",
+        f"Distinct coverage **{pd['distinct_coverage']:.3f}** (random-init model: "
+        f"{rnd['distinct_coverage']:.3f}); shape classes whose matched part reaches AUROC "
+        f"{DETECTED_AUROC}: **{pd['classes_detected']}** (random: {rnd['classes_detected']}).",
+        "",
+        "| region | matched part | AUROC | random init: part | AUROC |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in pd["matched"].items():
+        floor = rnd["matched"].get(name)
+        floor_cells = f"{floor['part']} | {floor['auroc']:.3f}" if floor else "- | -"
+        lines.append(f"| {name} | {m['part']} | {m['auroc']:.3f} | {floor_cells} |")
+    lines += [
+        "",
+        f"Active parts: **{pd['active_parts']}** of {len(pd['parts'])} (random init: "
+        f"{rnd['active_parts']}). A part is active when its occurrence rate, the mean over "
+        f"cells of KL(Bernoulli(q_occ) || Bernoulli({pd['prior']:.3g})), is at least "
+        f"{ACTIVE_RATE} nats; a part left at the prior pays about 0 and carries nothing. "
+        "(A random-init network's parts sit wherever its initial logits put them, so its "
+        "count says how far from the prior initialisation starts, not that it found parts.)",
+        "",
+        "| part | matched region | AUROC | best region | AUROC | mean q_occ | rate (nats) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in pd["parts"]:
+        matched = (
+            f"{p['matched_region']} | {p['matched_auroc']:.3f}" if p["matched_region"] else "- | -"
+        )
+        lines.append(
+            f"| {p['part']} | {matched} | {p['best_region']} | {p['auroc']:.3f} "
+            f"| {p['mean_q_occ']:.3f} | {p['occurrence_rate']:.3f} |"
+        )
+    lines += [
+        "",
+        "Without the one-to-one match, per region its best part, which may be one part for "
+        "every region (random init in brackets): "
+        + ", ".join(
+            f"{name} {v:.3f} ({rnd['per_region_best'][name]:.3f})"
+            for name, v in pd["per_region_best"].items()
+        )
+        + f"; their mean {pd['region_coverage']:.3f} ({rnd['region_coverage']:.3f}).",
+        "",
+    ]
+    return lines
+
+
+_CAPTIONS = {
+    "reconstructions": "Test images, each beside its reconstruction.",
+    "occurrence_maps": "Per test image: the image, then each part's occurrence probability "
+    "over it (colour scale on the right). Labels: part, matched region and AUROC, mean q_occ "
+    'over the test cells ("off": not active).',
+    "parts": "One row per part: the test images where it fires most strongly, strongest "
+    "first; the yellow box is the cell where it fires, q its occurrence probability there.",
+    "samples": "Images decoded from the prior.",
+    "training_curves": "Loss terms, temperature and learning rate over training.",
+}
+_FIGURE_ORDER = ("reconstructions", "occurrence_maps", "parts", "samples", "training_curves")
+
+
 def _markdown(report: dict) -> str:
     r = report
     lines = [
         f"# Evaluation of `{r['workdir']}`",
         "",
+        *_verdict(r),
         f"Checkpoint step {r['checkpoint_step']}, model `{r['config']['model']['arch']}` "
         f"({r['config']['model']['encoder']} encoder), dataset `{r['dataset']}` "
         f"({r['num_classes']} classes; chance top-1 {_fmt(r['chance_top1'])}).",
@@ -566,6 +774,11 @@ def _markdown(report: dict) -> str:
     if r.get("from_earlier_run"):
         kept = ", ".join(r["from_earlier_run"])
         lines += [f"Kept from an earlier run on the same checkpoint: {kept}.", ""]
+    if r["images"]:
+        lines += ["## Figures", ""]
+        names = sorted(r["images"], key=lambda n: (_FIGURE_ORDER + (n,)).index(n))
+        for name in names:
+            lines += [f"### {name}", "", _CAPTIONS[name], "", f"![{name}]({r['images'][name]})", ""]
     probes = [
         ("linear probe, pooled features", "linear_probe"),
         ("linear probe, part codes", "part_code_probe"),
@@ -587,48 +800,8 @@ def _markdown(report: dict) -> str:
         if r["finetune"]:
             lines += ["", *_finetune_markdown(r["finetune"])]
         lines.append("")
-    pd = r["part_discovery"]
-    if pd:
-        lines += [
-            "## Part discovery",
-            "",
-            "AUROC of each part's occurrence probability as a detector of a ground-truth "
-            "region (the three shape classes and the background), over all h x w cells of "
-            "the test images; a cell belongs to the region that covers most of it. "
-            "0.5 is chance.",
-            "",
-            f"Mean over parts of the best region's AUROC: **{pd['mean_auroc']:.3f}** "
-            f"(random-init model: {pd['random']['mean_auroc']:.3f}). Of the best shape "
-            f"class's AUROC: {pd['mean_class_auroc']:.3f} "
-            f"(random: {pd['random']['mean_class_auroc']:.3f}). Region coverage, the mean over "
-            f"regions of the best part's AUROC: **{pd['region_coverage']:.3f}** "
-            f"(random: {pd['random']['region_coverage']:.3f}); unlike the per-part mean, it "
-            "stays low when every part takes the background.",
-            "",
-            "| part | best region | AUROC | best shape class | AUROC | mean q_occ |",
-            "|---|---|---|---|---|---|",
-        ]
-        for p in pd["parts"]:
-            lines.append(
-                f"| {p['part']} | {p['best_region']} | {p['auroc']:.3f} | {p['best_class']} "
-                f"| {p['class_auroc']:.3f} | {p['mean_q_occ']:.3f} |"
-            )
-        lines += ["", "Best part per region:", ""]
-        for name, v in pd["per_region_best"].items():
-            lines.append(f"- {name}: {v:.3f} (random {pd['random']['per_region_best'][name]:.3f})")
-        lines.append("")
-    captions = {
-        "reconstructions": "Test images (top) above their reconstructions.",
-        "occurrence_maps": "Per test image: the image, then each part's occurrence map.",
-        "samples": "Images decoded from the prior.",
-        "parts": "One row per part: training-image patches (the size of a part's receptive "
-        "field) centred where the part occurs most strongly, strongest first.",
-        "training_curves": "Loss terms, temperature and learning rate over training.",
-    }
-    if r["images"]:
-        lines += ["## Figures", ""]
-        for name, path in r["images"].items():
-            lines += [f"### {name}", "", captions[name], "", f"![{name}]({path})", ""]
+    if r["part_discovery"]:
+        lines += _part_section(r["part_discovery"])
     if r["skipped"]:
         lines += ["## Skipped", ""] + [f"- {m}: {why}" for m, why in r["skipped"].items()] + [""]
     return "\n".join(lines)
@@ -670,8 +843,11 @@ def _write_tensorboard(logdir: str, report: dict, images: dict, step: int) -> No
             tf.summary.scalar(f"finetune/frozen_{run['frozen_stages']}/top1", run["top1"], step)
         if report["part_discovery"]:
             pd = report["part_discovery"]
-            tf.summary.scalar("part_discovery/mean_auroc", pd["mean_auroc"], step=step)
-            tf.summary.scalar("part_discovery/random", pd["random"]["mean_auroc"], step=step)
+            for key in ("distinct_coverage", "classes_detected", "active_parts", "mean_auroc"):
+                tf.summary.scalar(f"part_discovery/{key}", pd[key], step=step)
+                tf.summary.scalar(f"part_discovery/random_{key}", pd["random"][key], step=step)
+        if report["reconstruction"]:
+            tf.summary.scalar("reconstruction/mse", report["reconstruction"]["mse"], step=step)
         tf.summary.text("report", report["markdown"], step=step)
     writer.close()
 
@@ -748,7 +924,8 @@ def evaluate(ecfg: EvalConfig) -> dict:
     images = {}
     if "visualize" in s.modes:
         start = time.perf_counter()
-        images = figures(model, s, ecfg)
+        images = figures(model, s, ecfg, report["part_discovery"])
+        report["reconstruction"] = reconstruction_error(model, s, ecfg)
         timings["visualize"] = time.perf_counter() - start
     report["images"] = {name: f"{name}.png" for name in images} or None
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
@@ -792,8 +969,9 @@ def summary_line(report: dict) -> str:
     if report["part_discovery"]:
         pd = report["part_discovery"]
         parts.append(
-            f"part AUROC {pd['mean_auroc']:.3f} (random {pd['random']['mean_auroc']:.3f}), "
-            f"region coverage {pd['region_coverage']:.3f} "
-            f"(random {pd['random']['region_coverage']:.3f})"
+            f"{pd['classes_detected']} of {len(SHAPE_CLASSES)} shape classes found by their own "
+            f"part, distinct coverage {pd['distinct_coverage']:.3f} "
+            f"(random {pd['random']['distinct_coverage']:.3f}), "
+            f"{pd['active_parts']} of {len(pd['parts'])} parts active"
         )
     return "; ".join(parts)

@@ -142,9 +142,7 @@ def make_train_step(
     global_batch = cfg.train.batch_size
 
     def temperature():
-        return latents.temperature(
-            step, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule
-        )
+        return latents.temperature(step, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule)
 
     def gradients(images, tau):
         """Images [b, H, W, 3] (this replica's share) -> gradients, summed terms / global batch."""
