@@ -21,7 +21,11 @@ def encoder_parts(model) -> dict:
     if isinstance(model, models.PatchVAE):
         return {"encoder": model.encoder, "heads": model.heads}
     if isinstance(model, models.VAE):
-        return {"encoder": model.encoder, "flatten": model.flatten, "posterior": model.posterior}
+        return {
+            "encoder": model.encoder,
+            "reduce": model.reduce,
+            "posterior_mean": model.posterior_mean,
+        }
     raise TypeError(f"`model` must be a PatchVAE or a VAE. Received: {type(model).__name__}")
 
 

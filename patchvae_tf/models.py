@@ -220,16 +220,23 @@ class VAE(_Autoencoder):
             name="expand",
         )
 
+    def _code(self, head, r):
+        """[B, 1, 1, N*L] of a posterior head on the reduced map r -> [B, N*L] float32."""
+        return tf.cast(tf.reshape(head(r), [-1, self.code_size]), tf.float32)
+
     def _posterior(self, x, training):
         f, pooled = self.features(x, training)
         r = self.reduce(f, training=training)
-        mean = tf.cast(tf.reshape(self.posterior_mean(r), [-1, self.code_size]), tf.float32)
-        logvar = tf.cast(tf.reshape(self.posterior_logvar(r), [-1, self.code_size]), tf.float32)
+        mean, logvar = self._code(self.posterior_mean, r), self._code(self.posterior_logvar, r)
         return pooled, mean, latents.variance(logvar)
 
     def encode(self, x, training=False):
-        """X [B, H, W, 3] in [-1, 1] -> appearance [B, N*L] posterior means, features [B, D]."""
-        pooled, mean, _ = self._posterior(x, training)
+        """X [B, H, W, 3] in [-1, 1] -> appearance [B, N*L] posterior means, features [B, D].
+
+        The log-variance head is not run: the deterministic encoder has no use for it.
+        """
+        f, pooled = self.features(x, training)
+        mean = self._code(self.posterior_mean, self.reduce(f, training=training))
         return {"appearance": mean, "features": pooled}
 
     def decode(self, z, training=False):
