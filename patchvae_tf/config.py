@@ -28,6 +28,7 @@ class DataConfig:
     shapes_train_size: int = 10000
     shapes_test_size: int = 2000
     shuffle_buffer: int = 10000
+    download: bool = False  # TFDS: download and prepare a dataset missing from data_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +197,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("shapes_train_size", d.shapes_train_size, "Shapes: training images")
     flags.DEFINE_integer("shapes_test_size", d.shapes_test_size, "Shapes: test images")
     flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer, "Shuffle buffer (examples)")
+    flags.DEFINE_boolean("download", d.download, "TFDS: download a dataset not in --data_dir")
     # Model.
     flags.DEFINE_string("arch", m.arch, "patchvae | vae (beta-VAE through --beta_app)")
     flags.DEFINE_string("encoder", m.encoder, "resnet | pyramid")

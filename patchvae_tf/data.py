@@ -185,6 +185,34 @@ def _folder_reader(items: list[tuple[str, int]], image_size: int):
 # --- TFDS -------------------------------------------------------------------
 
 
+def _prepare_tfds(builder, cfg: DataConfig) -> None:
+    """Downloads and prepares a TFDS dataset when --download asks; otherwise says how.
+
+    Without --download nothing touches the network: offline, TFDS's own download retries
+    for minutes before it fails.
+    """
+    where = f"--data_dir={cfg.data_dir!r}" if cfg.data_dir else "the default TFDS data_dir"
+    manual = builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+    if not cfg.download:
+        how = (
+            f"put its archives in {os.path.join(builder.data_dir_root, 'downloads', 'manual')}"
+            " (see the TFDS catalogue), then pass --download to prepare it"
+            if manual
+            else "pass --download to fetch and prepare it (needs the network), or run "
+            f"`tfds build {cfg.dataset}"
+            + (f" --data_dir={cfg.data_dir}" if cfg.data_dir else "")
+            + "` where the network is reachable and copy the result"
+        )
+        raise UserError(f"TFDS dataset {cfg.dataset!r} is not prepared in {where}: {how}")
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # Network, checksum and manual-download errors alike.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"TFDS dataset {cfg.dataset!r} could not be prepared in {where}: {first}"
+        ) from None
+
+
 def _tfds_source(cfg: DataConfig) -> Source:
     import tensorflow_datasets as tfds  # Slow to import; only TFDS datasets need it.
 
@@ -192,15 +220,8 @@ def _tfds_source(cfg: DataConfig) -> Source:
         builder = tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
     except Exception as e:  # TFDS raises DatasetNotFoundError and others.
         raise UserError(f"unknown --dataset {cfg.dataset!r}: {str(e).splitlines()[0]}") from None
-    try:
-        # A no-op once prepared; otherwise downloads (imagenet2012 needs manual archives).
-        builder.download_and_prepare()
-    except Exception as e:  # Network, checksum and manual-download errors alike.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"TFDS dataset {cfg.dataset!r} is not available in --data_dir={cfg.data_dir!r} "
-            f"and could not be prepared: {first}"
-        ) from None
+    if not builder.is_prepared():
+        _prepare_tfds(builder, cfg)
     info = builder.info
     # Split metadata is known once prepared (or from TFDS's bundled metadata); when it is
     # not, assume the usual "train" / "test" names.

@@ -140,8 +140,9 @@ def test_folder_errors(tmp_path, layout):
 def test_tfds_through_mock_data():
     import tensorflow_datasets as tfds
 
+    # mock_data's data_dir holds metadata only: --download runs its no-op preparation.
     with tfds.testing.mock_data(num_examples=12):
-        source = data.get_source(DataConfig(dataset="mnist", image_size=16))
+        source = data.get_source(DataConfig(dataset="mnist", image_size=16, download=True))
         assert source.num_classes == 10
         batch = next(iter(data.input_dataset(source, "train", 4, training=True)))
         test = next(iter(data.input_dataset(source, "test", 4, training=False)))
@@ -153,3 +154,35 @@ def test_tfds_through_mock_data():
 def test_unknown_tfds_name_is_a_user_error():
     with pytest.raises(UserError, match="no_such_dataset"):
         data.get_source(DataConfig(dataset="no_such_dataset"))
+
+
+@pytest.mark.parametrize(
+    ("name", "advice"),
+    [("mnist", "pass --download to fetch"), ("imagenet2012", "downloads/manual")],
+)
+def test_unprepared_tfds_fails_fast_and_says_how_to_prepare(tmp_path, name, advice):
+    import time
+
+    cfg = DataConfig(dataset=name, data_dir=str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=f"'{name}' is not prepared in --data_dir") as err:
+        data.get_source(cfg)
+    assert time.perf_counter() - start < 10  # TFDS's own download retries for ~3 minutes
+    assert advice in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "downloads").exists()  # nothing was fetched
+
+
+def test_download_flag_prepares_and_reports_failure_in_one_line(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    calls = []
+
+    def offline(self, *args, **kwargs):
+        calls.append(self.name)
+        raise ConnectionError("Failed to connect to storage.googleapis.com\nretry 1 ...")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    cfg = DataConfig(dataset="mnist", data_dir=str(tmp_path), download=True)
+    with pytest.raises(UserError, match="could not be prepared .*: Failed to connect") as err:
+        data.get_source(cfg)
+    assert calls == ["mnist"] and "\n" not in str(err.value)
