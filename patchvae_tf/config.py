@@ -422,6 +422,8 @@ class ExportConfig:
     opset: int = MIN_ONNX_OPSET
     parity_images: int = 32  # real training images compared across the runtimes
     calibration_images: int = 128  # training images that calibrate int8 ranges
+    int8_min_cosine: float = 0.99  # int8 features below this mean cosine to float32: refused
+    force_int8: bool = False  # write the int8 model even below int8_min_cosine
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -457,6 +459,8 @@ def validate_export(cfg: ExportConfig) -> ExportConfig:
     for name in ("parity_images", "calibration_images"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if not -1.0 <= cfg.int8_min_cosine <= 1.0:
+        raise UserError(f"--int8_min_cosine must be in [-1, 1], got {cfg.int8_min_cosine}")
     return cfg
 
 
@@ -478,6 +482,8 @@ def define_export_flags() -> None:
         ("integer", "opset", e.opset, f"ONNX opset (>= {MIN_ONNX_OPSET})"),
         ("integer", "parity_images", e.parity_images, "Training images for the parity check"),
         ("integer", "calibration_images", e.calibration_images, "Images for int8 calibration"),
+        ("float", "int8_min_cosine", e.int8_min_cosine, "Refuse int8 features below this cosine"),
+        ("boolean", "force_int8", e.force_int8, "Write the int8 model below --int8_min_cosine"),
     ]
     _define_missing(specs)
 
