@@ -153,3 +153,64 @@ def test_bad_data_is_a_user_error(case, tmp_path):
     assert "\n" not in str(err.value)
     if case != "workdir_is_file":
         assert not workdir.exists()
+
+
+TINY_FLAGS = [
+    "--dataset=shapes",
+    "--shapes_train_size=512",
+    "--shapes_test_size=64",
+    "--image_size=16",
+    "--encoder=pyramid",
+    "--base_channels=8",
+    "--scale=4",
+    "--num_parts=4",
+    "--appearance_dim=2",
+    "--batch_size=16",
+    "--log_every=100000",
+]
+
+
+def _wait_for(path, proc, timeout=240):
+    import time
+
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"no {path} after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_sigterm_saves_at_that_step_exits_42_and_resumes_there(tmp_path):
+    import re
+    import signal
+
+    workdir = tmp_path / "w"
+    args = [*TINY_FLAGS, f"--workdir={workdir}", "--checkpoint_every=25"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args, "--train_steps=100000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(workdir / "checkpoints" / "ckpt-25.index", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == training.PREEMPTED_EXIT_CODE == 42, err[-3000:]
+    saved = int(re.search(r"preempted: checkpoint saved at step (\d+)", out).group(1))
+    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    assert latest.endswith(f"ckpt-{saved}") and saved > 25
+    step = tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")
+    assert step == saved
+    assert "Traceback" not in err
+
+    resumed = _run([*args, f"--train_steps={saved + 3}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step {saved} " in resumed.stdout
+    final = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    assert tf.train.load_variable(final, "step/.ATTRIBUTES/VARIABLE_VALUE") == saved + 3
