@@ -14,6 +14,15 @@ from patchvae_tf.errors import UserError
 
 ARCHS = ("patchvae", "vae")
 ENCODERS = ("resnet", "pyramid")
+# reference: the authors' schedule (tau compounds every 1000 steps); exponential: tau_0 e^(-rt).
+ANNEAL_SCHEDULES = ("reference", "exponential")
+# reference: the authors' kaiming fan-out convolutions with occurrence logits starting at 0;
+# glorot: Keras's Glorot, occurrence logits starting at the prior and zero log-variance kernels.
+INITIALIZATIONS = ("reference", "glorot")
+NORMALIZATIONS = ("unit", "imagenet")
+# Folder datasets with split files: train on the listed training images, or (the authors'
+# Indoor67 "allminustest") on every image that the test split file does not list.
+TRAIN_SPLITS = ("listed", "all_but_test")
 # ResNet-18 reaches 1/4 after its stem, then halves per stage.
 RESNET_SCALES = (4, 8, 16, 32)
 
@@ -25,6 +34,8 @@ class DataConfig:
     image_size: int = 32
     train_split_file: str | None = None
     test_split_file: str | None = None
+    train_split: str = "listed"
+    random_flip: bool = True
     shapes_train_size: int = 10000
     shapes_test_size: int = 2000
     shuffle_buffer: int = 10000
@@ -48,6 +59,12 @@ class ModelConfig:
     tau_init: float = 1.0
     tau_min: float = 0.1
     anneal_rate: float = 3e-5
+    anneal_schedule: str = "reference"
+    normalization: str = "unit"
+    initialization: str = "reference"
+    # PyTorch's BatchNorm defaults (its momentum 0.1 is Keras's 0.9); Keras's are 0.99, 1e-3.
+    batch_norm_momentum: float = 0.9
+    batch_norm_epsilon: float = 1e-5
 
     @property
     def prior(self) -> float:
@@ -63,6 +80,7 @@ class TrainConfig:
     train_steps: int = 2000
     log_every: int = 100
     checkpoint_every: int = 500
+    adam_epsilon: float = 1e-8  # PyTorch's default; Keras's is 1e-7
     seed: int = 0
 
 
@@ -143,14 +161,29 @@ def validate(cfg: Config) -> Config:
         "tau_init": m.tau_init,
         "tau_min": m.tau_min,
         "learning_rate": t.learning_rate,
+        "batch_norm_epsilon": m.batch_norm_epsilon,
+        "adam_epsilon": t.adam_epsilon,
     }
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"--{name} must be positive, got {value}")
-    if m.arch not in ARCHS:
-        raise UserError(f"unknown --arch {m.arch!r}; expected one of {', '.join(ARCHS)}")
-    if m.encoder not in ENCODERS:
-        raise UserError(f"unknown --encoder {m.encoder!r}; expected one of {', '.join(ENCODERS)}")
+    choices = {
+        "arch": (m.arch, ARCHS),
+        "encoder": (m.encoder, ENCODERS),
+        "anneal_schedule": (m.anneal_schedule, ANNEAL_SCHEDULES),
+        "normalization": (m.normalization, NORMALIZATIONS),
+        "initialization": (m.initialization, INITIALIZATIONS),
+        "train_split": (d.train_split, TRAIN_SPLITS),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise UserError(f"unknown --{name} {value!r}; expected one of {', '.join(allowed)}")
+    if not 0.0 <= m.batch_norm_momentum < 1.0:
+        raise UserError(f"--batch_norm_momentum must be in [0, 1), got {m.batch_norm_momentum}")
+    if d.train_split == "all_but_test" and not d.test_split_file:
+        raise UserError(
+            "--train_split=all_but_test needs --test_split_file (the images to leave out)"
+        )
     if m.scale & (m.scale - 1) or m.scale < 2:
         raise UserError(f"--scale must be a power of two >= 2, got {m.scale}")
     if m.encoder == "resnet" and m.scale not in RESNET_SCALES:
@@ -194,6 +227,15 @@ def define_flags() -> None:
     flags.DEFINE_integer("image_size", d.image_size, "Images are resized and cropped to this")
     flags.DEFINE_string("train_split_file", None, "Folder datasets: file of training image paths")
     flags.DEFINE_string("test_split_file", None, "Folder datasets: file of test image paths")
+    flags.DEFINE_string(
+        "train_split",
+        d.train_split,
+        "Folder datasets with split files: listed (the training split file) | all_but_test "
+        "(every image the test split file does not list; the authors' Indoor67 VAE training)",
+    )
+    flags.DEFINE_boolean(
+        "random_flip", d.random_flip, "Random horizontal flips of training images (not shapes)"
+    )
     flags.DEFINE_integer("shapes_train_size", d.shapes_train_size, "Shapes: training images")
     flags.DEFINE_integer("shapes_test_size", d.shapes_test_size, "Shapes: test images")
     flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer, "Shuffle buffer (examples)")
@@ -213,11 +255,37 @@ def define_flags() -> None:
     flags.DEFINE_boolean("edge_weighting", m.edge_weighting, "Laplacian-weighted distortion")
     flags.DEFINE_float("tau_init", m.tau_init, "Initial relaxation temperature")
     flags.DEFINE_float("tau_min", m.tau_min, "Smallest temperature")
-    flags.DEFINE_float("anneal_rate", m.anneal_rate, "tau = max(tau_init exp(-rate t), tau_min)")
+    flags.DEFINE_float(
+        "anneal_rate", m.anneal_rate, "Temperature decay rate (the authors' --anneal)"
+    )
+    flags.DEFINE_string(
+        "anneal_schedule",
+        m.anneal_schedule,
+        "reference: after each step t with t % 1000 == 1, tau = max(tau exp(-rate t), tau_min) "
+        "(compounding, as the authors' run.py) | exponential: max(tau_init exp(-rate t), tau_min) "
+        "with t held for 1000 steps",
+    )
+    flags.DEFINE_string(
+        "normalization",
+        m.normalization,
+        "Input space: unit (pixels scaled to [-1, 1]) | imagenet (per-channel ImageNet mean "
+        "and std, the authors' --inet)",
+    )
+    flags.DEFINE_string(
+        "initialization",
+        m.initialization,
+        "reference: kaiming fan-out convolutions, occurrence logits start at 0 (the authors') | "
+        "glorot: Keras's Glorot, occurrence logits start at the prior p, zero log-variance head",
+    )
+    flags.DEFINE_float(
+        "batch_norm_momentum", m.batch_norm_momentum, "BatchNorm moving-average momentum"
+    )
+    flags.DEFINE_float("batch_norm_epsilon", m.batch_norm_epsilon, "BatchNorm epsilon")
     # Training.
     flags.DEFINE_string("workdir", t.workdir, "Checkpoints, logs and config go here")
     flags.DEFINE_integer("batch_size", t.batch_size, "Global batch size")
     flags.DEFINE_float("learning_rate", t.learning_rate, "Adam learning rate")
+    flags.DEFINE_float("adam_epsilon", t.adam_epsilon, "Adam epsilon")
     flags.DEFINE_integer("train_steps", t.train_steps, "Total optimizer steps")
     flags.DEFINE_integer("log_every", t.log_every, "Steps between TensorBoard summaries")
     flags.DEFINE_integer("checkpoint_every", t.checkpoint_every, "Steps between checkpoints")

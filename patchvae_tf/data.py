@@ -129,6 +129,12 @@ def _folder_source(cfg: DataConfig) -> Source:
             "train": _read_split_file(cfg.train_split_file, root),
             "test": _read_split_file(cfg.test_split_file, root),
         }
+        if cfg.train_split == "all_but_test":
+            # The authors' Indoor67 "allminustest": every image the test file does not list.
+            test = {os.path.normpath(rel) for rel, _ in splits["test"]}
+            splits["train"] = [
+                (rel, c) for rel, c in _list_class_folder(root) if os.path.normpath(rel) not in test
+            ]
         bases = {"train": root, "test": root}
     elif os.path.isdir(os.path.join(root, "train")):
         bases = {s: os.path.join(root, s) for s in ("train", "test")}
@@ -300,15 +306,16 @@ def input_dataset(
     seed: int = 0,
     input_context: tf.distribute.InputContext | None = None,
     repeat: bool | None = None,
+    flip: bool = False,
 ) -> tf.data.Dataset:
     """Batched dataset of dicts {"image": [B, S, S, 3] in [-1, 1], "label": [B], ...}.
 
     ``batch_size`` is per input pipeline (per replica under a strategy). Training data is
-    shuffled (by each reader, at its cheapest level: indices, file names, TFDS files), flipped,
-    repeated and batched with drop_remainder so every step is whole.
+    shuffled (by each reader, at its cheapest level: indices, file names, TFDS files),
+    flipped if ``flip``, repeated and batched with drop_remainder so every step is whole.
     """
     ds = source.readers[split](input_context, seed if training else None)
-    if training:
+    if training and flip:
 
         def flip(ex):
             # Folder and TFDS images only: shapes carry masks that would need flipping too.

@@ -14,10 +14,30 @@ ANNEAL_EVERY = 1000
 _LOG_VAR_MIN, _LOG_VAR_MAX = math.log(1e-7), math.log(1e7)
 
 
-def temperature(step, tau_init: float, tau_min: float, anneal_rate: float) -> tf.Tensor:
-    """tau_t = max(tau_init * exp(-anneal_rate * t), tau_min), t held for ANNEAL_EVERY steps."""
-    t = tf.cast(step // ANNEAL_EVERY * ANNEAL_EVERY, tf.float32)
-    return tf.maximum(tau_init * tf.exp(-anneal_rate * t), tau_min)
+def temperature(
+    step, tau_init: float, tau_min: float, anneal_rate: float, schedule: str = "reference"
+) -> tf.Tensor:
+    """The temperature of the step that follows ``step`` completed steps.
+
+    reference (the authors' run.py): after each step t (counted from 1) with
+    t % ANNEAL_EVERY == 1, tau = max(tau * exp(-anneal_rate * t), tau_min). The decay
+    compounds, so tau after k steps is max(tau_init * exp(-anneal_rate * S), tau_min) with S
+    the sum of those t <= k: with n = ceil(k / ANNEAL_EVERY) updates,
+    S = n + ANNEAL_EVERY * n (n - 1) / 2.
+    exponential: max(tau_init * exp(-anneal_rate * t), tau_min), t floored to ANNEAL_EVERY.
+    """
+    k = tf.cast(step, tf.int64)
+    if schedule == "reference":
+        n = tf.cast((k + ANNEAL_EVERY - 1) // ANNEAL_EVERY, tf.float64)
+        t = n + ANNEAL_EVERY * n * (n - 1.0) / 2.0
+    elif schedule == "exponential":
+        t = tf.cast(k // ANNEAL_EVERY * ANNEAL_EVERY, tf.float64)
+    else:
+        raise ValueError(
+            f"`schedule` must be 'reference' or 'exponential'. Received: schedule={schedule!r}"
+        )
+    tau = tau_init * tf.exp(-anneal_rate * t)
+    return tf.cast(tf.maximum(tau, tau_min), tf.float32)
 
 
 def occurrence_probs(logits: tf.Tensor, categorical: bool) -> tf.Tensor:
@@ -104,17 +124,13 @@ def compose(z_app: tf.Tensor, z_occ: tf.Tensor) -> tf.Tensor:
 
 
 def sample_prior(
-    batch: int, grid: int, num_parts: int, appearance_dim: int, prior: float, categorical: bool
+    batch: int, grid: int, num_parts: int, appearance_dim: int, prior: float
 ) -> tf.Tensor:
     """z_hat [batch, grid, grid, N*L] with z_app ~ N(0, I) and z_occ ~ Bernoulli(p).
 
-    Categorical: one part per location, uniformly.
+    The categorical variant samples the same way, as the authors' code does: each part
+    occurs at each location with probability p, independently.
     """
     z_app = tfd.Normal(0.0, 1.0).sample([batch, num_parts, appearance_dim])
-    if categorical:
-        z_occ = tfd.OneHotCategorical(logits=tf.zeros([num_parts]), dtype=tf.float32).sample(
-            [batch, grid, grid]
-        )
-    else:
-        z_occ = tfd.Bernoulli(probs=prior, dtype=tf.float32).sample([batch, grid, grid, num_parts])
+    z_occ = tfd.Bernoulli(probs=prior, dtype=tf.float32).sample([batch, grid, grid, num_parts])
     return compose(z_app, z_occ)

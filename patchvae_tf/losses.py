@@ -51,11 +51,14 @@ def rate_occ(logits: tf.Tensor, prior: float) -> tf.Tensor:
     return tf.reduce_sum(kl, axis=[1, 2, 3])
 
 
-def rate_occ_categorical(logits: tf.Tensor) -> tf.Tensor:
-    """sum_{h,w} KL(Categorical(softmax(l)) || uniform): logits [B, h, w, N] -> [B]."""
-    n = tf.cast(tf.shape(logits)[-1], tf.float32)
+def rate_occ_categorical(logits: tf.Tensor, prior: float) -> tf.Tensor:
+    """sum_{h,w,i} q_i log(q_i / p), q = softmax(l) over parts: logits [B, h, w, N] -> [B].
+
+    The authors' categorical occurrence rate. With p = 1 / N it is KL(q || uniform); for
+    other p it weighs every part against the same prior probability p.
+    """
     log_q = tf.nn.log_softmax(logits, axis=-1)
-    kl = tf.reduce_sum(tf.exp(log_q) * (log_q + tf.math.log(n)), axis=-1)
+    kl = tf.reduce_sum(tf.exp(log_q) * (log_q - tf.math.log(prior)), axis=-1)
     return tf.reduce_sum(kl, axis=[1, 2])
 
 

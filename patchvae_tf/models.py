@@ -5,8 +5,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from patchvae_tf import latents, losses, networks
+from patchvae_tf import latents, losses, networks, normalization
 from patchvae_tf.config import ModelConfig
+from patchvae_tf.fused import FusedBatchNorm
 
 
 class _Autoencoder(keras.Model):
@@ -23,6 +24,10 @@ class _Autoencoder(keras.Model):
         beta_app: float = 1.0,
         edge_weighting: bool = False,
         tau_min: float = 0.1,
+        input_space: str = "unit",
+        initialization: str = "reference",
+        batch_norm_momentum: float = 0.9,
+        batch_norm_epsilon: float = 1e-5,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -31,6 +36,16 @@ class _Autoencoder(keras.Model):
                 f"`image_size` must be a positive multiple of scale={scale}. "
                 f"Received: image_size={image_size!r}"
             )
+        if input_space not in ("unit", "imagenet"):
+            raise ValueError(
+                f"`input_space` must be 'unit' or 'imagenet'. Received: input_space={input_space!r}"
+            )
+        self.input_space = input_space
+        self.style = {
+            "initialization": initialization,
+            "batch_norm_momentum": batch_norm_momentum,
+            "batch_norm_epsilon": batch_norm_epsilon,
+        }
         self.image_size, self.encoder_name, self.scale = image_size, encoder, scale
         self.base_channels, self.num_parts, self.appearance_dim = (
             base_channels,
@@ -40,17 +55,30 @@ class _Autoencoder(keras.Model):
         self.beta_app, self.edge_weighting, self.tau_min = beta_app, edge_weighting, tau_min
         self.grid = image_size // scale
         self.code_size = num_parts * appearance_dim
-        self.encoder = networks.make_encoder(encoder, scale, base_channels)
-        self.decoder = networks.PyramidDecoder(scale, base_channels, 3, name="decoder")
+        self.encoder = networks.make_encoder(encoder, scale, base_channels, **self.style)
+        self.decoder = networks.PyramidDecoder(
+            scale, base_channels, 3, name="decoder", **self.style
+        )
 
     def features(self, x, training=False):
-        """phi(x) [B, h, w, D] and its global average [B, D] (the recognition features)."""
-        f = self.encoder(x, training=training)
+        """X [B, H, W, 3] in [-1, 1] -> phi(x) [B, h, w, D] and its global average [B, D]
+        (the recognition features). The input is normalised into the model's space first.
+        """
+        f = self.encoder(normalization.normalize(x, self.input_space), training=training)
         return f, tf.reduce_mean(tf.cast(f, tf.float32), axis=[1, 2])
 
-    def _distortion(self, x, x_hat):
-        w = losses.edge_weights(x, self.scale) if self.edge_weighting else None
-        return losses.distortion(x, x_hat, w)
+    def _outputs(self, decoded, **latent):
+        """The decoder's output [B, H, W, 3] in the model's space (the loss compares it with
+        the normalised input; tanh cannot reach normalised values outside [-1, 1], as in the
+        authors' code) and the same as [-1, 1] pixels for display.
+        """
+        pixels = normalization.to_unit(decoded, self.input_space)
+        return {"decoded": decoded, "reconstruction": pixels, **latent}
+
+    def _distortion(self, x, outputs):
+        target = normalization.normalize(x, self.input_space)
+        w = losses.edge_weights(target, self.scale) if self.edge_weighting else None
+        return losses.distortion(target, outputs["decoded"], w)
 
     def get_config(self):
         return {
@@ -64,6 +92,8 @@ class _Autoencoder(keras.Model):
             "beta_app": self.beta_app,
             "edge_weighting": self.edge_weighting,
             "tau_min": self.tau_min,
+            "input_space": self.input_space,
+            **self.style,
         }
 
 
@@ -85,7 +115,7 @@ class PatchVAE(_Autoencoder):
         self.occurrence_prior = occurrence_prior or 1.0 / self.num_parts
         self.categorical, self.hard, self.beta_occ = categorical, hard, beta_occ
         self.heads = networks.PatchHeads(
-            self.num_parts, self.appearance_dim, self.occurrence_prior, name="heads"
+            self.num_parts, self.appearance_dim, self.occurrence_prior, name="heads", **self.style
         )
 
     def _posterior(self, x, training):
@@ -117,37 +147,32 @@ class PatchVAE(_Autoencoder):
         )
         z_app = latents.appearance_posterior(mu_app, var_app).sample()
         z_hat = latents.compose(z_app, z_occ)
-        return {
-            "reconstruction": self.decode(z_hat, training),
-            "occurrence_logits": logits,
-            "occurrence": q,
-            "appearance_mean": mu_app,
-            "appearance_var": var_app,
-        }
+        return self._outputs(
+            self.decode(z_hat, training),
+            occurrence_logits=logits,
+            occurrence=q,
+            appearance_mean=mu_app,
+            appearance_var=var_app,
+        )
 
     def loss_terms(self, x, outputs):
         """Per-image terms [B]: distortion, rate_app, rate_occ and loss."""
-        distortion = self._distortion(x, outputs["reconstruction"])
+        distortion = self._distortion(x, outputs)
         r_app = losses.rate_app(outputs["appearance_mean"], outputs["appearance_var"])
         logits = outputs["occurrence_logits"]
         if self.categorical:
-            r_occ = losses.rate_occ_categorical(logits)
+            r_occ = losses.rate_occ_categorical(logits, self.occurrence_prior)
         else:
             r_occ = losses.rate_occ(logits, self.occurrence_prior)
         loss = losses.elbo_loss(distortion, r_app, r_occ, self.beta_app, self.beta_occ)
         return {"loss": loss, "distortion": distortion, "rate_app": r_app, "rate_occ": r_occ}
 
     def sample(self, n: int):
-        """N images [n, H, W, 3] decoded from the prior."""
+        """N images [n, H, W, 3] in [-1, 1] decoded from the prior."""
         z_hat = latents.sample_prior(
-            n,
-            self.grid,
-            self.num_parts,
-            self.appearance_dim,
-            self.occurrence_prior,
-            self.categorical,
+            n, self.grid, self.num_parts, self.appearance_dim, self.occurrence_prior
         )
-        return self.decode(z_hat)
+        return normalization.to_unit(self.decode(z_hat), self.input_space)
 
     def get_config(self):
         return {
@@ -160,50 +185,75 @@ class PatchVAE(_Autoencoder):
 
 
 class VAE(_Autoencoder):
-    """VAE / beta-VAE baseline: one global Gaussian latent of size N*L from the same phi."""
+    """VAE / beta-VAE baseline, built as the authors' (the paper's baseline).
+
+    phi(x) -> 1x1 conv to base_channels + BN + ReLU -> an h x w ("valid") conv to the mean
+    and one to the log-variance of one global Gaussian code of size N*L. The decoder maps
+    the code with an h x w transposed conv to an h x w x base_channels map + BN + LeakyReLU
+    0.2, then the pyramid decoder G.
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.flatten = keras.layers.Flatten()
-        self.posterior = keras.layers.Dense(2 * self.code_size, name="posterior")
-        # Spread the code over the grid so the same decoder G serves both models.
-        self.expand = keras.layers.Dense(self.grid * self.grid * self.code_size, name="expand")
+        c, init = self.base_channels, self.style["initialization"]
+        bn = dict(
+            momentum=self.style["batch_norm_momentum"], epsilon=self.style["batch_norm_epsilon"]
+        )
+        self.reduce = keras.Sequential(
+            [
+                networks.conv2d(c, 1, use_bias=False, initialization=init),
+                FusedBatchNorm(**bn),
+                keras.layers.ReLU(),
+            ],
+            name="reduce",
+        )
+        self.posterior_mean, self.posterior_logvar = (
+            networks.conv2d(self.code_size, self.grid, initialization=init, name=name)
+            for name in ("posterior_mean", "posterior_logvar")
+        )
+        self.expand = keras.Sequential(
+            [
+                networks.conv2d_transpose(c, self.grid, use_bias=False, initialization=init),
+                FusedBatchNorm(**bn),
+                keras.layers.LeakyReLU(0.2),
+            ],
+            name="expand",
+        )
 
     def _posterior(self, x, training):
         f, pooled = self.features(x, training)
-        stats = tf.cast(self.posterior(self.flatten(f)), tf.float32)
-        mean, logvar = tf.split(stats, 2, axis=-1)
+        r = self.reduce(f, training=training)
+        mean = tf.cast(tf.reshape(self.posterior_mean(r), [-1, self.code_size]), tf.float32)
+        logvar = tf.cast(tf.reshape(self.posterior_logvar(r), [-1, self.code_size]), tf.float32)
         return pooled, mean, latents.variance(logvar)
 
     def encode(self, x, training=False):
-        """X [B, H, W, 3] -> appearance [B, N*L] posterior means, features [B, D]."""
+        """X [B, H, W, 3] in [-1, 1] -> appearance [B, N*L] posterior means, features [B, D]."""
         pooled, mean, _ = self._posterior(x, training)
         return {"appearance": mean, "features": pooled}
 
     def decode(self, z, training=False):
-        """Z [B, N*L] -> x_hat [B, H, W, 3]."""
-        z_hat = tf.reshape(self.expand(z), [-1, self.grid, self.grid, self.code_size])
-        return self.decoder(z_hat, training=training)
+        """Z [B, N*L] -> the decoder's output [B, H, W, 3] in the model's space."""
+        z_map = self.expand(tf.reshape(z, [-1, 1, 1, self.code_size]), training=training)
+        return self.decoder(z_map, training=training)
 
     def call(self, x, training=False, temperature=None):
         del temperature  # no discrete latent to relax
         _, mean, var = self._posterior(x, training)
         z = latents.appearance_posterior(mean, var).sample()
-        return {
-            "reconstruction": self.decode(z, training),
-            "appearance_mean": mean,
-            "appearance_var": var,
-        }
+        return self._outputs(self.decode(z, training), appearance_mean=mean, appearance_var=var)
 
     def loss_terms(self, x, outputs):
-        distortion = self._distortion(x, outputs["reconstruction"])
+        distortion = self._distortion(x, outputs)
         r_app = losses.rate_app(outputs["appearance_mean"], outputs["appearance_var"])
         r_occ = tf.zeros_like(r_app)
         loss = losses.elbo_loss(distortion, r_app, r_occ, self.beta_app, 0.0)
         return {"loss": loss, "distortion": distortion, "rate_app": r_app, "rate_occ": r_occ}
 
     def sample(self, n: int):
-        return self.decode(tf.random.normal([n, self.code_size]))
+        """N images [n, H, W, 3] in [-1, 1] decoded from z ~ N(0, I)."""
+        decoded = self.decode(tf.random.normal([n, self.code_size]))
+        return normalization.to_unit(decoded, self.input_space)
 
 
 def build_model(cfg: ModelConfig, image_size: int) -> _Autoencoder:
@@ -218,6 +268,10 @@ def build_model(cfg: ModelConfig, image_size: int) -> _Autoencoder:
         beta_app=cfg.beta_app,
         edge_weighting=cfg.edge_weighting,
         tau_min=cfg.tau_min,
+        input_space=cfg.normalization,
+        initialization=cfg.initialization,
+        batch_norm_momentum=cfg.batch_norm_momentum,
+        batch_norm_epsilon=cfg.batch_norm_epsilon,
     )
     if cfg.arch == "patchvae":
         model = PatchVAE(

@@ -10,6 +10,104 @@ from keras import layers
 from patchvae_tf.fused import FusedBatchNorm
 
 _LEAK = 0.2
+INITIALIZATIONS = ("reference", "glorot")
+
+
+def conv_initializer(initialization: str):
+    """Kernel initializer of Conv2D layers.
+
+    reference: PyTorch's kaiming_normal_(mode="fan_out", nonlinearity="relu"), which the
+    authors apply to every Conv2d: N(0, 2 / fan_out). glorot: Keras's default.
+    """
+    _check_initialization(initialization)
+    if initialization == "reference":
+        return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+    return keras.initializers.GlorotUniform()
+
+
+def deconv_initializer(initialization: str):
+    """Kernel initializer of Conv2DTranspose layers.
+
+    reference: the authors leave transposed convolutions at PyTorch's default,
+    kaiming_uniform_(a=sqrt(5)), i.e. U(+-1 / sqrt(fan_in)), where PyTorch's fan_in of a
+    transposed kernel is out_channels * k * k, as is Keras's for its (k, k, out, in) kernel.
+    """
+    _check_initialization(initialization)
+    if initialization == "reference":
+        return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+    return keras.initializers.GlorotUniform()
+
+
+def _check_initialization(initialization: str) -> None:
+    if initialization not in INITIALIZATIONS:
+        raise ValueError(
+            f"`initialization` must be one of {INITIALIZATIONS}. "
+            f"Received: initialization={initialization!r}"
+        )
+
+
+def conv2d(filters, kernel, strides=1, *, initialization="reference", **kwargs) -> layers.Conv2D:
+    return layers.Conv2D(
+        filters, kernel, strides, kernel_initializer=conv_initializer(initialization), **kwargs
+    )
+
+
+def conv2d_transpose(
+    filters, kernel, strides=1, *, initialization="reference", **kwargs
+) -> layers.Conv2DTranspose:
+    return layers.Conv2DTranspose(
+        filters, kernel, strides, kernel_initializer=deconv_initializer(initialization), **kwargs
+    )
+
+
+class _Styled(layers.Layer):
+    """A layer built of convolutions and BatchNorms that share one initialization and one
+    set of BatchNorm constants (``initialization``, ``batch_norm_momentum`` and
+    ``batch_norm_epsilon``; defaults are the authors' PyTorch ones).
+    """
+
+    def __init__(
+        self,
+        initialization: str = "reference",
+        batch_norm_momentum: float = 0.9,
+        batch_norm_epsilon: float = 1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_initialization(initialization)
+        if not 0.0 <= batch_norm_momentum < 1.0:
+            raise ValueError(
+                "`batch_norm_momentum` must be in [0, 1). "
+                f"Received: batch_norm_momentum={batch_norm_momentum!r}"
+            )
+        if not batch_norm_epsilon > 0:
+            raise ValueError(
+                f"`batch_norm_epsilon` must be positive. Received: {batch_norm_epsilon!r}"
+            )
+        self.initialization = initialization
+        self.batch_norm_momentum, self.batch_norm_epsilon = batch_norm_momentum, batch_norm_epsilon
+
+    def style(self) -> dict:
+        """The constructor arguments of this base, to hand on to sub-layers."""
+        return {
+            "initialization": self.initialization,
+            "batch_norm_momentum": self.batch_norm_momentum,
+            "batch_norm_epsilon": self.batch_norm_epsilon,
+        }
+
+    def _bn(self) -> FusedBatchNorm:
+        return FusedBatchNorm(momentum=self.batch_norm_momentum, epsilon=self.batch_norm_epsilon)
+
+    def _conv(self, filters, kernel, strides=1, **kwargs) -> layers.Conv2D:
+        return conv2d(filters, kernel, strides, initialization=self.initialization, **kwargs)
+
+    def _deconv(self, filters, kernel, strides=1, **kwargs) -> layers.Conv2DTranspose:
+        return conv2d_transpose(
+            filters, kernel, strides, initialization=self.initialization, **kwargs
+        )
+
+    def get_config(self):
+        return {**super().get_config(), **self.style()}
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -36,7 +134,7 @@ def _track_stages(layer: layers.Layer) -> None:
         setattr(layer, f"stage_{i}", stage)
 
 
-class ResidualBlock(layers.Layer):
+class ResidualBlock(_Styled):
     """ResNet basic block: two 3x3 convs with BN and ReLU, plus a (projected) shortcut."""
 
     def __init__(self, filters: int, strides: int = 1, projection: bool = False, **kwargs):
@@ -45,13 +143,13 @@ class ResidualBlock(layers.Layer):
         if strides not in (1, 2):
             raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
         self.filters, self.strides, self.projection = filters, strides, projection
-        self.conv1 = layers.Conv2D(filters, 3, strides, padding="same", use_bias=False)
-        self.bn1 = FusedBatchNorm()
-        self.conv2 = layers.Conv2D(filters, 3, padding="same", use_bias=False)
-        self.bn2 = FusedBatchNorm()
+        self.conv1 = self._conv(filters, 3, strides, padding="same", use_bias=False)
+        self.bn1 = self._bn()
+        self.conv2 = self._conv(filters, 3, padding="same", use_bias=False)
+        self.bn2 = self._bn()
         if projection:
-            self.proj = layers.Conv2D(filters, 1, strides, use_bias=False)
-            self.proj_bn = FusedBatchNorm()
+            self.proj = self._conv(filters, 1, strides, use_bias=False)
+            self.proj_bn = self._bn()
 
     def call(self, x, training=None):
         y = keras.ops.relu(self.bn1(self.conv1(x), training=training))
@@ -68,7 +166,7 @@ class ResidualBlock(layers.Layer):
         }
 
 
-class ResNetEncoder(layers.Layer):
+class ResNetEncoder(_Styled):
     """ResNet-18 up to the stage that reaches 1/scale: [B, H, W, C] -> [B, H/s, W/s, D].
 
     scale 4 -> 64 channels, 8 -> 128, 16 -> 256, 32 -> the full 512-channel network.
@@ -83,8 +181,8 @@ class ResNetEncoder(layers.Layer):
         self.scale = scale
         stem = keras.Sequential(
             [
-                layers.Conv2D(64, 7, 2, padding="same", use_bias=False),
-                FusedBatchNorm(),
+                self._conv(64, 7, 2, padding="same", use_bias=False),
+                self._bn(),
                 layers.ReLU(),
                 layers.MaxPooling2D(3, 2, padding="same"),
             ],
@@ -97,7 +195,10 @@ class ResNetEncoder(layers.Layer):
             w = self.WIDTHS[i]
             self.stages.append(
                 keras.Sequential(
-                    [ResidualBlock(w, strides, projection=i > 0), ResidualBlock(w)],
+                    [
+                        ResidualBlock(w, strides, projection=i > 0, **self.style()),
+                        ResidualBlock(w, **self.style()),
+                    ],
                     name=f"stage{i + 1}",
                 )
             )
@@ -113,7 +214,7 @@ class ResNetEncoder(layers.Layer):
         return {**super().get_config(), "scale": self.scale}
 
 
-class PyramidEncoder(layers.Layer):
+class PyramidEncoder(_Styled):
     """DCGAN-style: log2(scale) 4x4 stride-2 convs doubling channels, BN, LeakyReLU 0.2."""
 
     def __init__(self, scale: int = 8, base_channels: int = 64, **kwargs):
@@ -123,10 +224,10 @@ class PyramidEncoder(layers.Layer):
         self.scale, self.base_channels = scale, base_channels
         self.stages = []
         for i in range(depth):
-            block = [layers.Conv2D(base_channels * 2**i, 4, 2, padding="same", use_bias=i == 0)]
+            block = [self._conv(base_channels * 2**i, 4, 2, padding="same", use_bias=False)]
             # As in DCGAN, no BatchNorm on the first layer.
             if i > 0:
-                block.append(FusedBatchNorm())
+                block.append(self._bn())
             block.append(layers.LeakyReLU(_LEAK))
             self.stages.append(keras.Sequential(block, name=f"stage{i + 1}"))
         self.channels = base_channels * 2 ** (depth - 1)
@@ -141,7 +242,7 @@ class PyramidEncoder(layers.Layer):
         return {**super().get_config(), "scale": self.scale, "base_channels": self.base_channels}
 
 
-class PyramidDecoder(layers.Layer):
+class PyramidDecoder(_Styled):
     """[B, h, w, K] -> [B, h*s, w*s, C] in [-1, 1].
 
     A 1x1 transposed conv, then log2(scale) 4x4 stride-2 transposed convs halving channels
@@ -155,19 +256,16 @@ class PyramidDecoder(layers.Layer):
         _check_positive("out_channels", out_channels)
         self.scale, self.base_channels, self.out_channels = scale, base_channels, out_channels
         width = base_channels * 2 ** (depth - 1)
-        blocks = [
-            layers.Conv2DTranspose(width, 1, use_bias=False),
-            FusedBatchNorm(),
-            layers.LeakyReLU(_LEAK),
-        ]
+        blocks = [self._deconv(width, 1, use_bias=False), self._bn(), layers.LeakyReLU(_LEAK)]
         for _ in range(depth - 1):
             width //= 2
             blocks += [
-                layers.Conv2DTranspose(max(width, 8), 4, 2, padding="same", use_bias=False),
-                FusedBatchNorm(),
+                self._deconv(max(width, 8), 4, 2, padding="same", use_bias=False),
+                self._bn(),
                 layers.LeakyReLU(_LEAK),
             ]
-        blocks.append(layers.Conv2DTranspose(out_channels, 4, 2, padding="same"))
+        # No bias on the output, as the authors' decoder.
+        blocks.append(self._deconv(out_channels, 4, 2, padding="same", use_bias=False))
         self.net = keras.Sequential(blocks, name="layers")
 
     def call(self, z, training=None):
@@ -183,11 +281,13 @@ class PyramidDecoder(layers.Layer):
         }
 
 
-class PatchHeads(layers.Layer):
+class PatchHeads(_Styled):
     """Three 3x3 conv heads on f [B, h, w, D].
 
     Returns appearance mean and log-variance [B, h, w, N*L] and occurrence logits
     [B, h, w, N], all float32 (the latent math stays in float32 under mixed precision).
+    Initialization reference: kaiming fan-out kernels and zero biases, so q_occ starts near
+    0.5; glorot: the log-variance kernel starts at zero and the occurrence bias at logit(p).
     """
 
     def __init__(self, num_parts: int, appearance_dim: int, occurrence_prior: float, **kwargs):
@@ -201,20 +301,24 @@ class PatchHeads(layers.Layer):
         self.num_parts, self.appearance_dim = num_parts, appearance_dim
         self.occurrence_prior = occurrence_prior
         codes = num_parts * appearance_dim
-        self.mean = layers.Conv2D(codes, 3, padding="same", name="appearance_mean")
-        self.logvar = layers.Conv2D(
-            codes, 3, padding="same", name="appearance_logvar", kernel_initializer="zeros"
-        )
-        # Start the occurrence logits at the prior, so the first steps are not spent
-        # paying the occurrence rate for parts that fire everywhere.
-        bias = math.log(occurrence_prior / (1.0 - occurrence_prior))
-        self.logits = layers.Conv2D(
-            num_parts,
-            3,
-            padding="same",
-            name="occurrence_logits",
-            bias_initializer=keras.initializers.Constant(bias),
-        )
+        self.mean = self._conv(codes, 3, padding="same", name="appearance_mean")
+        if self.initialization == "reference":
+            self.logvar = self._conv(codes, 3, padding="same", name="appearance_logvar")
+            self.logits = self._conv(num_parts, 3, padding="same", name="occurrence_logits")
+        else:
+            self.logvar = layers.Conv2D(
+                codes, 3, padding="same", name="appearance_logvar", kernel_initializer="zeros"
+            )
+            # Start the occurrence logits at the prior, so the first steps are not spent
+            # paying the occurrence rate for parts that fire everywhere.
+            bias = math.log(occurrence_prior / (1.0 - occurrence_prior))
+            self.logits = layers.Conv2D(
+                num_parts,
+                3,
+                padding="same",
+                name="occurrence_logits",
+                bias_initializer=keras.initializers.Constant(bias),
+            )
 
     def call(self, f, training=None):
         del training
@@ -231,9 +335,10 @@ class PatchHeads(layers.Layer):
         }
 
 
-def make_encoder(name: str, scale: int, base_channels: int = 64) -> layers.Layer:
+def make_encoder(name: str, scale: int, base_channels: int = 64, **style) -> layers.Layer:
+    """The encoder phi by name; ``style`` holds _Styled's arguments."""
     if name == "resnet":
-        return ResNetEncoder(scale, name="encoder")
+        return ResNetEncoder(scale, name="encoder", **style)
     if name == "pyramid":
-        return PyramidEncoder(scale, base_channels, name="encoder")
+        return PyramidEncoder(scale, base_channels, name="encoder", **style)
     raise ValueError(f"`encoder` must be 'resnet' or 'pyramid'. Received: encoder={name!r}")

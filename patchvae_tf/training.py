@@ -54,7 +54,8 @@ def _write_json_atomic(path: str, text: str) -> None:
 
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
     # The reference recipe's Adam, on TF's fused kernel (fused.FusedAdam).
-    return fused.FusedAdam(cfg.train.learning_rate, beta_1=0.5, beta_2=0.999)
+    t = cfg.train
+    return fused.FusedAdam(t.learning_rate, beta_1=0.5, beta_2=0.999, epsilon=t.adam_epsilon)
 
 
 def create_strategy(cfg: Config) -> tf.distribute.Strategy:
@@ -120,6 +121,7 @@ def make_iterator(cfg: Config, strategy: tf.distribute.Strategy, source: data.So
             training=True,
             seed=t.seed,
             input_context=ctx,
+            flip=cfg.data.random_flip,
         )
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
@@ -146,7 +148,9 @@ def make_train_step(
     global_batch = cfg.train.batch_size
 
     def temperature():
-        return latents.temperature(step, m.tau_init, m.tau_min, m.anneal_rate)
+        return latents.temperature(
+            step, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule
+        )
 
     def gradients(images, tau):
         """Images [b, H, W, 3] (this replica's share) -> gradients, summed terms / global batch."""

@@ -23,11 +23,18 @@ def tiny_config(workdir: str, **train) -> Config:
             num_parts=8,
             appearance_dim=4,
             beta_occ=1.0,
+            # configs/shapes.cfg's schedule, initialization and constants.
+            anneal_rate=1e-3,
+            anneal_schedule="exponential",
+            initialization="glorot",
+            batch_norm_momentum=0.99,
+            batch_norm_epsilon=1e-3,
         ),
         train=TrainConfig(
             workdir=workdir,
             batch_size=32,
             learning_rate=1e-3,
+            adam_epsilon=1e-7,
             **{"train_steps": 300, "log_every": 100, "checkpoint_every": 100, **train},
         ),
     )

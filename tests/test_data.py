@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -123,9 +125,30 @@ def test_split_files(tmp_path):
     )
     source = data.get_source(cfg)
     assert source.sizes == {"train": 2, "test": 1} and source.num_classes == 2
+    # The authors' Indoor67 VAE split: every image the test file does not list.
+    _write(root / "kitchen" / "4.jpg", "RGB")
+    unlisted = data.get_source(dataclasses.replace(cfg, train_split="all_but_test"))
+    assert unlisted.sizes == {"train": 3, "test": 1}
     (tmp_path / "TestImages.txt").write_text("bar/2.jpg\nbar/missing.jpg\n")
     with pytest.raises(UserError, match="missing.jpg"):
         data.get_source(cfg)
+
+
+def test_random_flip_is_an_option(tmp_path):
+    root = tmp_path / "f"
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:, :4] = 255  # left half white
+    (root / "train" / "x").mkdir(parents=True)
+    Image.fromarray(image).save(root / "train" / "x" / "a.png")
+    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=8))
+
+    def left_halves(flip):
+        ds = data.input_dataset(source, "train", 1, training=True, seed=0, flip=flip)
+        return [float(b["image"][0, :, :4].numpy().mean()) for b in ds.take(40)]
+
+    assert set(left_halves(False)) == {1.0}
+    flipped = left_halves(True)
+    assert set(flipped) == {1.0, -1.0}
 
 
 @pytest.mark.parametrize("layout", ["missing", "empty"])

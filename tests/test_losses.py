@@ -40,7 +40,15 @@ def test_rate_occ_categorical_matches_hand_computation():
     logits = rng.normal(size=(2, 2, 3, 4)).astype(np.float32)
     q = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     expected = np.sum(q * np.log(q / 0.25), axis=(1, 2, 3))
-    np.testing.assert_allclose(losses.rate_occ_categorical(logits).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.rate_occ_categorical(logits, 0.25).numpy(), expected, rtol=1e-5
+    )
+    # Another prior p: the authors' sum of q log(q / p), no longer a KL to a distribution.
+    expected_p = np.sum(q * np.log(q / 0.1), axis=(1, 2, 3))
+    np.testing.assert_allclose(
+        losses.rate_occ_categorical(logits, 0.1).numpy(), expected_p, rtol=1e-5
+    )
+    np.testing.assert_allclose(expected_p - expected, np.log(2.5) * 6, rtol=1e-5)
     tfp_kl = tfd.kl_divergence(
         tfd.Categorical(logits=logits), tfd.Categorical(logits=np.zeros(4, np.float32))
     )

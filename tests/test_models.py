@@ -62,8 +62,73 @@ def test_encode_is_deterministic_and_consistent():
     assert a["features"].shape == (3, 128)
     q = a["occurrence"].numpy()
     assert ((q > 0) & (q < 1)).all()
-    # The occurrence bias starts at the prior 1/N.
+    # The authors' initialization: occurrence logits start with a zero bias.
+    np.testing.assert_array_equal(model.heads.logits.bias.numpy(), 0.0)
+
+
+def test_glorot_initialization_starts_occurrences_at_the_prior():
+    model = models.build_model(
+        ModelConfig(
+            encoder="resnet", scale=8, num_parts=5, appearance_dim=2, initialization="glorot"
+        ),
+        32,
+    )
+    q = model.encode(tf.random.uniform([3, 32, 32, 3], -1, 1, seed=3))["occurrence"].numpy()
+    np.testing.assert_allclose(model.heads.logits.bias.numpy(), np.log(0.2 / 0.8), rtol=1e-6)
     assert abs(q.mean() - 0.2) < 0.1
+    np.testing.assert_array_equal(model.heads.logvar.kernel.numpy(), 0.0)
+
+
+def test_reference_initialization_and_batch_norm_constants():
+    """Kaiming fan-out normal for convolutions, PyTorch's default for transposed ones."""
+    model = models.build_model(
+        ModelConfig(encoder="resnet", scale=8, num_parts=16, appearance_dim=6), 32
+    )
+    stem_conv = model.encoder.stages[0].layers[0]
+    kernel = stem_conv.kernel.numpy()  # 7 x 7 x 3 x 64
+    assert abs(kernel.std() - np.sqrt(2.0 / (7 * 7 * 64))) < 0.1 * np.sqrt(2.0 / (7 * 7 * 64))
+    logits_kernel = model.heads.logits.kernel.numpy()  # 3 x 3 x 128 x 16
+    expected = np.sqrt(2.0 / (3 * 3 * 16))
+    assert abs(logits_kernel.std() - expected) < 0.1 * expected
+    deconv = model.decoder.net.layers[3]  # 4 x 4 x 128 (out) x 256 (in)
+    # PyTorch's fan_in of a transposed kernel [in, out, k, k] is out * k * k.
+    bound = 1.0 / np.sqrt(4 * 4 * 128)
+    assert np.abs(deconv.kernel.numpy()).max() <= bound + 1e-7
+    assert np.abs(deconv.kernel.numpy()).max() > 0.95 * bound
+    bns = [layer for layer in model._flatten_layers() if "batch_norm" in layer.name]
+    assert bns and all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in bns)
+
+
+def test_imagenet_normalization_is_applied_inside_the_model():
+    from patchvae_tf import normalization
+
+    cfg = ModelConfig(
+        encoder="pyramid",
+        base_channels=8,
+        scale=4,
+        num_parts=4,
+        appearance_dim=2,
+        normalization="imagenet",
+    )
+    model = models.build_model(cfg, 16)
+    x = tf.random.uniform([2, 16, 16, 3], -1, 1, seed=5)
+    by_hand = ((x.numpy() + 1) / 2 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(normalization.normalize(x, "imagenet"), by_hand, atol=1e-5)
+    np.testing.assert_allclose(
+        normalization.to_unit(normalization.normalize(x, "imagenet"), "imagenet"), x, atol=1e-5
+    )
+    f, _ = model.features(x)
+    np.testing.assert_allclose(f, model.encoder(by_hand.astype(np.float32)), atol=1e-4)
+    out = model(x, training=False, temperature=0.5)
+    # The loss compares the decoder's output with the normalised image; figures see pixels.
+    np.testing.assert_allclose(
+        model.loss_terms(x, out)["distortion"],
+        np.sum((out["decoded"].numpy() - by_hand) ** 2, axis=(1, 2, 3)),
+        rtol=1e-4,
+    )
+    np.testing.assert_allclose(
+        out["reconstruction"], normalization.to_unit(out["decoded"], "imagenet"), atol=1e-6
+    )
 
 
 def test_vae_baseline_trains_its_latent():
@@ -76,6 +141,11 @@ def test_vae_baseline_trains_its_latent():
     x = tf.random.uniform([2, 16, 16, 3], -1, 1, seed=4)
     out, grads = _grads(model, x)
     assert out["appearance_mean"].shape == (2, 8)
+    # The authors' baseline: 1x1 reduction to base_channels, a 4 x 4 (the grid) conv to the
+    # code, and a 4 x 4 transposed conv back to the grid.
+    assert model.reduce.layers[0].kernel.shape == (1, 1, 16, 8)
+    assert model.posterior_mean.kernel.shape == (4, 4, 8, 8)
+    assert model.expand.layers[0].kernel.shape == (4, 4, 8, 8)
     assert all(g is not None for g in grads.values())
     terms = model.loss_terms(x, out)
     np.testing.assert_array_equal(terms["rate_occ"].numpy(), 0.0)
