@@ -209,3 +209,28 @@ def test_download_flag_prepares_and_reports_failure_in_one_line(tmp_path, monkey
     with pytest.raises(UserError, match="could not be prepared .*: Failed to connect") as err:
         data.get_source(cfg)
     assert calls == ["mnist"] and "\n" not in str(err.value)
+
+
+def test_class_folder_without_images_is_not_a_class(tmp_path):
+    root = tmp_path / "f"
+    _write(root / "train" / "cat" / "a.png", "RGB")
+    _write(root / "train" / "dog" / "b.png", "RGB")
+    (root / "train" / "empty").mkdir()
+    (root / "train" / "dog" / "notes.txt").write_text("not an image")
+    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=8))
+    assert source.num_classes == 2 and source.sizes == {"train": 2, "test": 0}
+
+
+def test_huge_images_are_resized_and_decompression_bombs_skipped(tmp_path, monkeypatch, capsys):
+    from PIL import Image as PILImage
+
+    root = tmp_path / "big"
+    _write(root / "train" / "a" / "large.png", "RGB", size=(3000, 2000))
+    _write(root / "train" / "a" / "small.png", "RGB", size=(40, 30))
+    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=16))
+    batch = _take(data.input_dataset(source, "train", 2, training=False), 1)[0]
+    assert batch["image"].shape == (2, 16, 16, 3)
+    # Past PIL's decompression-bomb limit (2x MAX_IMAGE_PIXELS) a file is refused as corrupt.
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1_000_000)
+    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=16))
+    assert source.sizes["train"] == 1 and "skipped 1 corrupt" in capsys.readouterr().out

@@ -261,6 +261,13 @@ def test_bad_inputs_raise_invalid_argument(loaded):
     for fn, kwargs, message in cases:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             fn(**{k: tf.constant(v) for k, v in kwargs.items()})
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+        default(images=tf.zeros([1, SIZE, SIZE, 3], tf.int32))  # a wrong dtype
+    # An empty batch: a message, not a convolution's error about filter depths.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`images` is an empty batch"):
+        default(images=tf.zeros([0, SIZE, SIZE, 3]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`image_bytes` is an empty batch"):
+        from_bytes(image_bytes=tf.zeros([0], tf.string))
     png = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
     with pytest.raises(tf.errors.InvalidArgumentError):  # a PNG header on a broken file
         from_bytes(image_bytes=tf.constant([png[:40]]))

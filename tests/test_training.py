@@ -108,9 +108,16 @@ def _run(args, cwd=ROOT):
         (["--image_size=30", "--scale=8"], "--image_size=30 is not divisible by --scale=8"),
         (["--encoder=vgg"], "unknown --encoder 'vgg'"),
         (["--num_parts=abc"], "abc"),
+        (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+        (["positional"], "unexpected arguments ['positional']"),
+        (["--flagfile={tmp}/missing.cfg"], "Unable to open flagfile"),
+        (["--flagfile={tmp}/bad.cfg"], "flag --image_size=abc: invalid literal"),
+        (["--strategy=foo"], "unknown --strategy 'foo'"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path):
+    (tmp_path / "bad.cfg").write_text("--dataset=shapes\n--image_size=abc\n")
+    args = [a.format(tmp=tmp_path) for a in args]
     result = _run([*args, f"--workdir={tmp_path / 'w'}"])
     assert result.returncode == 2, result.stderr
     assert needle in result.stderr
