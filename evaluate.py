@@ -9,6 +9,12 @@ def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
     ecfg = config.eval_from_flags()
+    if ecfg.compare:
+        from patchvae_tf import comparison
+
+        path = comparison.write(comparison.compare(ecfg.compare), ecfg.compare_dir)
+        print(f"wrote {path}")
+        return
     from patchvae_tf import evaluation  # imports TensorFlow: after flags are known to be good
 
     print(evaluation.summary_line(evaluation.evaluate(ecfg)))

@@ -340,12 +340,21 @@ class EvalConfig:
     eval_examples: int = 5000  # per split, for probes, part scores and galleries
     probe_steps: int = 500
     probe_learning_rate: float = 0.05
-    finetune_steps: int = 1000
-    finetune_learning_rate: float = 0.01
-    freeze_stages: int = -1  # -1 freezes every encoder stage
+    # The authors' classifier.py: 90 epochs of the labelled training split at batch 256, SGD
+    # lr 0.1 divided by 10 every 30 epochs, momentum 0.9, weight decay 1e-4.
+    finetune_epochs: int = 90
+    finetune_batch_size: int = 256
+    finetune_learning_rate: float = 0.1
+    finetune_lr_step_epochs: int = 30
+    # Encoder stages frozen, one finetuning run each; () runs every depth from 0 to all.
+    freeze_stages: tuple[int, ...] = ()
+    finetune_random_init: bool = True  # also finetune a randomly initialised encoder (floor)
     dropout: float = 0.5
     gallery_size: int = 10
     seed: int = 0
+    # Workdirs whose eval/report.json are put side by side; written to compare_dir.
+    compare: tuple[str, ...] = ()
+    compare_dir: str = "runs/comparison"
 
     def modes(self) -> tuple[str, ...]:
         """The sections to run: every one for "all"."""
@@ -364,8 +373,10 @@ def validate_eval(cfg: EvalConfig) -> EvalConfig:
         "eval_examples": cfg.eval_examples,
         "probe_steps": cfg.probe_steps,
         "probe_learning_rate": cfg.probe_learning_rate,
-        "finetune_steps": cfg.finetune_steps,
+        "finetune_epochs": cfg.finetune_epochs,
+        "finetune_batch_size": cfg.finetune_batch_size,
         "finetune_learning_rate": cfg.finetune_learning_rate,
+        "finetune_lr_step_epochs": cfg.finetune_lr_step_epochs,
         "gallery_size": cfg.gallery_size,
     }
     for name, value in positive.items():
@@ -373,8 +384,11 @@ def validate_eval(cfg: EvalConfig) -> EvalConfig:
             raise UserError(f"--{name} must be positive, got {value}")
     if cfg.image_size < 0:
         raise UserError(f"--image_size must be >= 0 (0 means the model's), got {cfg.image_size}")
-    if cfg.freeze_stages < -1:
-        raise UserError(f"--freeze_stages must be >= 0 (or -1 for all), got {cfg.freeze_stages}")
+    if any(k < -1 for k in cfg.freeze_stages):
+        raise UserError(
+            f"--freeze_stages must list depths >= 0 (or -1 for all), got "
+            f"{','.join(map(str, cfg.freeze_stages))}"
+        )
     if not 0.0 <= cfg.dropout < 1.0:
         raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.seed < 0:
@@ -400,20 +414,53 @@ def define_eval_flags() -> None:
         ("integer", "eval_examples", e.eval_examples, "Images per split used by the evaluation"),
         ("integer", "probe_steps", e.probe_steps, "Full-batch steps of each linear probe"),
         ("float", "probe_learning_rate", e.probe_learning_rate, "Adam learning rate, probes"),
-        ("integer", "finetune_steps", e.finetune_steps, "SGD steps of the finetuned classifier"),
+        ("integer", "finetune_epochs", e.finetune_epochs, "Epochs of the finetuned classifier"),
+        ("integer", "finetune_batch_size", e.finetune_batch_size, "Finetuning batch size"),
         ("float", "finetune_learning_rate", e.finetune_learning_rate, "Initial SGD rate"),
-        ("integer", "freeze_stages", e.freeze_stages, "Encoder stages frozen; -1 means all"),
+        (
+            "integer",
+            "finetune_lr_step_epochs",
+            e.finetune_lr_step_epochs,
+            "The SGD rate is divided by 10 every this many epochs",
+        ),
+        (
+            "list",
+            "freeze_stages",
+            [],
+            "Comma-separated numbers of frozen encoder stages, one finetuning run each "
+            "(-1: all); empty: every depth from 0 to all",
+        ),
+        (
+            "boolean",
+            "finetune_random_init",
+            e.finetune_random_init,
+            "Also finetune a randomly initialised encoder, the floor",
+        ),
         ("float", "dropout", e.dropout, "Dropout before the classifier's hidden layer"),
         ("integer", "gallery_size", e.gallery_size, "Patches per part in parts.png"),
         ("integer", "seed", e.seed, "Random seed"),
+        (
+            "list",
+            "compare",
+            [],
+            "Comma-separated evaluated workdirs to put side by side (instead of evaluating)",
+        ),
+        ("string", "compare_dir", e.compare_dir, "Where --compare writes report.json/.md"),
     ]
     _define_missing(specs)
 
 
 def eval_from_flags(values: flags.FlagValues | None = None) -> EvalConfig:
     """Reads parsed flags once into a validated EvalConfig."""
-    values = values or flags.FLAGS
-    return validate_eval(_section(EvalConfig, values))
+    raw = _section(EvalConfig, values or flags.FLAGS)
+    try:
+        freeze = tuple(int(k) for k in raw.freeze_stages or () if str(k).strip())
+    except ValueError:
+        raise UserError(
+            f"--freeze_stages must be comma-separated integers, got {','.join(raw.freeze_stages)!r}"
+        ) from None
+    compare = tuple(w.strip() for w in raw.compare or () if w.strip())
+    return validate_eval(dataclasses.replace(raw, freeze_stages=freeze, compare=compare))
 
 
 # --- scaling out: strategy, devices, precision, XLA (train.py) ----------------

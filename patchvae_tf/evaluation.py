@@ -54,10 +54,13 @@ def _data_config(cfg: Config, ecfg: EvalConfig) -> Config:
             f"--image_size={ecfg.image_size} does not match the model's image size {image_size} "
             f"(from {os.path.join(ecfg.workdir, training.CONFIG_FILE)})"
         )
+    # Recognition trains on the labelled training split, also when the model was trained on
+    # every image but the test ones (Indoor67's allminustest).
+    listed = dataclasses.replace(cfg.data, train_split="listed")
     if ecfg.dataset is None:
-        return cfg
+        return cfg.replace(data=listed)
     override = dataclasses.replace(
-        cfg.data,
+        listed,
         dataset=ecfg.dataset,
         data_dir=ecfg.data_dir,
         train_split_file=ecfg.train_split_file,
@@ -110,9 +113,10 @@ def _plan(ecfg: EvalConfig, cfg: Config, source: data.Source, model) -> tuple[tu
     modes = ecfg.modes()
     if explicit and modes[0] in reasons:
         raise UserError(reasons[modes[0]])
-    if "finetune" in modes and ecfg.freeze_stages > _num_stages(model):
+    too_deep = [k for k in ecfg.freeze_stages if k > _num_stages(model)]
+    if "finetune" in modes and too_deep:
         raise UserError(
-            f"--freeze_stages={ecfg.freeze_stages} exceeds the {_num_stages(model)} stages of "
+            f"--freeze_stages={too_deep[0]} exceeds the {_num_stages(model)} stages of "
             f"the {cfg.model.encoder} encoder"
         )
     skipped = {m: r for m, r in reasons.items() if m in modes}
@@ -247,78 +251,149 @@ def _probes(model, random_model, setup: _Setup, ecfg: EvalConfig) -> dict[str, d
     return results
 
 
-def finetune(setup: _Setup, ecfg: EvalConfig) -> dict:
-    """The paper's protocol: flatten -> dropout -> dense 512 -> ReLU -> dense classes on phi(x).
+def _freeze_depths(ecfg: EvalConfig, num_stages: int) -> list[int]:
+    """The numbers of frozen stages to finetune with: every depth 0..all unless listed."""
+    if not ecfg.freeze_stages:
+        return list(range(num_stages + 1))
+    return list(dict.fromkeys(num_stages if k < 0 else k for k in ecfg.freeze_stages))
 
-    The first --freeze_stages encoder stages are frozen (batch norm in inference mode too);
-    SGD with momentum 0.9 and weight decay 1e-4, learning rate divided by 10 at 50% and 75%
-    of the steps. A freshly restored copy is trained, so the other sections see the
-    checkpoint's weights.
+
+def _trainable(stages, frozen: int) -> list:
+    """Variables the classifier trains in the encoder: those of the stages after the first
+    ``frozen``, without BatchNorm's scale and offset, which the authors never train
+    (set_bn_fix); BatchNorm statistics still follow the batches in every stage.
+    """
+    out = []
+    for stage in stages[frozen:]:
+        for layer in stage._flatten_layers(include_self=False):
+            if not isinstance(layer, keras.layers.BatchNormalization):
+                out += layer._trainable_variables
+    return out
+
+
+def _finetune_once(model, setup: _Setup, ecfg: EvalConfig, frozen: int) -> dict:
+    """The authors' classifier.py on ``model``'s phi(x) with the first ``frozen`` stages fixed.
+
+    flatten -> dropout -> dense 512 -> ReLU -> dense classes (normal(0, 0.01) weights, zero
+    biases); SGD with momentum 0.9 and weight decay 1e-4 added to the gradient (PyTorch's
+    coupled form), the rate divided by 10 every --finetune_lr_step_epochs epochs. An epoch is
+    one pass over the labelled training split. As under PyTorch's model.train(), BatchNorm
+    normalises with batch statistics and updates its moving averages in frozen stages too.
     """
     cfg, source = setup.cfg, setup.source
-    model, _ = restore_model(cfg)
     stages = model.encoder.stages
-    frozen = len(stages) if ecfg.freeze_stages < 0 else ecfg.freeze_stages
+    init = dict(
+        kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01, seed=ecfg.seed),
+        bias_initializer="zeros",
+    )
     head = keras.Sequential(
         [
             keras.layers.Flatten(),
             keras.layers.Dropout(ecfg.dropout, seed=ecfg.seed),
-            keras.layers.Dense(512),
+            keras.layers.Dense(512, **init),
             keras.layers.ReLU(),
-            keras.layers.Dense(source.num_classes),
+            keras.layers.Dense(source.num_classes, **init),
         ],
         name="classifier",
     )
 
     def logits_of(x, training):
-        f = x
-        for i, stage in enumerate(stages):
-            f = stage(f, training=training and i >= frozen)
-        return head(f, training=training)
+        return head(model.features(x, training=training)[0], training=training)
 
     logits_of(tf.zeros([1, cfg.data.image_size, cfg.data.image_size, 3]), False)
-    variables = head.trainable_variables + [
-        v for stage in stages[frozen:] for v in stage.trainable_variables
-    ]
-    lr, steps = ecfg.finetune_learning_rate, ecfg.finetune_steps
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-        [max(1, steps // 2), max(2, 3 * steps // 4)], [lr, lr / 10, lr / 100]
+    variables = head.trainable_variables + _trainable(stages, frozen)
+    n_train = source.sizes["train"]
+    batch_size = min(ecfg.finetune_batch_size, n_train)
+    steps_per_epoch = -(-n_train // batch_size)
+    schedule = finetune_schedule(
+        ecfg.finetune_learning_rate,
+        ecfg.finetune_epochs,
+        ecfg.finetune_lr_step_epochs,
+        steps_per_epoch,
     )
-    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=_WEIGHT_DECAY)
+    optimizer = keras.optimizers.SGD(schedule, momentum=0.9)
 
     @tf.function
     def train_step(images, labels):
         with tf.GradientTape() as tape:
             logits = logits_of(images, True)
-            loss = tf.reduce_mean(
+            ce = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             )
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-        return loss
+            # Weight decay in the loss: its gradient wd * w is what PyTorch's SGD adds.
+            decay = 0.5 * _WEIGHT_DECAY * tf.add_n([tf.reduce_sum(v * v) for v in variables])
+            total = ce + decay
+        optimizer.apply_gradients(zip(tape.gradient(total, variables), variables, strict=True))
+        return ce
 
-    # Training batches drop the remainder: a split smaller than a batch would yield none.
-    batch_size = min(ecfg.batch_size, source.sizes.get("train") or ecfg.batch_size)
-    ds = data.input_dataset(source, "train", batch_size, training=True, seed=ecfg.seed)
-    start, loss = time.perf_counter(), float("nan")
-    for batch in ds.take(steps):
-        loss = float(train_step(batch["image"], batch["label"]))
+    flip = cfg.data.random_flip
+    ds = data.input_dataset(source, "train", batch_size, training=True, seed=ecfg.seed, flip=flip)
+    iterator = iter(ds)
+    start, epoch_losses = time.perf_counter(), []
+    for _ in range(ecfg.finetune_epochs):
+        losses = [float(train_step(*_image_label(next(iterator)))) for _ in range(steps_per_epoch)]
+        epoch_losses.append(float(np.mean(losses)))
     seconds = time.perf_counter() - start
 
     predict = tf.function(lambda x: logits_of(x, False), reduce_retracing=True)
     logits, labels = [], []
-    for batch in _batches(source, "test", ecfg.eval_examples, ecfg.batch_size):
+    for batch in _batches(source, "test", source.sizes["test"], ecfg.batch_size):
         logits.append(predict(tf.constant(batch["image"])).numpy())
         labels.append(batch["label"])
     logits, labels = np.concatenate(logits), np.concatenate(labels)
     return {
+        "frozen_stages": frozen,
         "top1": topk_accuracy(logits, labels, 1),
         "top5": topk_accuracy(logits, labels, 5),
-        "frozen_stages": frozen,
-        "encoder_stages": len(stages),
-        "steps": steps,
-        "final_train_loss": loss,
+        "epoch_losses": [round(v, 5) for v in epoch_losses],
         "test_examples": len(labels),
         "seconds": round(seconds, 1),
+    }
+
+
+def finetune_schedule(learning_rate: float, epochs: int, step_epochs: int, steps_per_epoch: int):
+    """learning_rate * 0.1 ** (epoch // step_epochs), per optimizer step (classifier.py's)."""
+    drops = range(step_epochs, epochs, step_epochs)
+    if not drops:
+        return learning_rate
+    # The schedule holds values[i] up to and including its boundary; the optimizer's step
+    # d * steps_per_epoch is the first of epoch d, so the boundary is the step before it.
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        [d * steps_per_epoch - 1 for d in drops],
+        [learning_rate * 0.1**i for i in range(len(drops) + 1)],
+    )
+
+
+def _image_label(batch):
+    return batch["image"], batch["label"]
+
+
+def finetune(setup: _Setup, ecfg: EvalConfig) -> dict:
+    """The recognition protocol at each freeze depth, on fresh copies of the checkpoint (so
+    the other sections see its weights), and on a randomly initialised encoder (the floor).
+    """
+    cfg = setup.cfg
+    depths = _freeze_depths(ecfg, len(setup.model.encoder.stages))
+    runs, floor = [], []
+    for frozen in depths:
+        keras.utils.set_random_seed(ecfg.seed)
+        runs.append(_finetune_once(restore_model(cfg)[0], setup, ecfg, frozen))
+        if ecfg.finetune_random_init:
+            keras.utils.set_random_seed(ecfg.seed + 1)
+            random_model = models.build_model(cfg.model, cfg.data.image_size)
+            floor.append(_finetune_once(random_model, setup, ecfg, frozen))
+    n_train = setup.source.sizes["train"]
+    batch_size = min(ecfg.finetune_batch_size, n_train)
+    return {
+        "encoder_stages": len(setup.model.encoder.stages),
+        "epochs": ecfg.finetune_epochs,
+        "batch_size": batch_size,
+        "steps_per_epoch": -(-n_train // batch_size),
+        "learning_rate": ecfg.finetune_learning_rate,
+        "lr_step_epochs": ecfg.finetune_lr_step_epochs,
+        "train_examples": n_train,
+        "runs": runs,
+        "random": floor,
     }
 
 
@@ -496,9 +571,8 @@ def _markdown(report: dict) -> str:
         ("linear probe, part codes", "part_code_probe"),
         ("random encoder, pooled features (floor)", "random_probe"),
         ("random encoder, part codes (floor)", "random_part_code_probe"),
-        ("finetuned classifier on phi(x)", "finetune"),
     ]
-    if any(r[key] for _, key in probes):
+    if any(r[key] for _, key in probes) or r["finetune"]:
         lines += [
             "## Recognition",
             "",
@@ -511,12 +585,7 @@ def _markdown(report: dict) -> str:
             if r[key]:
                 lines.append(f"| {title} | {_fmt(r[key]['top1'])} | {_fmt(r[key]['top5'])} |")
         if r["finetune"]:
-            ft = r["finetune"]
-            lines += [
-                "",
-                f"Finetuning froze {ft['frozen_stages']} of {ft['encoder_stages']} encoder "
-                f"stages and ran {ft['steps']} SGD steps.",
-            ]
+            lines += ["", *_finetune_markdown(r["finetune"])]
         lines.append("")
     pd = r["part_discovery"]
     if pd:
@@ -565,14 +634,40 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _finetune_markdown(ft: dict) -> list[str]:
+    """The finetuning table: one row per freeze depth, the random-init encoder beside it."""
+    floor = {run["frozen_stages"]: run for run in ft["random"]}
+    lines = [
+        f"Classifier on phi(x), finetuned {ft['epochs']} epochs of {ft['train_examples']} "
+        f"images ({ft['steps_per_epoch']} steps of {ft['batch_size']} each), SGD from "
+        f"{ft['learning_rate']:g}, divided by 10 every {ft['lr_step_epochs']} epochs; the "
+        f"first k of the encoder's {ft['encoder_stages']} stages frozen.",
+        "",
+        "| frozen stages k | top-1 | top-5 | random-init top-1 | random-init top-5 "
+        "| train loss, first -> last epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in ft["runs"]:
+        k, rnd = run["frozen_stages"], floor.get(run["frozen_stages"])
+        losses = run["epoch_losses"]
+        lines.append(
+            f"| {k} | {_fmt(run['top1'])} | {_fmt(run['top5'])} "
+            f"| {_fmt(rnd and rnd['top1'])} | {_fmt(rnd and rnd['top5'])} "
+            f"| {losses[0]:.3f} -> {losses[-1]:.3f} |"
+        )
+    return lines
+
+
 def _write_tensorboard(logdir: str, report: dict, images: dict, step: int) -> None:
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
         for name, image in images.items():
             tf.summary.image(name, image[None], step=step)
-        for key in REPORT_KEYS[:5]:
+        for key in REPORT_KEYS[:4]:
             if report[key]:
                 tf.summary.scalar(f"{key}/top1", report[key]["top1"], step=step)
+        for run in (report["finetune"] or {}).get("runs", []):
+            tf.summary.scalar(f"finetune/frozen_{run['frozen_stages']}/top1", run["top1"], step)
         if report["part_discovery"]:
             pd = report["part_discovery"]
             tf.summary.scalar("part_discovery/mean_auroc", pd["mean_auroc"], step=step)
@@ -689,7 +784,11 @@ def summary_line(report: dict) -> str:
             f"random encoder {report['random_probe']['top1']:.3f})"
         )
     if report["finetune"]:
-        parts.append(f"finetuned top-1 {report['finetune']['top1']:.3f}")
+        runs = report["finetune"]["runs"]
+        parts.append(
+            "finetuned top-1 "
+            + ", ".join(f"{r['top1']:.3f} (k={r['frozen_stages']})" for r in runs)
+        )
     if report["part_discovery"]:
         pd = report["part_discovery"]
         parts.append(

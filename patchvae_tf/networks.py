@@ -143,7 +143,10 @@ class ResidualBlock(_Styled):
         if strides not in (1, 2):
             raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
         self.filters, self.strides, self.projection = filters, strides, projection
-        self.conv1 = self._conv(filters, 3, strides, padding="same", use_bias=False)
+        # PyTorch's padding 1 on both sides; TF's "same" would pad a strided conv on one side.
+        self.pad = layers.ZeroPadding2D(1) if strides == 2 else None
+        padding = "valid" if strides == 2 else "same"
+        self.conv1 = self._conv(filters, 3, strides, padding=padding, use_bias=False)
         self.bn1 = self._bn()
         self.conv2 = self._conv(filters, 3, padding="same", use_bias=False)
         self.bn2 = self._bn()
@@ -152,7 +155,8 @@ class ResidualBlock(_Styled):
             self.proj_bn = self._bn()
 
     def call(self, x, training=None):
-        y = keras.ops.relu(self.bn1(self.conv1(x), training=training))
+        y = self.conv1(self.pad(x) if self.pad is not None else x)
+        y = keras.ops.relu(self.bn1(y, training=training))
         y = self.bn2(self.conv2(y), training=training)
         shortcut = self.proj_bn(self.proj(x), training=training) if self.projection else x
         return keras.ops.relu(y + shortcut)
@@ -181,10 +185,14 @@ class ResNetEncoder(_Styled):
         self.scale = scale
         stem = keras.Sequential(
             [
-                self._conv(64, 7, 2, padding="same", use_bias=False),
+                # Explicit symmetric padding, as torchvision's ResNet (3 and 1 pixels).
+                layers.ZeroPadding2D(3),
+                self._conv(64, 7, 2, padding="valid", use_bias=False),
                 self._bn(),
                 layers.ReLU(),
-                layers.MaxPooling2D(3, 2, padding="same"),
+                # Zeros pad like -inf here: the pool's inputs are ReLU outputs, >= 0.
+                layers.ZeroPadding2D(1),
+                layers.MaxPooling2D(3, 2, padding="valid"),
             ],
             name="stem",
         )

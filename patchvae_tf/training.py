@@ -15,6 +15,7 @@ import tensorflow as tf
 from patchvae_tf import data, distribute, fused, latents, models, precision, visualize
 from patchvae_tf.config import Config
 from patchvae_tf.errors import UserError
+from patchvae_tf.workdir import write_text_atomic
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -52,13 +53,6 @@ def _check_workdir(cfg: Config) -> Config | None:
             "use another --workdir to train a different model"
         )
     return saved
-
-
-def _write_json_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
@@ -337,7 +331,7 @@ def train(cfg: Config) -> dict:
 
     if chief:
         os.makedirs(t.workdir, exist_ok=True)
-        _write_json_atomic(os.path.join(t.workdir, CONFIG_FILE), cfg.to_json())
+        write_text_atomic(os.path.join(t.workdir, CONFIG_FILE), cfg.to_json())
     if start:
         print(f"resuming from step {start} ({latest})")
     if start >= t.train_steps:

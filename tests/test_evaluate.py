@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shutil
@@ -6,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
 from patchvae_tf.config import EvalConfig, validate_eval
@@ -13,7 +15,16 @@ from patchvae_tf.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for 2 shared cores: the probes see 256 images per split.
-FAST = dict(eval_examples=256, batch_size=64, probe_steps=200, finetune_steps=30, gallery_size=5)
+FAST = dict(
+    eval_examples=256,
+    batch_size=64,
+    probe_steps=200,
+    finetune_epochs=2,
+    finetune_batch_size=128,
+    finetune_lr_step_epochs=1,
+    freeze_stages=(-1,),
+    gallery_size=5,
+)
 
 
 def _copy_workdir(cfg, dest) -> str:
@@ -51,8 +62,12 @@ def test_report_has_every_key(evaluated):
         assert 0.0 <= report[key]["top1"] <= report[key]["top5"] <= 1.0
     # Three classes: every test label is among the top five.
     assert report["linear_probe"]["top5"] == 1.0
-    assert report["finetune"]["frozen_stages"] == report["finetune"]["encoder_stages"] == 2
-    assert 0.0 <= report["finetune"]["top1"] <= 1.0
+    ft = report["finetune"]
+    assert ft["encoder_stages"] == 2 and [r["frozen_stages"] for r in ft["runs"]] == [2]
+    assert [r["frozen_stages"] for r in ft["random"]] == [2]
+    # The fixture's 2048 training images in batches of 128, two epochs, every test image.
+    assert ft["steps_per_epoch"] == 16 and len(ft["runs"][0]["epoch_losses"]) == 2
+    assert ft["runs"][0]["test_examples"] == 256
     assert report["checkpoint_step"] == summary["step"] == cfg.train.train_steps
     assert report["config"]["model"] == json.loads(cfg.to_json())["model"]
     assert report["skipped"] == {}
@@ -177,6 +192,43 @@ def test_linear_probe_separates_and_topk():
     assert evaluation.topk_accuracy(logits, np.array([1, 0]), 2) == 0.5
 
 
+def test_finetuning_learns(trained, tmp_path):
+    """The authors' protocol on shapes, nothing frozen: the training loss falls epoch by epoch
+    and the classifier beats chance (1/3) by a clear margin.
+    """
+    from patchvae_tf import evaluation
+
+    cfg, _ = trained
+    workdir = _copy_workdir(cfg, tmp_path)
+    settings = {
+        **FAST,
+        "freeze_stages": (0,),
+        "finetune_epochs": 6,
+        "finetune_batch_size": 64,
+        "finetune_lr_step_epochs": 4,
+    }
+    report = evaluation.evaluate(EvalConfig(workdir=workdir, mode="finetune", **settings))
+    run = report["finetune"]["runs"][0]
+    losses = run["epoch_losses"]
+    assert run["frozen_stages"] == 0 and len(losses) == 6
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert run["top1"] > 1 / 3 + 0.25, run
+    markdown = open(os.path.join(workdir, "eval", "report.md")).read()
+    assert "| 0 | " in markdown and "random-init top-1" in markdown
+
+
+def test_sgd_schedule_divides_by_ten_every_step_epochs():
+    import keras
+
+    from patchvae_tf import evaluation
+
+    lr = evaluation.finetune_schedule(0.1, epochs=90, step_epochs=30, steps_per_epoch=10)
+    assert isinstance(lr, keras.optimizers.schedules.PiecewiseConstantDecay)
+    values = [float(lr(s)) for s in (0, 299, 300, 599, 600, 899)]
+    np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+    assert evaluation.finetune_schedule(0.1, epochs=30, step_epochs=30, steps_per_epoch=5) == 0.1
+
+
 def _write_folder(root, classes, per_class, size=32):
     """Root/{train,test}/CLASS/*.png: each class a noisy flat colour."""
     rng = np.random.default_rng(0)
@@ -221,7 +273,7 @@ def test_bad_inputs_are_user_errors(trained, tmp_path):
     with pytest.raises(UserError, match="no ground-truth part masks"):
         evaluation.evaluate(EvalConfig(workdir=workdir, mode="parts", dataset=one_class))
     with pytest.raises(UserError, match="--freeze_stages=3 exceeds the 2 stages"):
-        evaluation.evaluate(EvalConfig(workdir=workdir, mode="finetune", freeze_stages=3))
+        evaluation.evaluate(EvalConfig(workdir=workdir, mode="finetune", freeze_stages=(0, 3)))
     with pytest.raises(UserError, match="unknown --mode 'probes'"):
         validate_eval(EvalConfig(mode="probes"))
     with pytest.raises(UserError, match="--probe_steps must be positive, got 0"):
@@ -278,3 +330,90 @@ def test_a_later_partial_run_keeps_the_earlier_sections(evaluated, tmp_path):
     dataset = _write_folder(tmp_path / "images", ["blue", "red"], 6)
     other = evaluation.evaluate(EvalConfig(workdir=copy, mode="probe", dataset=dataset, **FAST))
     assert other["from_earlier_run"] == [] and other["finetune"] is None
+
+
+def test_compare_puts_patchvae_vae_and_random_init_side_by_side(evaluated, tmp_path):
+    """A tiny VAE trained and evaluated beside the fixture's PatchVAE, through the CLI."""
+    from patchvae_tf import comparison, evaluation, training
+
+    cfg, _, patch_workdir, patch_report = evaluated
+    vae_cfg = tiny_config(str(tmp_path / "vae"), train_steps=60)
+    vae_cfg = vae_cfg.replace(model=dataclasses.replace(vae_cfg.model, arch="vae", beta_app=4.0))
+    training.train(vae_cfg)
+    evaluation.evaluate(
+        EvalConfig(workdir=vae_cfg.train.workdir, mode="probe", **{**FAST, "freeze_stages": ()})
+    )
+    out = tmp_path / "comparison"
+    result = _run(f"--compare={patch_workdir},{vae_cfg.train.workdir}", f"--compare_dir={out}")
+    assert result.returncode == 0, result.stderr
+    saved = json.load(open(out / "report.json"))
+    models = [row["model"] for row in saved["rows"]]
+    assert models == ["PatchVAE", "beta-VAE (beta=4)", "random init (pyramid, 1/4)"]
+    patch, vae, floor = saved["rows"]
+    assert patch["linear_probe"]["top1"] == patch_report["linear_probe"]["top1"]
+    assert patch["finetune"]["2"]["top1"] == patch_report["finetune"]["runs"][0]["top1"]
+    assert floor["linear_probe"]["top1"] == patch_report["random_probe"]["top1"]
+    assert vae["finetune"] == {} and vae["parts"] == {}
+    markdown = open(out / "report.md").read()
+    assert "| beta-VAE (beta=4) |" in markdown and "finetune top-1 (k=2 frozen)" in markdown
+    assert comparison.model_name({"arch": "vae", "beta_app": 1.0}) == "VAE"
+    missing = _run(f"--compare={tmp_path / 'nowhere'}")
+    assert missing.returncode == 2
+    assert "has no evaluation report" in missing.stderr.strip().splitlines()[-1]
+
+
+def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_path):
+    """Indoor67's layout: the model trains on every image TestImages.txt does not list,
+    recognition on TrainImages.txt; ImageNet normalisation travels into the exported encoder,
+    which still takes pixels 0..255.
+    """
+    import tensorflow as tf
+
+    from export import exporter
+    from patchvae_tf import evaluation, training
+    from patchvae_tf.config import ExportConfig, validate_export
+
+    images = tmp_path / "Images"
+    _write_folder(images, ["blue", "red"], 6)  # images/{train,test}/CLASS/i.png
+    listed = [
+        f"{s}/{c}/{i}.png" for s in ("train", "test") for c in ("blue", "red") for i in (0, 1)
+    ]
+    (tmp_path / "TrainImages.txt").write_text("\n".join(listed[:4]) + "\n")
+    (tmp_path / "TestImages.txt").write_text("\n".join(listed[4:]) + "\n")
+    cfg = tiny_config(str(tmp_path / "workdir"), train_steps=4)
+    cfg = cfg.replace(
+        train=dataclasses.replace(cfg.train, batch_size=4),
+        data=dataclasses.replace(
+            cfg.data,
+            dataset=f"folder:{images}",
+            train_split_file=str(tmp_path / "TrainImages.txt"),
+            test_split_file=str(tmp_path / "TestImages.txt"),
+            train_split="all_but_test",
+        ),
+        model=dataclasses.replace(cfg.model, normalization="imagenet"),
+    )
+    summary = training.train(cfg)
+    assert np.isfinite(summary["last_loss"])
+    report = evaluation.evaluate(
+        EvalConfig(workdir=cfg.train.workdir, mode="probe", **{**FAST, "freeze_stages": ()})
+    )
+    # 24 images, 4 listed for testing: the model saw 20; the probe trains on the 4 listed.
+    assert report["linear_probe"]["train_examples"] == 4
+    assert report["linear_probe"]["test_examples"] == 4
+
+    ecfg = validate_export(
+        ExportConfig(
+            workdir=cfg.train.workdir,
+            export_dir=str(tmp_path / "export"),
+            parity_images=4,
+            calibration_images=4,
+        )
+    )
+    rep = exporter.export(ecfg)
+    served = tf.saved_model.load(os.path.join(ecfg.export_dir, "saved_model", str(rep["version"])))
+    model, _ = evaluation.restore_model(evaluation.setup(EvalConfig(workdir=cfg.train.workdir)).cfg)
+    pixels = np.random.default_rng(1).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    out = served.signatures["serving_default"](images=tf.constant(pixels))
+    expected = model.encode(tf.constant(pixels / 127.5 - 1.0))
+    np.testing.assert_allclose(out["occurrence"], expected["occurrence"], atol=1e-4)
+    np.testing.assert_allclose(out["features"], expected["features"], atol=1e-4)

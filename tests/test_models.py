@@ -84,7 +84,7 @@ def test_reference_initialization_and_batch_norm_constants():
     model = models.build_model(
         ModelConfig(encoder="resnet", scale=8, num_parts=16, appearance_dim=6), 32
     )
-    stem_conv = model.encoder.stages[0].layers[0]
+    stem_conv = model.encoder.stages[0].layers[1]  # after the explicit padding
     kernel = stem_conv.kernel.numpy()  # 7 x 7 x 3 x 64
     assert abs(kernel.std() - np.sqrt(2.0 / (7 * 7 * 64))) < 0.1 * np.sqrt(2.0 / (7 * 7 * 64))
     logits_kernel = model.heads.logits.kernel.numpy()  # 3 x 3 x 128 x 16

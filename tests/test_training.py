@@ -1,4 +1,5 @@
 import glob
+import math
 import os
 import shutil
 import subprocess
@@ -355,3 +356,34 @@ def test_unreadable_checkpoint_falls_back_to_an_older_one(trained, tmp_path, cap
     out = capsys.readouterr().out
     assert "checkpoint" in out and "ckpt-300 is unreadable" in out
     assert "resuming from step 200" in out and summary["step"] == 301
+
+
+@pytest.mark.parametrize("normalization", ["unit", "imagenet"])
+def test_cifar_recipe_trains_on_shapes_without_nan(tmp_path, normalization):
+    """configs/cifar100.cfg (ResNet cut at 1/8, N=16, the authors' initialization and
+    constants) on shapes instead of CIFAR, a few small steps, in both input spaces.
+    """
+    config.define_flags()
+    try:
+        flags.FLAGS(
+            [
+                "train.py",
+                f"--flagfile={ROOT}/configs/cifar100.cfg",
+                "--dataset=shapes",
+                f"--normalization={normalization}",
+                "--shapes_train_size=256",
+                "--shapes_test_size=64",
+                "--batch_size=16",
+                "--train_steps=12",
+                "--log_every=4",
+                f"--workdir={tmp_path}",
+            ]
+        )
+        cfg = config.from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert cfg.model.initialization == "reference" and cfg.model.normalization == normalization
+    summary = training.train(cfg)
+    assert summary["step"] == 12
+    assert all(map(math.isfinite, (summary["first_loss"], summary["last_loss"])))
+    assert summary["last_loss"] < summary["first_loss"]

@@ -1,0 +1,153 @@
+"""Several evaluated workdirs side by side, as the paper's tables put PatchVAE, VAE and
+beta-VAE beside a randomly initialised encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from patchvae_tf.errors import UserError
+from patchvae_tf.workdir import write_text_atomic
+
+REPORT = os.path.join("eval", "report.json")
+
+
+def load_report(workdir: str) -> dict:
+    """The evaluation report of a workdir; a UserError says how to make a missing one."""
+    path = os.path.join(workdir, REPORT)
+    if not os.path.isfile(path):
+        raise UserError(
+            f"{workdir!r} has no evaluation report ({path}); run "
+            f"python evaluate.py --workdir={workdir} first"
+        )
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise UserError(f"{path!r} is not a valid report: {e}") from None
+
+
+def model_name(model: dict) -> str:
+    """PatchVAE, VAE or beta-VAE (a VAE whose appearance rate is weighted other than 1)."""
+    if model["arch"] == "patchvae":
+        return "PatchVAE"
+    return "VAE" if model["beta_app"] == 1 else f"beta-VAE (beta={model['beta_app']:g})"
+
+
+def _top(section: dict | None) -> dict:
+    return {"top1": section["top1"], "top5": section["top5"]} if section else {}
+
+
+def _finetune(runs: list[dict]) -> dict[str, dict]:
+    return {str(run["frozen_stages"]): _top(run) for run in runs}
+
+
+def _parts(report: dict) -> dict:
+    pd = report.get("part_discovery")
+    if not pd:
+        return {}
+    keys = ("distinct_coverage", "active_parts", "mean_auroc", "region_coverage")
+    return {k: pd[k] for k in keys if k in pd}
+
+
+def _row(name: str, workdir: str, report: dict, *, random_init: bool = False) -> dict:
+    ft = report.get("finetune") or {}
+    if random_init:
+        return {
+            "model": name,
+            "workdir": None,
+            "dataset": report["dataset"],
+            "linear_probe": _top(report.get("random_probe")),
+            "part_code_probe": _top(report.get("random_part_code_probe")),
+            "finetune": _finetune(ft.get("random", [])),
+            "parts": {
+                k: v
+                for k, v in (report.get("part_discovery") or {}).get("random", {}).items()
+                if not isinstance(v, dict)
+            },
+        }
+    return {
+        "model": name,
+        "workdir": workdir,
+        "dataset": report["dataset"],
+        "checkpoint_step": report["checkpoint_step"],
+        "linear_probe": _top(report.get("linear_probe")),
+        "part_code_probe": _top(report.get("part_code_probe")),
+        "finetune": _finetune(ft.get("runs", [])),
+        "parts": _parts(report),
+    }
+
+
+def compare(workdirs: tuple[str, ...]) -> dict:
+    """{"rows": [...]}: one row per workdir, and one random-init row per distinct encoder
+    and dataset (the floor every model of that encoder is measured against).
+    """
+    if not workdirs:
+        raise UserError("--compare needs at least one evaluated workdir")
+    rows, floors = [], {}
+    for workdir in workdirs:
+        report = load_report(workdir)
+        model = report["config"]["model"]
+        rows.append(_row(model_name(model), workdir, report))
+        encoder = tuple(model[k] for k in ("encoder", "scale", "base_channels"))
+        floors.setdefault((report["dataset"], encoder), report)
+    for (_, (encoder, scale, _)), report in floors.items():
+        name = f"random init ({encoder}, 1/{scale})"
+        rows.append(_row(name, "", report, random_init=True))
+    return {"workdirs": list(workdirs), "rows": rows}
+
+
+def _cell(section: dict, key: str = "top1") -> str:
+    return f"{section[key]:.3f}" if section and key in section else "-"
+
+
+def markdown(comparison: dict) -> str:
+    """One table per dataset: probes, finetuning at each freeze depth, part metrics."""
+    lines = ["# Comparison", ""]
+    datasets = list(dict.fromkeys(row["dataset"] for row in comparison["rows"]))
+    for dataset in datasets:
+        rows = [row for row in comparison["rows"] if row["dataset"] == dataset]
+        depths = sorted({k for row in rows for k in row["finetune"]}, key=int)
+        part_keys = [
+            k
+            for k in ("distinct_coverage", "active_parts", "mean_auroc")
+            if any(k in row["parts"] for row in rows)
+        ]
+        header = ["model", "workdir", "probe top-1", "probe top-5", "part-code probe top-1"]
+        header += [f"finetune top-1 (k={k} frozen)" for k in depths] + part_keys
+        lines += [
+            f"## `{dataset}`",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        for row in rows:
+            cells = [
+                row["model"],
+                f"`{row['workdir']}`" if row["workdir"] else "-",
+                _cell(row["linear_probe"]),
+                _cell(row["linear_probe"], "top5"),
+                _cell(row["part_code_probe"]),
+                *(_cell(row["finetune"].get(k, {})) for k in depths),
+                *(_cell(row["parts"], k) for k in part_keys),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "Probes: softmax regression on frozen, pooled phi(x) (or the part codes). Finetuning: "
+        "the authors' classifier on phi(x) with the first k encoder stages frozen. Random "
+        "init: the same encoder with its initial weights, as each evaluation measured it.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(comparison: dict, out_dir: str) -> str:
+    """Writes report.json and report.md into out_dir; returns the markdown's path."""
+    write_text_atomic(
+        os.path.join(out_dir, "report.json"), json.dumps(comparison, indent=2, sort_keys=True)
+    )
+    path = os.path.join(out_dir, "report.md")
+    write_text_atomic(path, markdown(comparison) + "\n")
+    return path
