@@ -151,13 +151,33 @@ def test_random_flip_is_an_option(tmp_path):
     assert set(flipped) == {1.0, -1.0}
 
 
-@pytest.mark.parametrize("layout", ["missing", "empty"])
-def test_folder_errors(tmp_path, layout):
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "holds no JPEG or PNG training images"),
+        ("all_corrupt", "every training image is corrupt"),
+        ("one_split_file", "give both --train_split_file and --test_split_file"),
+        ("empty_split_file", "lists no images"),
+    ],
+)
+def test_folder_errors(tmp_path, layout, message):
     root = tmp_path / "d"
+    splits = {}
     if layout == "empty":
         (root / "train" / "cls").mkdir(parents=True)
-    with pytest.raises(UserError, match=str(root)):
-        data.get_source(DataConfig(dataset=f"folder:{root}"))
+    elif layout == "all_corrupt":
+        (root / "train" / "cls").mkdir(parents=True)
+        (root / "train" / "cls" / "a.jpg").write_bytes(b"not a jpeg")
+    elif layout in ("one_split_file", "empty_split_file"):
+        _write(root / "cls" / "a.png", "RGB")
+        (tmp_path / "split.txt").write_text("\n" if layout == "empty_split_file" else "cls/a.png\n")
+        splits = {"train_split_file": str(tmp_path / "split.txt")}
+        if layout == "empty_split_file":
+            splits["test_split_file"] = splits["train_split_file"]
+    with pytest.raises(UserError, match=message) as err:
+        data.get_source(DataConfig(dataset=f"folder:{root}", **splits))
+    assert "\n" not in str(err.value)
 
 
 def test_tfds_through_mock_data():

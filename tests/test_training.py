@@ -387,3 +387,18 @@ def test_cifar_recipe_trains_on_shapes_without_nan(tmp_path, normalization):
     assert summary["step"] == 12
     assert all(map(math.isfinite, (summary["first_loss"], summary["last_loss"])))
     assert summary["last_loss"] < summary["first_loss"]
+
+
+def test_config_json_is_replaced_whole(tmp_path, monkeypatch):
+    from patchvae_tf import workdir
+
+    path = tmp_path / "config.json"
+    path.write_text('{"old": true}')
+
+    def crash(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(workdir.os, "replace", crash)
+    with pytest.raises(OSError):
+        workdir.write_text_atomic(str(path), '{"new": true}')
+    assert path.read_text() == '{"old": true}' and os.listdir(tmp_path) == ["config.json"]
