@@ -23,6 +23,8 @@ def main(argv):
         print(f"error: export check failed, nothing written: {e}", file=sys.stderr)
         sys.exit(1)
     print(exporter.summary(cfg, rep))
+    if rep.get("int8", {}).get("refused"):
+        print(f"warning: int8 model not written: {rep['int8']['refused']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ class DataConfig:
     shapes_test_size: int = 2000
     shapes_texture: bool = False
     shuffle_buffer: int = 10000
+    download: bool = False  # TFDS: download and prepare a dataset missing from data_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +246,7 @@ def define_flags() -> None:
         "checkerboard, square vertical stripes), a local pattern repeated over the shape",
     )
     flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer, "Shuffle buffer (examples)")
+    flags.DEFINE_boolean("download", d.download, "TFDS: download a dataset not in --data_dir")
     # Model.
     flags.DEFINE_string("arch", m.arch, "patchvae | vae (beta-VAE through --beta_app)")
     flags.DEFINE_string("encoder", m.encoder, "resnet | pyramid")
@@ -542,6 +544,8 @@ class ExportConfig:
     opset: int = MIN_ONNX_OPSET
     parity_images: int = 32  # real training images compared across the runtimes
     calibration_images: int = 128  # training images that calibrate int8 ranges
+    int8_min_cosine: float = 0.99  # int8 features below this mean cosine to float32: refused
+    force_int8: bool = False  # write the int8 model even below int8_min_cosine
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -577,6 +581,8 @@ def validate_export(cfg: ExportConfig) -> ExportConfig:
     for name in ("parity_images", "calibration_images"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if not -1.0 <= cfg.int8_min_cosine <= 1.0:
+        raise UserError(f"--int8_min_cosine must be in [-1, 1], got {cfg.int8_min_cosine}")
     return cfg
 
 
@@ -598,6 +604,8 @@ def define_export_flags() -> None:
         ("integer", "opset", e.opset, f"ONNX opset (>= {MIN_ONNX_OPSET})"),
         ("integer", "parity_images", e.parity_images, "Training images for the parity check"),
         ("integer", "calibration_images", e.calibration_images, "Images for int8 calibration"),
+        ("float", "int8_min_cosine", e.int8_min_cosine, "Refuse int8 features below this cosine"),
+        ("boolean", "force_int8", e.force_int8, "Write the int8 model below --int8_min_cosine"),
     ]
     _define_missing(specs)
 

@@ -136,16 +136,22 @@ class PatchVAE(_Autoencoder):
         """z_hat [B, h, w, N*L] -> x_hat [B, H, W, 3]."""
         return self.decoder(z_hat, training=training)
 
-    def call(self, x, training=False, temperature=None):
-        """Sampled reconstruction; returns the tensors the loss needs as a dict."""
+    def call(self, x, training=False, temperature=None, seed=None):
+        """Sampled reconstruction; returns the tensors the loss needs as a dict.
+
+        seed: None (stateful sampling) or a stateless seed [2] for both samples.
+        """
         tau = self.tau_min if temperature is None else temperature
+        seeds = (None, None) if seed is None else tf.random.experimental.stateless_split(seed, 2)
         _, mean, logvar, logits = self._posterior(x, training)
         q = latents.occurrence_probs(logits, self.categorical)
-        z_occ = latents.sample_occurrence(logits, tau, categorical=self.categorical, hard=self.hard)
+        z_occ = latents.sample_occurrence(
+            logits, tau, categorical=self.categorical, hard=self.hard, seed=seeds[0]
+        )
         mu_app, var_app = latents.pool_appearance(
             mean, logvar, q, self.num_parts, self.appearance_dim
         )
-        z_app = latents.appearance_posterior(mu_app, var_app).sample()
+        z_app = latents.appearance_posterior(mu_app, var_app).sample(seed=seeds[1])
         z_hat = latents.compose(z_app, z_occ)
         return self._outputs(
             self.decode(z_hat, training),
@@ -244,10 +250,10 @@ class VAE(_Autoencoder):
         z_map = self.expand(tf.reshape(z, [-1, 1, 1, self.code_size]), training=training)
         return self.decoder(z_map, training=training)
 
-    def call(self, x, training=False, temperature=None):
+    def call(self, x, training=False, temperature=None, seed=None):
         del temperature  # no discrete latent to relax
         _, mean, var = self._posterior(x, training)
-        z = latents.appearance_posterior(mean, var).sample()
+        z = latents.appearance_posterior(mean, var).sample(seed=seed)
         return self._outputs(self.decode(z, training), appearance_mean=mean, appearance_var=var)
 
     def loss_terms(self, x, outputs):

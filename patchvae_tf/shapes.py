@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from patchvae_tf import positions
+
 CLASSES = ("circle", "triangle", "square")
 MAX_SHAPES = 3
 # Offsets added to the seed so that the train and test splits never share an image.
@@ -117,19 +119,24 @@ def shapes_dataset(
     seed: int,
     input_context: tf.distribute.InputContext | None = None,
     shuffle_seed: int | None = None,
+    start: int = 0,
     texture: bool = False,
 ) -> tf.data.Dataset:
     """Unbatched dataset of ``size`` examples; generated on the fly, never held in memory.
 
-    Sharding and shuffling act on the indices, so they cost nothing per image; the images
+    Sharding, shuffling and skipping to ``start`` (a resumed run) act on the indices, so they
+    cost nothing per image; the images
     are rendered in chunks of consecutive indices and then unbatched.
     """
     offset = _SPLIT_OFFSET[split]
-    ds = tf.data.Dataset.range(offset, offset + size)
-    if input_context is not None:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle_seed is not None:
-        ds = ds.shuffle(size, seed=shuffle_seed, reshuffle_each_iteration=True)
+        # Training: endless seeded epochs that start `start` examples in (see positions).
+        ds = positions.epoch_indices(size, shuffle_seed, start, input_context)
+        ds = ds.map(lambda i: i + offset)
+    else:
+        ds = tf.data.Dataset.range(offset, offset + size)
+        if input_context is not None:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     ds = ds.map(lambda i: _draw(i, seed)).batch(_CHUNK)
     ds = ds.map(
         lambda u: _render(u, image_size, texture),
