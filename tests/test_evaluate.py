@@ -290,6 +290,9 @@ def test_finetuning_learns(trained, tmp_path):
         "finetune_epochs": 6,
         "finetune_batch_size": 64,
         "finetune_lr_step_epochs": 4,
+        # The protocol's 0.1 with momentum 0.9 makes the epoch losses of this tiny problem
+        # jump; a smaller rate shows the same learning without the noise.
+        "finetune_learning_rate": 0.02,
     }
     report = evaluation.evaluate(EvalConfig(workdir=workdir, mode="finetune", **settings))
     run = report["finetune"]["runs"][0]
