@@ -12,9 +12,10 @@ import time
 import keras
 import tensorflow as tf
 
-from patchvae_tf import data, distribute, fused, latents, models, precision, visualize
+from patchvae_tf import data, distribute, latents, models, precision, visualize
 from patchvae_tf.config import Config
 from patchvae_tf.errors import UserError
+from patchvae_tf.fused import FusedAdam
 from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, write_text_atomic
 
 _NUM_IMAGES = 8  # images shown in TensorBoard
@@ -52,10 +53,10 @@ def _check_workdir(cfg: Config) -> Config | None:
     return saved
 
 
-def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
-    # The reference recipe's Adam, on TF's fused kernel (fused.FusedAdam).
+def make_optimizer(cfg: Config, fused: bool = True) -> keras.optimizers.Optimizer:
+    # The reference recipe's Adam, on TF's fused kernel (FusedAdam) unless fused=False.
     t = cfg.train
-    return fused.FusedAdam(t.learning_rate, beta_1=0.5, beta_2=0.999, epsilon=t.adam_epsilon)
+    return FusedAdam(t.learning_rate, beta_1=0.5, beta_2=0.999, epsilon=t.adam_epsilon, fused=fused)
 
 
 def create_strategy(cfg: Config) -> tf.distribute.Strategy:
