@@ -176,7 +176,16 @@ class ResidualBlock(_Styled):
         }
 
 
-class ResNetEncoder(_Styled):
+class _StagedEncoder(_Styled):
+    """An encoder run as the sequence of its ``stages`` (a list, for freezing the first k)."""
+
+    def call(self, x, training=None):
+        for stage in self.stages:
+            x = stage(x, training=training)
+        return x
+
+
+class ResNetEncoder(_StagedEncoder):
     """ResNet-18 up to the stage that reaches 1/scale: [B, H, W, C] -> [B, H/s, W/s, D].
 
     scale 4 -> 64 channels, 8 -> 128, 16 -> 256, 32 -> the full 512-channel network.
@@ -219,16 +228,11 @@ class ResNetEncoder(_Styled):
         self.channels = self.WIDTHS[num_stages - 1]
         _track_stages(self)
 
-    def call(self, x, training=None):
-        for stage in self.stages:
-            x = stage(x, training=training)
-        return x
-
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}
 
 
-class PyramidEncoder(_Styled):
+class PyramidEncoder(_StagedEncoder):
     """DCGAN-style: log2(scale) 4x4 stride-2 convs doubling channels, BN, LeakyReLU 0.2."""
 
     def __init__(self, scale: int = 8, base_channels: int = 64, **kwargs):
@@ -246,11 +250,6 @@ class PyramidEncoder(_Styled):
             self.stages.append(keras.Sequential(block, name=f"stage{i + 1}"))
         self.channels = base_channels * 2 ** (depth - 1)
         _track_stages(self)
-
-    def call(self, x, training=None):
-        for stage in self.stages:
-            x = stage(x, training=training)
-        return x
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "base_channels": self.base_channels}
