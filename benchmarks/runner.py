@@ -21,6 +21,7 @@ from patchvae_tf.config import (
     ModelConfig,
     TrainConfig,
 )
+from patchvae_tf.workdir import write_text_atomic
 
 # The reference (kampta/PatchVAE, PyTorch) on a 2-core machine with a 177 GFLOP/s matmul,
 # as given in the issue; the targets are multiples of it.
@@ -434,10 +435,7 @@ def write(path: str, results: dict) -> None:
         (path, json.dumps(results, indent=2, sort_keys=True) + "\n"),
         (os.path.splitext(path)[0] + ".md", table.markdown(results)),
     ):
-        tmp = target + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
+        write_text_atomic(target, text)
 
 
 def main(cfg: BenchConfig) -> dict:

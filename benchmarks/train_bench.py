@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import hardware
-from patchvae_tf import data, fused, precision, training
+from patchvae_tf import data, precision, training
 from patchvae_tf.config import Config
 
 
@@ -19,14 +19,16 @@ def measure(cfg: Config, steps: int, steps_per_loop: int = 1, keras_kernels: boo
     """Images/s of training cfg's model (see _measure); with keras_kernels, as it trains
     with Keras's own BatchNorm and Adam ops instead of fused.py's kernels.
     """
-    if not keras_kernels:
-        return _measure(cfg, steps, steps_per_loop, **kw)
-    with fused.keras_kernels():
-        return _measure(cfg, steps, steps_per_loop, **kw)
+    return _measure(cfg, steps, steps_per_loop, fused=not keras_kernels, **kw)
 
 
 def _measure(
-    cfg: Config, steps: int, steps_per_loop: int = 1, synthetic: bool = False, windows: int = 4
+    cfg: Config,
+    steps: int,
+    steps_per_loop: int = 1,
+    synthetic: bool = False,
+    windows: int = 4,
+    fused: bool = True,
 ) -> dict:
     """Images/s of training cfg's model as train() does, after compilation and warm-up.
 
@@ -41,8 +43,10 @@ def _measure(
     dc = cfg.distribute
     strategy = training.create_strategy(cfg)
     with strategy.scope():
-        model = precision.build_model(cfg.model, cfg.data.image_size, dc.mixed_precision)
-        optimizer = precision.wrap_optimizer(training.make_optimizer(cfg), dc.mixed_precision)
+        model = precision.build_model(cfg.model, cfg.data.image_size, dc.mixed_precision, fused)
+        optimizer = precision.wrap_optimizer(
+            training.make_optimizer(cfg, fused), dc.mixed_precision
+        )
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     source = data.get_source(cfg.data, cfg.train.seed)

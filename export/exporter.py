@@ -11,9 +11,10 @@ import numpy as np
 import tensorflow as tf
 
 from export import checkpoint, layout, onnx_export, parity, quantize, report, serving, warmup
-from patchvae_tf import data, models, training
+from patchvae_tf import data, models
 from patchvae_tf.config import ExportConfig, load_config
 from patchvae_tf.errors import UserError
+from patchvae_tf.workdir import CONFIG_FILE
 
 
 def training_images(cfg, count: int) -> np.ndarray:
@@ -43,7 +44,7 @@ def export(cfg: ExportConfig) -> dict:
 
     Nothing appears in export_dir unless every check passed.
     """
-    model_cfg = load_config(os.path.join(cfg.workdir, training.CONFIG_FILE))
+    model_cfg = load_config(os.path.join(cfg.workdir, CONFIG_FILE))
     path = checkpoint.find_checkpoint(cfg.workdir, cfg.checkpoint)
     step = checkpoint.checkpoint_step(path)
     version = cfg.version or step

@@ -28,6 +28,7 @@ class _Autoencoder(keras.Model):
         initialization: str = "reference",
         batch_norm_momentum: float = 0.9,
         batch_norm_epsilon: float = 1e-5,
+        fused: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -45,6 +46,7 @@ class _Autoencoder(keras.Model):
             "initialization": initialization,
             "batch_norm_momentum": batch_norm_momentum,
             "batch_norm_epsilon": batch_norm_epsilon,
+            "fused": fused,
         }
         self.image_size, self.encoder_name, self.scale = image_size, encoder, scale
         self.base_channels, self.num_parts, self.appearance_dim = (
@@ -203,7 +205,9 @@ class VAE(_Autoencoder):
         super().__init__(**kwargs)
         c, init = self.base_channels, self.style["initialization"]
         bn = dict(
-            momentum=self.style["batch_norm_momentum"], epsilon=self.style["batch_norm_epsilon"]
+            momentum=self.style["batch_norm_momentum"],
+            epsilon=self.style["batch_norm_epsilon"],
+            fused=self.style["fused"],
         )
         self.reduce = keras.Sequential(
             [
@@ -269,22 +273,28 @@ class VAE(_Autoencoder):
         return normalization.to_unit(decoded, self.input_space)
 
 
-def build_model(cfg: ModelConfig, image_size: int) -> _Autoencoder:
-    """The model a config describes, with its variables created."""
-    common = dict(
-        image_size=image_size,
-        encoder=cfg.encoder,
-        scale=cfg.scale,
-        base_channels=cfg.base_channels,
-        num_parts=cfg.num_parts,
-        appearance_dim=cfg.appearance_dim,
-        beta_app=cfg.beta_app,
-        edge_weighting=cfg.edge_weighting,
-        tau_min=cfg.tau_min,
-        input_space=cfg.normalization,
-        initialization=cfg.initialization,
-        batch_norm_momentum=cfg.batch_norm_momentum,
-        batch_norm_epsilon=cfg.batch_norm_epsilon,
+# ModelConfig fields that both models take under the same name.
+_SHARED_FIELDS = (
+    "encoder",
+    "scale",
+    "base_channels",
+    "num_parts",
+    "appearance_dim",
+    "beta_app",
+    "edge_weighting",
+    "tau_min",
+    "initialization",
+    "batch_norm_momentum",
+    "batch_norm_epsilon",
+)
+
+
+def build_model(cfg: ModelConfig, image_size: int, fused: bool = True) -> _Autoencoder:
+    """The model a config describes, with its variables created; fused=False trains with
+    Keras's own BatchNorm ops instead of TF's fused kernel (for side-by-side benchmarks).
+    """
+    common = {name: getattr(cfg, name) for name in _SHARED_FIELDS} | dict(
+        image_size=image_size, input_space=cfg.normalization, fused=fused
     )
     if cfg.arch == "patchvae":
         model = PatchVAE(

@@ -12,14 +12,12 @@ import time
 import keras
 import tensorflow as tf
 
-from patchvae_tf import data, distribute, fused, latents, models, precision, visualize
+from patchvae_tf import data, distribute, latents, models, precision, visualize
 from patchvae_tf.config import Config
 from patchvae_tf.errors import UserError
-from patchvae_tf.workdir import write_text_atomic
+from patchvae_tf.fused import FusedAdam
+from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, write_text_atomic
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
-LOG_DIR = "logs"
 _NUM_IMAGES = 8  # images shown in TensorBoard
 # TF's restart code for preempted jobs (failure_handling): a job manager restarts on it.
 PREEMPTED_EXIT_CODE = 42
@@ -55,10 +53,10 @@ def _check_workdir(cfg: Config) -> Config | None:
     return saved
 
 
-def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
-    # The reference recipe's Adam, on TF's fused kernel (fused.FusedAdam).
+def make_optimizer(cfg: Config, fused: bool = True) -> keras.optimizers.Optimizer:
+    # The reference recipe's Adam, on TF's fused kernel (FusedAdam) unless fused=False.
     t = cfg.train
-    return fused.FusedAdam(t.learning_rate, beta_1=0.5, beta_2=0.999, epsilon=t.adam_epsilon)
+    return FusedAdam(t.learning_rate, beta_1=0.5, beta_2=0.999, epsilon=t.adam_epsilon, fused=fused)
 
 
 def create_strategy(cfg: Config) -> tf.distribute.Strategy:
@@ -67,21 +65,6 @@ def create_strategy(cfg: Config) -> tf.distribute.Strategy:
     strategy = distribute.create_strategy(cfg.distribute)
     distribute.check_global_batch(cfg.train.batch_size, strategy)
     return strategy
-
-
-def restore(cfg: Config, model, step: tf.Variable | None = None) -> tf.train.CheckpointManager:
-    """Restores the latest checkpoint of cfg's workdir into model (and step), for reading.
-
-    Training restores its own checkpoint (with the optimizer) in train().
-    """
-    parts = {"model": model} if step is None else {"model": model, "step": step}
-    checkpoint = tf.train.Checkpoint(**parts)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(cfg.train.workdir, CHECKPOINT_DIR), max_to_keep=3
-    )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-    return manager
 
 
 def _log_images(model, images: tf.Tensor, step: int) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow as tf
+
+from patchvae_tf.workdir import write_bytes_atomic
 
 
 def to_unit(images: tf.Tensor) -> tf.Tensor:
@@ -62,9 +62,7 @@ def occurrence_grid(images: tf.Tensor, q_occ: tf.Tensor) -> tf.Tensor:
 def save_png(image: tf.Tensor | np.ndarray, path: str) -> None:
     """Writes [H, W, C] in [0, 1] as PNG (atomically: a reader never sees half a file)."""
     pixels = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
-    tmp = path + ".tmp"
-    tf.io.write_file(tmp, tf.io.encode_png(pixels))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, tf.io.encode_png(pixels).numpy())
 
 
 # --- part galleries ----------------------------------------------------------

@@ -346,7 +346,8 @@ def test_vae_exports_its_outputs(trained, tmp_path):
     import tensorflow as tf
 
     from export import exporter
-    from patchvae_tf import models, training
+    from patchvae_tf import models
+    from patchvae_tf.workdir import CONFIG_FILE
 
     cfg, _ = trained
     vae_cfg = cfg.replace(
@@ -355,7 +356,7 @@ def test_vae_exports_its_outputs(trained, tmp_path):
     )
     vae = models.build_model(vae_cfg.model, SIZE)
     os.makedirs(vae_cfg.train.workdir)
-    with open(os.path.join(vae_cfg.train.workdir, training.CONFIG_FILE), "w") as f:
+    with open(os.path.join(vae_cfg.train.workdir, CONFIG_FILE), "w") as f:
         f.write(vae_cfg.to_json())
     step = tf.Variable(7, dtype=tf.int64)
     ckpt = tf.train.Checkpoint(model=vae, step=step)
