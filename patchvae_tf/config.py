@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from patchvae_tf.errors import UserError
+from patchvae_tf.options import check_options, option
 
 ARCHS = ("patchvae", "vae")
 ENCODERS = ("resnet", "pyramid")
@@ -26,55 +27,6 @@ QUANTIZE_MODES = ("", "int8")
 MIN_ONNX_OPSET = 17
 MAX_ONNX_OPSET = 18  # the newest opset tf2onnx 1.17 converts to
 BENCH_SECTIONS = ("flops", "train", "encoder", "scaling", "memory")
-
-
-def option(
-    default: Any,
-    help: str,  # noqa: A002  (the flag's --help text)
-    *,
-    choices: tuple | None = None,
-    positive: bool = False,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    below: float | None = None,
-) -> Any:
-    """A config field: its default, its --help text and the checks ``check_options`` makes.
-
-    The command-line flags are generated from these (patchvae_tf.flags).
-    """
-    checks = {
-        "choices": choices,
-        "positive": positive,
-        "minimum": minimum,
-        "maximum": maximum,
-        "below": below,  # an exclusive upper bound
-    }
-    return dataclasses.field(default=default, metadata={"help": help, **checks})
-
-
-def check_options(section) -> None:
-    """Raises UserError naming the first field of section that fails its option's checks."""
-    for f in dataclasses.fields(section):
-        value, meta = getattr(section, f.name), f.metadata
-        values = value if isinstance(value, tuple) else (value,)
-        if meta.get("choices") is not None:
-            for v in values:
-                if v not in meta["choices"]:
-                    expected = ", ".join(c for c in meta["choices"] if c)
-                    raise UserError(f"unknown --{f.name} {v!r}; expected one of {expected}")
-        if value is None or isinstance(value, (str, tuple, bool)):
-            continue
-        if meta.get("positive") and not value > 0:
-            raise UserError(f"--{f.name} must be positive, got {value}")
-        low, high, below = meta.get("minimum"), meta.get("maximum"), meta.get("below")
-        if low is not None and high is not None and not low <= value <= high:
-            raise UserError(f"--{f.name} must be in [{low}, {high}], got {value}")
-        if low is not None and below is not None and not low <= value < below:
-            raise UserError(f"--{f.name} must be in [{low}, {below}), got {value}")
-        if low is not None and value < low:
-            raise UserError(f"--{f.name} must be >= {low}, got {value}")
-        if high is not None and value > high:
-            raise UserError(f"--{f.name} must be <= {high}, got {value}")
 
 
 # --- training (train.py) --------------------------------------------------------
