@@ -5,7 +5,7 @@ import os
 import pytest
 from absl import flags
 
-from patchvae_tf import config
+from patchvae_tf import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,10 +85,10 @@ RECIPES = {
 
 
 def _load(name):
-    config.define_flags()
+    cli.define_train()
     try:
         flags.FLAGS(["train.py", f"--flagfile={ROOT}/configs/{name}.cfg"])
-        return config.from_flags()
+        return cli.train_config()
     finally:
         flags.FLAGS.unparse_flags()
 
@@ -116,10 +116,10 @@ def test_every_recipe_is_pinned():
 
 
 def test_eval_flagfile_of_the_default_run():
-    config.define_eval_flags()
+    cli.define_eval()
     try:
         flags.FLAGS(["evaluate.py", f"--flagfile={ROOT}/configs/eval/shapes.cfg"])
-        ecfg = config.eval_from_flags()
+        ecfg = cli.eval_config()
     finally:
         flags.FLAGS.unparse_flags()
     assert ecfg.workdir == "runs/shapes" and ecfg.freeze_stages == (0, -1)

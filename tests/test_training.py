@@ -11,7 +11,7 @@ import tensorflow as tf
 from absl import flags
 from conftest import tiny_config
 
-from patchvae_tf import config, training
+from patchvae_tf import cli, config, training
 from patchvae_tf.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,10 +73,10 @@ def test_different_model_in_same_workdir_is_refused(trained):
 
 
 def test_flagfile_parsing():
-    config.define_flags()
+    cli.define_train()
     try:
         flags.FLAGS(["train.py", f"--flagfile={ROOT}/configs/shapes.cfg", "--num_parts=5"])
-        cfg = config.from_flags()
+        cfg = cli.train_config()
     finally:
         flags.FLAGS.unparse_flags()
     assert cfg.data.dataset == "shapes" and cfg.model.encoder == "pyramid"
@@ -84,7 +84,7 @@ def test_flagfile_parsing():
     for name in ("cifar100", "indoor67", "places205", "imagenet", "mnist"):
         try:
             flags.FLAGS(["train.py", f"--flagfile={ROOT}/configs/{name}.cfg"])
-            assert config.from_flags().train.workdir == f"runs/{name}"
+            assert cli.train_config().train.workdir == f"runs/{name}"
         finally:
             flags.FLAGS.unparse_flags()
 
@@ -363,7 +363,7 @@ def test_cifar_recipe_trains_on_shapes_without_nan(tmp_path, normalization):
     """configs/cifar100.cfg (ResNet cut at 1/8, N=16, the authors' initialization and
     constants) on shapes instead of CIFAR, a few small steps, in both input spaces.
     """
-    config.define_flags()
+    cli.define_train()
     try:
         flags.FLAGS(
             [
@@ -379,7 +379,7 @@ def test_cifar_recipe_trains_on_shapes_without_nan(tmp_path, normalization):
                 f"--workdir={tmp_path}",
             ]
         )
-        cfg = config.from_flags()
+        cfg = cli.train_config()
     finally:
         flags.FLAGS.unparse_flags()
     assert cfg.model.initialization == "reference" and cfg.model.normalization == normalization
