@@ -39,6 +39,7 @@ class DataConfig:
     shapes_train_size: int = 10000
     shapes_test_size: int = 2000
     shapes_texture: bool = False
+    shapes_texture_contrast: float = 0.65
     shuffle_buffer: int = 10000
 
 
@@ -192,6 +193,10 @@ def validate(cfg: Config) -> Config:
         )
     if d.image_size % m.scale:
         raise UserError(f"--image_size={d.image_size} is not divisible by --scale={m.scale}")
+    if not 0.0 < d.shapes_texture_contrast <= 1.0:
+        raise UserError(
+            f"--shapes_texture_contrast must be in (0, 1], got {d.shapes_texture_contrast}"
+        )
     if not 0.0 <= m.occurrence_prior < 1.0:
         raise UserError(f"--occurrence_prior must be in [0, 1), got {m.occurrence_prior}")
     if m.anneal_rate < 0 or m.beta_app < 0 or m.beta_occ < 0:
@@ -199,8 +204,6 @@ def validate(cfg: Config) -> Config:
             "--anneal_rate, --beta_app and --beta_occ must be >= 0, got "
             f"{m.anneal_rate}, {m.beta_app}, {m.beta_occ}"
         )
-    if m.categorical and m.hard:
-        raise UserError("--categorical and --hard cannot be combined; choose one")
     if t.seed < 0:
         raise UserError(f"--seed must be >= 0, got {t.seed}")
     if not (math.isfinite(m.tau_init) and m.tau_min <= m.tau_init):
@@ -243,6 +246,11 @@ def define_flags() -> None:
         d.shapes_texture,
         "Shapes: each class filled with its own pattern (circle horizontal stripes, triangle "
         "checkerboard, square vertical stripes), a local pattern repeated over the shape",
+    )
+    flags.DEFINE_float(
+        "shapes_texture_contrast",
+        d.shapes_texture_contrast,
+        "Shapes with --shapes_texture: the share of a shape's colour its dark pattern removes",
     )
     flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer, "Shuffle buffer (examples)")
     # Model.

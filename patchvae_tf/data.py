@@ -266,6 +266,7 @@ def _shapes_source(cfg: DataConfig, seed: int) -> Source:
                 input_context,
                 shuffle_seed,
                 texture=cfg.shapes_texture,
+                contrast=cfg.shapes_texture_contrast,
             )
 
         return read
