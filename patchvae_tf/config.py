@@ -55,6 +55,12 @@ class DataConfig:
         "Shapes: each class filled with its own pattern (circle horizontal stripes, triangle "
         "checkerboard, square vertical stripes), a local pattern repeated over the shape",
     )
+    shapes_texture_contrast: float = option(
+        0.65,
+        "Shapes with --shapes_texture: the share of a shape's colour its dark pattern removes",
+        positive=True,
+        maximum=1.0,
+    )
     shuffle_buffer: int = option(10000, "Shuffle buffer (examples)", positive=True)
     download: bool = option(False, "TFDS: download and prepare a dataset not in --data_dir")
 
@@ -212,8 +218,6 @@ def validate(cfg: Config) -> Config:
         )
     if d.image_size % m.scale:
         raise UserError(f"--image_size={d.image_size} is not divisible by --scale={m.scale}")
-    if m.categorical and m.hard:
-        raise UserError("--categorical and --hard cannot be combined; choose one")
     if not (math.isfinite(m.tau_init) and m.tau_min <= m.tau_init):
         raise UserError(f"--tau_min={m.tau_min} must not exceed --tau_init={m.tau_init}")
     validate_distribute(cfg.distribute)

@@ -295,6 +295,7 @@ def _shapes_source(cfg: DataConfig, seed: int) -> Source:
                 shuffle_seed,
                 start,
                 texture=cfg.shapes_texture,
+                contrast=cfg.shapes_texture_contrast,
             )
 
         return read

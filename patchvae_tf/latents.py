@@ -66,8 +66,9 @@ def sample_occurrence(
 ) -> tf.Tensor:
     """Relaxed occurrence sample z_occ [B, h, w, N] from logits [B, h, w, N].
 
-    Draws from ``occurrence_posterior``. Hard: the forward value is 1[l > 0] while
-    gradients flow through the relaxed sample (straight-through). ``seed``: a stateless
+    Draws from ``occurrence_posterior``. Hard: the forward value is the posterior's mode,
+    1[l > 0] per part, or with categorical the one-hot of argmax l (one part per location),
+    while gradients flow through the relaxed sample (straight-through). ``seed``: a stateless
     seed [2] (training passes one per step, so a resumed run draws what it would have).
     """
     posterior = occurrence_posterior(logits, tau, categorical)
@@ -81,7 +82,10 @@ def sample_occurrence(
         tau = tf.convert_to_tensor(tau, logits.dtype)
         z = tf.sigmoid(tfd.Logistic(logits / tau, 1.0 / tau).sample(seed=seed))
     if hard:
-        binary = tf.cast(logits > 0.0, z.dtype)
+        if categorical:
+            binary = tf.one_hot(tf.argmax(logits, axis=-1), tf.shape(logits)[-1], dtype=z.dtype)
+        else:
+            binary = tf.cast(logits > 0.0, z.dtype)
         z = z + tf.stop_gradient(binary - z)
     return z
 

@@ -13,8 +13,8 @@ _SPLIT_OFFSET = {"train": 0, "test": 1_000_003}
 # Per slot: present, class, centre y, centre x, radius, rgb.
 _DRAWS_PER_SLOT = 8
 _DRAWS = 3 + MAX_SHAPES * _DRAWS_PER_SLOT
-# With texture, each class's dark stripes keep this share of the shape's colour.
-_STRIPE_SHADE = 0.35
+# With texture, the share of the shape's colour that each class's dark pattern removes.
+TEXTURE_CONTRAST = 0.65
 # Examples drawn together: one set of ops per chunk instead of per image keeps the input
 # pipeline from taking CPU time from training.
 _CHUNK = 64
@@ -55,12 +55,14 @@ def _stripes(yy: tf.Tensor, xx: tf.Tensor) -> tf.Tensor:
     return tf.concat([rows, tf.math.floormod(rows + cols, 2.0), cols], axis=0)
 
 
-def _render(u: tf.Tensor, image_size: int, texture: bool = False) -> dict[str, tf.Tensor]:
+def _render(
+    u: tf.Tensor, image_size: int, texture: bool = False, contrast: float = TEXTURE_CONTRAST
+) -> dict[str, tf.Tensor]:
     """Examples from their draws u [K, _DRAWS].
 
     Returns image [K, H, W, 3] in [-1, 1], label [K] (class of the largest visible shape),
     masks [K, H, W, 3] (visible pixels of each shape class, after occlusion). With texture,
-    each shape carries its class's stripes (_stripes).
+    each shape carries its class's stripes (_stripes), darkened by ``contrast``.
     """
     size = float(image_size)
     column = lambda t: t[:, None, None]  # noqa: E731  [K] -> [K, 1, 1]
@@ -97,19 +99,24 @@ def _render(u: tf.Tensor, image_size: int, texture: bool = False) -> dict[str, t
     if texture:
         stripes = tf.transpose(_stripes(yy, xx), [1, 2, 0])  # [H, W, classes]
         dark = tf.reduce_sum(masks * stripes, axis=-1, keepdims=True)  # [K, H, W, 1]
-        image = image * (1.0 - (1.0 - _STRIPE_SHADE) * dark)
+        image = image * (1.0 - contrast * dark)
     label = tf.argmax(tf.reduce_sum(masks, axis=[1, 2]), axis=-1, output_type=tf.int32)
     return {"image": image * 2.0 - 1.0, "label": label, "masks": masks}
 
 
 def make_example(
-    index: tf.Tensor, seed: int, image_size: int, texture: bool = False
+    index: tf.Tensor,
+    seed: int,
+    image_size: int,
+    texture: bool = False,
+    contrast: float = TEXTURE_CONTRAST,
 ) -> dict[str, tf.Tensor]:
     """One example from its index: deterministic for (seed, index).
 
     Returns image [H, W, 3] in [-1, 1], label [] and masks [H, W, 3] (see _render).
     """
-    return {k: v[0] for k, v in _render(_draw(index, seed)[None], image_size, texture).items()}
+    examples = _render(_draw(index, seed)[None], image_size, texture, contrast)
+    return {k: v[0] for k, v in examples.items()}
 
 
 def shapes_dataset(
@@ -121,6 +128,7 @@ def shapes_dataset(
     shuffle_seed: int | None = None,
     start: int = 0,
     texture: bool = False,
+    contrast: float = TEXTURE_CONTRAST,
 ) -> tf.data.Dataset:
     """Unbatched dataset of ``size`` examples; generated on the fly, never held in memory.
 
@@ -139,7 +147,7 @@ def shapes_dataset(
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     ds = ds.map(lambda i: _draw(i, seed)).batch(_CHUNK)
     ds = ds.map(
-        lambda u: _render(u, image_size, texture),
+        lambda u: _render(u, image_size, texture, contrast),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

@@ -15,7 +15,8 @@ def tiny_config(workdir: str, **train) -> Config:
         data=DataConfig(
             dataset="shapes", image_size=32, shapes_train_size=2048, shapes_test_size=256
         ),
-        # beta_occ=1 as in configs/shapes.cfg: at 10 a run this short keeps parts at the prior.
+        # beta_occ=1 (configs/shapes.cfg: 0.1 with categorical occurrences): at 10 a run this
+        # short keeps parts at the prior.
         model=ModelConfig(
             encoder="pyramid",
             base_channels=16,

@@ -42,6 +42,26 @@ def test_shapes_masks_match_images():
         assert ex["label"] == np.argmax(masks.sum(axis=(0, 1)))
 
 
+@pytest.mark.parametrize("contrast", [0.65, 0.3])
+def test_shapes_texture_darkens_each_class_by_its_pattern(contrast):
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    # 2-pixel bands every 4 pixels: circles by row, squares by column, triangles both.
+    band_row, band_col = (rows // 2) % 2 == 1, (cols // 2) % 2 == 1
+    dark_of = [band_row, band_row ^ band_col, band_col]
+    for i in range(12):
+        flat = shapes.make_example(tf.constant(i, tf.int64), 0, 32)
+        tex = shapes.make_example(tf.constant(i, tf.int64), 0, 32, texture=True, contrast=contrast)
+        masks = flat["masks"].numpy()
+        np.testing.assert_array_equal(masks, tex["masks"].numpy())
+        assert flat["label"] == tex["label"]
+        unit_flat, unit_tex = (flat["image"].numpy() + 1) / 2, (tex["image"].numpy() + 1) / 2
+        expected = unit_flat.copy()
+        for k, dark in enumerate(dark_of):
+            where = (masks[..., k] > 0) & dark
+            expected[where] *= 1.0 - contrast
+        np.testing.assert_allclose(unit_tex, expected, atol=1e-5)
+
+
 def test_shapes_pipeline_shards_and_batches():
     source = data.get_source(DataConfig(shapes_train_size=64, shapes_test_size=16))
     ds = data.input_dataset(source, "test", 8, training=False)

@@ -56,6 +56,17 @@ def test_hard_occurrences_are_binary_with_gradients():
     assert grad is not None and np.abs(grad.numpy()).sum() > 0
 
 
+def test_hard_categorical_occurrences_are_one_hot_argmax_with_gradients():
+    logits = tf.Variable(tf.random.normal([2, 3, 3, 4], seed=3))
+    with tf.GradientTape() as tape:
+        z = latents.sample_occurrence(logits, 0.5, categorical=True, hard=True)
+        loss = tf.reduce_sum(z * tf.range(4, dtype=tf.float32))
+    expected = np.eye(4, dtype=np.float32)[np.argmax(logits.numpy(), axis=-1)]
+    np.testing.assert_array_equal(z.numpy(), expected)
+    grad = tape.gradient(loss, logits)
+    assert grad is not None and np.abs(grad.numpy()).sum() > 0
+
+
 def test_categorical_occurrences_sum_to_one():
     logits = tf.random.normal([2, 3, 3, 5], seed=2)
     z = latents.sample_occurrence(logits, 0.7, categorical=True)

@@ -19,7 +19,9 @@ def _grads(model, x):
     )
 
 
-@pytest.mark.parametrize("variant", [{}, {"categorical": True}, {"hard": True}])
+@pytest.mark.parametrize(
+    "variant", [{}, {"categorical": True}, {"hard": True}, {"categorical": True, "hard": True}]
+)
 def test_gradients_reach_every_head_and_both_networks(variant):
     cfg = ModelConfig(
         encoder="pyramid", base_channels=8, scale=4, num_parts=4, appearance_dim=3, **variant

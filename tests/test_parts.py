@@ -139,3 +139,13 @@ def test_occurrence_rate_is_the_bernoulli_kl():
         0.01 * math.log(0.01 / PRIOR) + 0.99 * math.log(0.99 / (1 - PRIOR)),
     ]
     np.testing.assert_allclose(evaluation.occurrence_rates(q, PRIOR), expected, atol=1e-9)
+
+
+def test_cell_count_accuracy_reads_the_label_from_the_largest_class():
+    # Image 0: 3 circle cells, 1 triangle cell; image 1: 1 circle cell, 2 square cells;
+    # image 2: background only besides 1 triangle cell. Background cells never win.
+    regions = [[0, 0, 0, 1, 3, 3], [0, 2, 2, 3, 3, 3], [1, 3, 3, 3, 3, 3]]
+    cells = np.eye(4, dtype=bool)[np.array(regions)].reshape(3, 2, 3, 4)
+    assert evaluation.cell_count_accuracy(cells, np.array([0, 2, 1])) == 1.0
+    # A label the counts disagree with (the circle's share of image 1 was larger in pixels).
+    assert evaluation.cell_count_accuracy(cells, np.array([0, 0, 1])) == pytest.approx(2 / 3)

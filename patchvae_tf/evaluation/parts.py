@@ -132,15 +132,27 @@ def _occurrence_and_cells(model, setup: Setup, ecfg: EvalConfig):
     """
     encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
     scale = setup.cfg.model.scale
-    qs, cells = [], []
+    qs, cells, labels = [], [], []
     for batch in batches(setup.source, "test", ecfg.eval_examples, ecfg.batch_size):
         qs.append(encode(tf.constant(batch["image"]))["occurrence"].numpy())
+        labels.append(batch["label"])
         # The fraction of each scale x scale cell a class covers. Masks are disjoint (later
         # shapes hide earlier ones), so the rest is background; the largest share decides.
         cover = tf.nn.avg_pool2d(tf.constant(batch["masks"]), scale, scale, "VALID").numpy()
         cover = np.concatenate([cover, 1.0 - cover.sum(axis=-1, keepdims=True)], axis=-1)
         cells.append(np.eye(cover.shape[-1], dtype=bool)[cover.argmax(axis=-1)])
-    return np.concatenate(qs), np.concatenate(cells)
+    return np.concatenate(qs), np.concatenate(cells), np.concatenate(labels)
+
+
+def cell_count_accuracy(cells: np.ndarray, labels: np.ndarray) -> float:
+    """How often the label is the shape class with the most cells: cells [n, h, w, C + 1]
+    one-hot (background last), labels [n].
+
+    What a representation that knew every cell's region, and nothing finer, gives a linear
+    probe on its pooled features: per class its cell count, the largest one as the label.
+    """
+    counts = cells[..., :-1].sum(axis=(1, 2))
+    return float(np.mean(np.argmax(counts, axis=-1) == labels))
 
 
 def part_discovery(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict:
@@ -152,9 +164,9 @@ def part_discovery(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict:
     """
     regions = (*SHAPE_CLASSES, "background")
     prior = setup.cfg.model.prior
-    q, cells = _occurrence_and_cells(model, setup, ecfg)
+    q, cells, labels = _occurrence_and_cells(model, setup, ecfg)
     result = part_scores(q, cells, regions, SHAPE_CLASSES, prior)
-    q_random, _ = _occurrence_and_cells(random_model, setup, ecfg)
+    q_random, _, _ = _occurrence_and_cells(random_model, setup, ecfg)
     floor = part_scores(q_random, cells, regions, SHAPE_CLASSES, prior)
     keys = (
         "matched",
@@ -169,6 +181,7 @@ def part_discovery(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict:
     result["random"] = {k: floor[k] for k in keys}
     result["prior"] = prior
     result["cells"] = int(cells[..., 0].size)
+    result["cell_count_accuracy"] = cell_count_accuracy(cells, labels)
     result["region_fraction"] = {
         name: float(cells[..., j].mean()) for j, name in enumerate(regions)
     }
