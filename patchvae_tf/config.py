@@ -84,7 +84,7 @@ class TrainConfig:
 
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ class DistributeConfig:
     tpu: str | None = None
     virtual_cpu_devices: int = 0  # 0 leaves the host CPU as TensorFlow sees it
     jit_compile: bool | None = None  # None: XLA with GPUs or TPUs, not on CPU only
-    mixed_precision: str = "none"
+    mixed_precision: str = "auto"  # precision.auto_policy: bfloat16 where it is native
     deterministic: bool = False
     sync_batch_norm: bool = False
 
@@ -501,7 +501,13 @@ def _define_distribute_flags() -> None:
         d.jit_compile,
         "XLA-compile the train step; unset: on with GPUs or TPUs, off on CPU only (slower there)",
     )
-    flags.DEFINE_string("mixed_precision", d.mixed_precision, " | ".join(PRECISIONS))
+    flags.DEFINE_string(
+        "mixed_precision",
+        d.mixed_precision,
+        " | ".join(PRECISIONS) + ". auto: mixed_bfloat16 on TPUs, GPUs of compute capability "
+        ">= 8 and CPUs with AVX512_BF16 or AMX; mixed_float16 on older GPUs; none (float32) "
+        "elsewhere",
+    )
     flags.DEFINE_boolean(
         "deterministic", d.deterministic, "TF op determinism: same seed, same losses (slower)"
     )
@@ -612,19 +618,25 @@ def export_from_flags(values: flags.FlagValues | None = None) -> ExportConfig:
 
 # --- benchmarks (python -m benchmarks) ----------------------------------------
 
-BENCH_SECTIONS = ("flops", "train", "encoder", "scaling", "memory")
+BENCH_SECTIONS = ("flops", "train", "encoder", "memory", "precision")
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """What the benchmark command measures; every figure comes with a matmul probe."""
+    """What the benchmark command measures, and the reference it measures against."""
 
     out: str = "benchmarks/results/run.json"
     quick: bool = False  # tiny sizes and few steps: checks the harness, measures nothing
     sections: tuple[str, ...] = BENCH_SECTIONS
-    steps: int = 0  # timed train steps per case; 0 means 12 (2 with --quick)
-    steps_per_loop: int = 1  # train steps per tf.function call
+    steps: int = 0  # train steps per timing window; 0: 4 at 32 px, 2 at 64 px
     seed: int = 0
+    reference: str = ""  # a checkout of kampta/PatchVAE, timed interleaved with ours
+    reference_python: str = ""  # a Python that imports torch
+    reference_setup: bool = False  # create a venv with torch for the reference
+    reference_venv: str = ""  # where --reference_setup creates it
+    memory_folder: str = ""  # an image folder (FOLDER/train/CLASS/*.jpg) for the memory section
+    precision_steps: int = 0  # 0: each recipe's own (default run 2,000, CIFAR recipe 600)
+    precision_seeds: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -642,8 +654,25 @@ def validate_bench(cfg: BenchConfig) -> BenchConfig:
         )
     if cfg.steps < 0:
         raise UserError(f"--steps must be >= 0 (0: the default), got {cfg.steps}")
-    if cfg.steps_per_loop <= 0:
-        raise UserError(f"--steps_per_loop must be positive, got {cfg.steps_per_loop}")
+    if cfg.precision_steps < 0:
+        raise UserError(
+            f"--precision_steps must be >= 0 (0: the default), got {cfg.precision_steps}"
+        )
+    if cfg.precision_seeds < 2 and not cfg.quick:
+        raise UserError(
+            f"--precision_seeds must be >= 2 (a spread needs two runs), got {cfg.precision_seeds}"
+        )
+    if (cfg.reference_python or cfg.reference_setup or cfg.reference_venv) and not cfg.reference:
+        raise UserError(
+            "--reference_python, --reference_setup and --reference_venv need --reference=PATH "
+            "(a checkout of kampta/PatchVAE)"
+        )
+    if cfg.reference and not os.path.isdir(cfg.reference):
+        raise UserError(f"--reference={cfg.reference!r} is not a directory")
+    if cfg.memory_folder and not os.path.isdir(os.path.join(cfg.memory_folder, "train")):
+        raise UserError(
+            f"--memory_folder={cfg.memory_folder!r} has no train/ subfolder of class folders"
+        )
     return cfg
 
 
@@ -654,9 +683,43 @@ def define_bench_flags() -> None:
         ("string", "out", b.out, "JSON file for the results (a .md table is written beside it)"),
         ("boolean", "quick", b.quick, "Tiny sizes and few steps: checks that everything runs"),
         ("list", "sections", list(b.sections), "Comma-separated: " + ",".join(BENCH_SECTIONS)),
-        ("integer", "steps", b.steps, "Timed train steps per case; 0 means the default"),
-        ("integer", "steps_per_loop", b.steps_per_loop, "Train steps per tf.function call"),
+        ("integer", "steps", b.steps, "Train steps per timing window; 0 means the default"),
         ("integer", "seed", b.seed, "Random seed"),
+        (
+            "string",
+            "reference",
+            b.reference,
+            "A checkout of kampta/PatchVAE: its model is timed on the same recipes, "
+            "interleaved with ours, and every figure gets its ours-to-theirs ratio",
+        ),
+        ("string", "reference_python", b.reference_python, "A Python that imports torch"),
+        (
+            "boolean",
+            "reference_setup",
+            b.reference_setup,
+            "Create a virtual environment with torch for --reference (once)",
+        ),
+        (
+            "string",
+            "reference_venv",
+            b.reference_venv,
+            "Where --reference_setup creates it (default ~/.cache/patchvae-tf/torch-venv)",
+        ),
+        (
+            "string",
+            "memory_folder",
+            b.memory_folder,
+            "An image folder (FOLDER/train/CLASS/*.jpg), e.g. from python -m "
+            "benchmarks.image_folder: peak memory on it and on 1,280 of its images",
+        ),
+        (
+            "integer",
+            "precision_steps",
+            b.precision_steps,
+            "Train steps of each bfloat16/float32 run; 0: the default run's 2,000, 600 for "
+            "the CIFAR recipe",
+        ),
+        ("integer", "precision_seeds", b.precision_seeds, "Seeds per precision (>= 2)"),
     ]
     _define_missing(specs)
 
