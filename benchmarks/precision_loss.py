@@ -72,7 +72,7 @@ def _train(flags: list[str], workdir: str) -> None:
 def run(quick: bool, steps: int, seeds: int, native: bool, log) -> dict:
     """Trains every recipe in float32 and bfloat16 for `steps` steps (0: the recipe's own;
     --quick: 4), seeds 0..seeds-1. Where bfloat16 is not native it runs under XLA, since
-    without it emulated bfloat16 trains about 8x slower; float32 runs without XLA, as
+    without it emulated bfloat16 trains many times slower; float32 runs without XLA, as
     train.py does on CPU.
     """
     seeds = 1 if quick else seeds

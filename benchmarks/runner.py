@@ -131,6 +131,7 @@ class Run:
         self.sizes = QUICK if cfg.quick else FULL
         self.reference = reference
         self._ref_keys: set = set()
+        self._by_threads: list = []
         self.flops: dict = {}
         auto, why = precision.resolve("auto")
         self.results: dict = {
@@ -166,8 +167,8 @@ class Run:
     def _reference_threads(self) -> list[int]:
         """The reference runs at its default thread count and at one thread, and each window
         keeps the faster: on a loaded host PyTorch's OpenMP threads wait for each other at
-        every op (2 threads measured 4x slower than 1 at encoder batch 128 under a load of
-        5 on 2 cores), and the reference should be compared at its best.
+        every op, and the reference should be compared at its best. The figures keep
+        both (reference_by_threads).
         """
         default = self.reference.info["threads"]
         return [default, 1] if default > 1 else [default]
@@ -177,13 +178,12 @@ class Run:
         self._reference_setup("train_setup", key, size, batch=batch)
 
         def window():
-            seconds = [
-                self.reference.request({"cmd": "train", "key": key, "steps": steps, "threads": t})[
-                    "seconds"
-                ]
-                for t in self._reference_threads()
-            ]
-            return steps * batch / min(seconds)
+            rates = {}
+            for t in self._reference_threads():
+                request = {"cmd": "train", "key": key, "steps": steps, "threads": t}
+                rates[t] = steps * batch / self.reference.request(request)["seconds"]
+            self._by_threads.append({str(t): round(r, 2) for t, r in rates.items()})
+            return max(rates.values())
 
         return window
 
@@ -211,6 +211,7 @@ class Run:
         steps = self.cfg.steps or self.sizes.window_steps[size]
         calls = max(1, steps // spl)
         session = train_bench.Session(cfg, **knobs)
+        self._by_threads = []
         try:
             theirs = (
                 self._reference_train_window(size, batch, calls * spl) if self.reference else None
@@ -236,8 +237,14 @@ class Run:
             "first_call_seconds": round(session.first_call_seconds, 2),
             "loss_first_last": [round(session.first_loss, 3), round(session.last_loss, 3)],
             "images_per_second": paired.compare(ours_w, theirs_w, higher_is_better=True),
+            # The reference's images/s per window at each thread count; the faster counts.
+            "reference_by_threads": self._by_threads,
             "load_average": round(hardware.load_average(), 2),
         }
+        # What the step reaches in convolution and matmul FLOPs, against the float32 matmul
+        # rate measured at the start: how far from the machine's dense-math speed it runs.
+        per_image = self.flops_of(size)["train_step"]["total"]
+        case["gflops_per_second"] = round(case["images_per_second"]["ours"] * per_image / 1e9, 1)
         _log(
             f"train {recipe} b{batch} {variant} ({session.policy}, XLA {session.jit_compile}) "
             f"{knobs or ''}: {case['images_per_second']['ours']:.0f} images/s, reference "
@@ -248,8 +255,8 @@ class Run:
 
     def _variants(self) -> list[str]:
         """Default always; float32 where default is not float32 without XLA; XLA; bfloat16
-        (with and without XLA) only where it is native, since emulated bfloat16 on AVX2
-        trains about 8x slower without XLA and measures nothing of use.
+        (with and without XLA) only where it is native: emulated bfloat16 measures nothing
+        of use.
         """
         auto = self.results["auto_precision"]["policy"]
         names = ["default"]
@@ -269,7 +276,7 @@ class Run:
             cases.append(self._train_case(name, other_size, other_batch, "default"))
         self.results["train"] = cases
         self.results["train_variants_skipped"] = (
-            "bfloat16: not native on this CPU (emulated, about 8x slower than float32)"
+            "bfloat16: not native on this CPU (emulated, slower than float32)"
             if self.results["auto_precision"]["policy"] != "mixed_bfloat16"
             else None
         )
@@ -344,19 +351,15 @@ class Run:
 
         def theirs(b, calls):
             def window():
-                runs = [
-                    self.reference.request(
-                        {
-                            "cmd": "encode",
-                            "key": f"encoder_{size}",
-                            "batch": b,
-                            "calls": calls,
-                            "threads": t,
-                        }
-                    )["seconds"]
-                    for t in self._reference_threads()
-                ]
-                return min(runs, key=statistics.median)
+                runs = {}
+                for t in self._reference_threads():
+                    request = {"cmd": "encode", "key": f"encoder_{size}", "batch": b}
+                    request |= {"calls": calls, "threads": t}
+                    runs[t] = self.reference.request(request)["seconds"]
+                self._by_threads.append(
+                    {str(t): round(statistics.median(x) * 1e3, 4) for t, x in runs.items()}
+                )
+                return min(runs.values(), key=statistics.median)
 
             return window
 
@@ -386,6 +389,8 @@ class Run:
                         lambda t: s.encoder_batch / statistics.median(t),
                     ),
                 ):
+                    # The reference's median ms per call, per window and thread count.
+                    self._by_threads = fig[f"reference_ms_by_threads_{label}"] = []
                     if self.reference:
                         a, t = paired.interleave(
                             ours(x, calls), theirs(b, calls), s.encoder_windows

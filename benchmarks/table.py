@@ -133,10 +133,11 @@ def markdown(r: dict) -> str:
                     "ours images/s",
                     "reference images/s",
                     "ratio",
+                    "ours GFLOP/s",
                     "load",
                 ]
             ),
-            _row(["---"] * 7),
+            _row(["---"] * 8),
         ]
         for c in train:
             setting = f"{c['variant']}: {c['policy']}, XLA {'on' if c['jit_compile'] else 'off'}"
@@ -153,6 +154,7 @@ def markdown(r: dict) -> str:
                         c["batch"],
                         setting,
                         *_pair(c["images_per_second"], ".0f"),
+                        c.get("gflops_per_second", ""),
                         c["load_average"],
                     ]
                 )

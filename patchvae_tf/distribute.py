@@ -128,11 +128,11 @@ def create_strategy(cfg: DistributeConfig) -> tf.distribute.Strategy:
 def use_xla(cfg: DistributeConfig, strategy: tf.distribute.Strategy) -> bool:
     """--jit_compile, or when unset: XLA on GPUs and TPUs, not on CPUs.
 
-    On CPUs XLA was slower on both kinds measured (CIFAR recipe, docs/performance.md): on a
-    2-core AVX2 EPYC, float32 117 images/s with XLA against 145 without; on a 2-core
-    AVX-512 EPYC with BF16, bfloat16 760 to 800 against 1,450 to 1,475, since XLA's CPU
-    backend does not use oneDNN's kernels. On GPUs and TPUs XLA fuses the elementwise ops
-    around the convolutions (TPUs need it); that was not measured on this project's hosts.
+    On CPUs XLA was slower on every kind measured (AVX2, and AVX-512 with BF16; the
+    benchmark's train section times both settings, docs/performance.md): XLA's CPU backend
+    does not use oneDNN's convolution kernels. On GPUs and TPUs XLA fuses the elementwise
+    ops around the convolutions (TPUs need it); that was not measured on this project's
+    hosts.
     """
     if cfg.jit_compile is not None:
         return cfg.jit_compile
