@@ -24,9 +24,8 @@ def train_flags(cfg) -> list[str]:
         f"--num_parts={m.num_parts}",
         f"--appearance_dim={m.appearance_dim}",
         f"--batch_size={t.batch_size}",
-        f"--jit_compile={dc.jit_compile}",
         f"--mixed_precision={dc.mixed_precision}",
-    ]
+    ] + ([] if dc.jit_compile is None else [f"--jit_compile={dc.jit_compile}"])
 
 
 # Runs its arguments as a child and prints the child's ru_maxrss. A child started by this

@@ -45,13 +45,6 @@ def summary(r: dict) -> dict:
         )
     enc = r.get("encoder", [])
 
-    def best(runtime, key):
-        figs = [e for e in enc if e["runtime"] == runtime and e[key]["ratio"] is not None]
-        if not figs:
-            figs = [e for e in enc if e["runtime"] == runtime]
-            return figs[0][key]["ratio"] if figs else None
-        return max(e[key]["ratio"] for e in figs)
-
     for name, runtime, key in (
         ("onnxruntime_int8_batch", "onnxruntime_int8", "batch_images_per_second"),
         ("onnxruntime_int8_batch1", "onnxruntime_int8", "batch1_ms"),
@@ -59,8 +52,16 @@ def summary(r: dict) -> dict:
         ("onnxruntime_batch1", "onnxruntime", "batch1_ms"),
         ("saved_model_batch", "saved_model", "batch_images_per_second"),
     ):
-        if any(e["runtime"] == runtime for e in enc):
-            out[name] = _target(best(runtime, key), t[name])
+        figs = [e for e in enc if e["runtime"] == runtime]
+        if figs:
+            # Judged on the first (default) setting: the best of several noisy settings
+            # would flatter. The best is listed beside it.
+            out[name] = _target(figs[0][key]["ratio"], t[name])
+            out[name]["setting"] = figs[0]["settings"]
+            rated = [e for e in figs if e[key]["ratio"] is not None]
+            if len(rated) > 1:
+                top = max(rated, key=lambda e: e[key]["ratio"])
+                out[name]["best_setting"] = f"{top['settings']}: {top[key]['ratio']}x"
     mem = r.get("memory")
     if mem:
         peak = max(run["peak_rss_mb"] for run in mem["runs"])
