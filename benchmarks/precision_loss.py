@@ -15,7 +15,7 @@ from benchmarks.memory import REPO
 
 # name -> (train.py flags, its own step count)
 RECIPES = {
-    "default_run": ([], 2000),
+    "default_run": (["--flagfile=" + os.path.join(REPO, "configs", "shapes.cfg")], 2000),
     "cifar_recipe": (
         ["--flagfile=" + os.path.join(REPO, "configs", "cifar100.cfg"), "--dataset=shapes"],
         600,
@@ -89,7 +89,7 @@ def run(quick: bool, steps: int, seeds: int, native: bool, log) -> dict:
         common = [
             *flags,
             f"--train_steps={n}",
-            f"--log_every={max(1, n // 20)}",
+            f"--log_every={max(1, n // 12)}",
             f"--checkpoint_every={n}",
         ]
         finals: dict = {"float32": [], "bfloat16": []}
