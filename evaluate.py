@@ -1,14 +1,14 @@
 """Evaluates a trained workdir: python evaluate.py --workdir=runs/shapes [--mode=all]."""
 
-from patchvae_tf import cli, config
+from patchvae_tf import cli
 
-config.define_eval_flags()
+cli.define_eval()
 
 
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
-    ecfg = config.eval_from_flags()
+    ecfg = cli.eval_config()
     if ecfg.compare:
         from patchvae_tf import comparison
 

@@ -1,14 +1,14 @@
 """Trains PatchVAE or a VAE baseline: python train.py --flagfile=configs/shapes.cfg."""
 
-from patchvae_tf import cli, config
+from patchvae_tf import cli
 
-config.define_flags()
+cli.define_train()
 
 
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
-    cfg = config.from_flags()
+    cfg = cli.train_config()
     from patchvae_tf import training  # imports TensorFlow: after flags are known to be good
 
     training.train(cfg)

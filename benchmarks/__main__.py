@@ -1,14 +1,14 @@
 """Runs the benchmarks: python -m benchmarks --out=benchmarks/results/run.json [--quick]."""
 
-from patchvae_tf import cli, config
+from patchvae_tf import cli
 
-config.define_bench_flags()
+cli.define_bench()
 
 
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
-    cfg = config.bench_from_flags()
+    cfg = cli.bench_config()
     from benchmarks import runner  # imports TensorFlow: after the flags are known to be good
 
     runner.main(cfg)

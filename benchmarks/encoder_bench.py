@@ -7,8 +7,9 @@ import time
 
 import tensorflow as tf
 
-from patchvae_tf import models, training
+from patchvae_tf import models
 from patchvae_tf.config import Config, ExportConfig, validate_export
+from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
 
 def export_artifacts(cfg: Config, root: str, calibration_images: int, parity_images: int):
@@ -25,9 +26,9 @@ def export_artifacts(cfg: Config, root: str, calibration_images: int, parity_ima
     step = tf.Variable(1, dtype=tf.int64, name="step")
     checkpoint = tf.train.Checkpoint(model=model, step=step)
     tf.train.CheckpointManager(
-        checkpoint, os.path.join(workdir, training.CHECKPOINT_DIR), max_to_keep=1
+        checkpoint, os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=1
     ).save(checkpoint_number=1)
-    with open(os.path.join(workdir, training.CONFIG_FILE), "w") as f:
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(cfg.to_json())
     ecfg = validate_export(
         ExportConfig(

@@ -22,6 +22,7 @@ from patchvae_tf.config import (
     ModelConfig,
     TrainConfig,
 )
+from patchvae_tf.workdir import write_text_atomic
 
 # Ours over the authors' code (kampta/PatchVAE, float32, PyTorch's defaults), measured
 # interleaved in the same run; above 1 is faster.
@@ -496,10 +497,7 @@ def write(path: str, results: dict) -> None:
         (path, json.dumps(results, indent=2, sort_keys=True) + "\n"),
         (os.path.splitext(path)[0] + ".md", table.markdown(results)),
     ):
-        tmp = target + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
+        write_text_atomic(target, text)
 
 
 def main(cfg: BenchConfig) -> dict:

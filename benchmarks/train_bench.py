@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from patchvae_tf import data, distribute, fused, precision, training
+from patchvae_tf import data, distribute, precision, training
 from patchvae_tf.config import Config
 
 
@@ -36,14 +36,16 @@ class Session:
         keras.utils.set_random_seed(cfg.train.seed)
         self.batch, self.steps_per_loop = cfg.train.batch_size, steps_per_loop
         self._stack = contextlib.ExitStack()
-        if keras_kernels:  # the choice is made when layers are built and traced
-            self._stack.enter_context(fused.keras_kernels())
         dc = cfg.distribute
         strategy = training.create_strategy(cfg)
         self.policy, _ = precision.resolve(dc.mixed_precision, strategy)
         with strategy.scope():
-            model = precision.build_model(cfg.model, cfg.data.image_size, self.policy)
-            optimizer = precision.wrap_optimizer(training.make_optimizer(cfg), self.policy)
+            model = precision.build_model(
+                cfg.model, cfg.data.image_size, self.policy, fused=not keras_kernels
+            )
+            optimizer = precision.wrap_optimizer(
+                training.make_optimizer(cfg, fused=not keras_kernels), self.policy
+            )
             optimizer.build(model.trainable_variables)
             step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         source = data.get_source(cfg.data, cfg.train.seed)

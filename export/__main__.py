@@ -2,15 +2,15 @@
 
 import sys
 
-from patchvae_tf import cli, config
+from patchvae_tf import cli
 
-config.define_export_flags()
+cli.define_export()
 
 
 def main(argv):
     if len(argv) > 1:
         raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
-    cfg = config.export_from_flags()
+    cfg = cli.export_config()
     if cfg.version:  # known without the checkpoint: refuse before TensorFlow loads
         from export import layout
 
@@ -23,6 +23,8 @@ def main(argv):
         print(f"error: export check failed, nothing written: {e}", file=sys.stderr)
         sys.exit(1)
     print(exporter.summary(cfg, rep))
+    if rep.get("int8", {}).get("refused"):
+        print(f"warning: int8 model not written: {rep['int8']['refused']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,15 @@ import re
 import tensorflow as tf
 
 from export import serving
-from patchvae_tf import training
 from patchvae_tf.errors import UserError
+from patchvae_tf.workdir import CHECKPOINT_DIR
 
 _STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def find_checkpoint(workdir: str, checkpoint: str = "") -> str:
     """The checkpoint prefix to export: --checkpoint (a prefix or a directory) or the latest."""
-    where = checkpoint or os.path.join(workdir, training.CHECKPOINT_DIR)
+    where = checkpoint or os.path.join(workdir, CHECKPOINT_DIR)
     path = tf.train.latest_checkpoint(where) if os.path.isdir(where) else where
     if not path:
         raise UserError(f"no checkpoint in {where!r}: train first, or pass --checkpoint")

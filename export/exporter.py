@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import time
 
@@ -10,9 +11,10 @@ import numpy as np
 import tensorflow as tf
 
 from export import checkpoint, layout, onnx_export, parity, quantize, report, serving, warmup
-from patchvae_tf import data, models, training
+from patchvae_tf import data, models
 from patchvae_tf.config import ExportConfig, load_config
 from patchvae_tf.errors import UserError
+from patchvae_tf.workdir import CONFIG_FILE
 
 
 def training_images(cfg, count: int) -> np.ndarray:
@@ -42,7 +44,7 @@ def export(cfg: ExportConfig) -> dict:
 
     Nothing appears in export_dir unless every check passed.
     """
-    model_cfg = load_config(os.path.join(cfg.workdir, training.CONFIG_FILE))
+    model_cfg = load_config(os.path.join(cfg.workdir, CONFIG_FILE))
     path = checkpoint.find_checkpoint(cfg.workdir, cfg.checkpoint)
     step = checkpoint.checkpoint_step(path)
     version = cfg.version or step
@@ -86,23 +88,41 @@ def export(cfg: ExportConfig) -> dict:
         "parity": {"images": int(len(pixels)), "tolerance": parity.TOLERANCE},
         "latency_ms_batch1": {},
     }
-    with layout.Staging(cfg.export_dir) as stage:
+    with layout.Staging(cfg.export_dir, version) as stage:
+        rep["export_id"] = stage.id
+        # Always written, so E/models.config never points into an export without one.
+        report.write_models_config(stage.group(layout.MODELS_CONFIG), cfg.model_name)
         sm_out = None
         if "saved_model" in cfg.formats:
-            sm_out = _saved_model(cfg, module, version, stage, pixels, keras_out, rep)
+            sm_out = _saved_model(cfg, module, stage, pixels, keras_out, rep)
         if "onnx" in cfg.formats:
             _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep)
-        report.write_json(stage.join(layout.REPORT), rep)
-        stage.commit(version, cfg.overwrite)
+        # What a reader checks to know the files it sees are the ones this report describes.
+        staged = {
+            os.path.join(layout.ONNX_DIR, f): stage.group(layout.ONNX_DIR, f)
+            for f in (layout.ONNX_FILE, layout.ONNX_INT8_FILE)
+        }
+        pb = os.path.join(layout.SAVED_MODEL, str(version), "saved_model.pb")
+        staged[pb] = stage.join(pb)
+        rep["sha256"] = {rel: _sha256(p) for rel, p in staged.items() if os.path.isfile(p)}
+        report.write_json(stage.group(layout.REPORT), rep)
+        stage.commit(cfg.overwrite)
     return rep
 
 
-def _saved_model(cfg, module, version, stage, pixels, keras_out, rep) -> dict:
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _saved_model(cfg, module, stage, pixels, keras_out, rep) -> dict:
     """Writes, reloads and checks the SavedModel; returns its outputs on pixels."""
-    out_dir = layout.version_dir(stage.path, version)
+    out_dir = stage.saved_model_dir()
     tf.saved_model.save(module, out_dir, signatures=module.signatures())
     rep["warmup_requests"] = warmup.write_warmup(out_dir, cfg.model_name, pixels)
-    report.write_models_config(stage.join(layout.MODELS_CONFIG), cfg.model_name)
 
     loaded = tf.saved_model.load(out_dir)
     replayed = warmup.replay_warmup(out_dir, loaded)
@@ -123,7 +143,7 @@ def _saved_model(cfg, module, version, stage, pixels, keras_out, rep) -> dict:
     rep["parity"]["saved_model_vs_keras"] = diffs
     rep["parity"]["image_bytes_vs_images"] = bytes_diffs
     rep["warmup_replayed"] = replayed
-    rel = os.path.join(layout.SAVED_MODEL, str(version))
+    rel = os.path.join(layout.SAVED_MODEL, str(stage.version))
     rep["files"][rel] = report.size_bytes(out_dir)
     one = tf.constant(pixels[:1])
     rep["latency_ms_batch1"]["saved_model"] = _latency_ms(lambda: default(images=one))
@@ -134,8 +154,8 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
     """Converts, checks and compares the ONNX model (and its int8 variant)."""
     import onnxruntime as ort
 
-    os.makedirs(stage.join(layout.ONNX_DIR))
-    path = stage.join(layout.ONNX_DIR, layout.ONNX_FILE)
+    os.makedirs(stage.group(layout.ONNX_DIR))
+    path = stage.group(layout.ONNX_DIR, layout.ONNX_FILE)
     rep["onnx"] = onnx_export.convert(module, path, cfg.opset)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -160,21 +180,33 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
     rep["latency_ms_batch1"]["onnxruntime"] = _latency_ms(lambda: run(session, one))
 
     if cfg.quantize == "int8":
-        int8_path = stage.join(layout.ONNX_DIR, layout.ONNX_INT8_FILE)
+        int8_path = stage.group(layout.ONNX_DIR, layout.ONNX_INT8_FILE)
         calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
         quantize.quantize_int8(path, int8_path, calibration)
         int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
         int8_out = run(int8_session, pixels)
         size = report.size_bytes(int8_path)
-        rep["files"][os.path.join(layout.ONNX_DIR, layout.ONNX_INT8_FILE)] = size
+        agreement = parity.agreement(onnx_out, int8_out)
         rep["int8"] = {
             "method": quantize.METHOD,
             "calibration_images": int(len(calibration)),
             "evaluated_on": "the parity images (not used for calibration)",
             "size_bytes": size,
             "size_vs_float32": size / report.size_bytes(path),
-            "agreement_with_float32": parity.agreement(onnx_out, int8_out),
+            "agreement_with_float32": agreement,
+            "min_cosine": cfg.int8_min_cosine,
         }
+        refusal = quantize.gate(agreement, cfg.int8_min_cosine)
+        if refusal and not cfg.force_int8:
+            # The float32 export goes ahead; the int8 model a user would deploy does not.
+            os.remove(int8_path)
+            rep["int8"]["written"] = False
+            rep["int8"]["refused"] = f"{refusal}; --force_int8 writes it anyway"
+            return
+        rep["int8"]["written"] = True
+        if refusal:
+            rep["int8"]["forced"] = refusal
+        rep["files"][os.path.join(layout.ONNX_DIR, layout.ONNX_INT8_FILE)] = size
         rep["latency_ms_batch1"]["onnxruntime_int8"] = _latency_ms(lambda: run(int8_session, one))
 
 
@@ -189,6 +221,8 @@ def summary(cfg: ExportConfig, rep: dict) -> str:
         if isinstance(diffs, dict) and diffs
     }
     lines += [f"  max abs diff {name}: {v:.2e}" for name, v in sorted(worst.items())]
+    if rep.get("int8", {}).get("refused"):
+        lines.append(f"  int8 model not written: {rep['int8']['refused']}")
     if "int8" in rep:
         agree = rep["int8"]["agreement_with_float32"]
         lines.append(

@@ -59,3 +59,18 @@ def quantize_int8(float_path: str, int8_path: str, calibration: np.ndarray, batc
             per_channel=True,
         )
     onnx.checker.check_model(int8_path, full_check=True)
+
+
+def gate(agreement: dict, min_cosine: float) -> str:
+    """Why an int8 model is not good enough to deploy ("" when it is).
+
+    agreement: parity.agreement(float32 outputs, int8 outputs). The bound is on the mean
+    cosine of the features, per image, to float32: what a recognition deployment compares.
+    """
+    cosine = agreement["features"]["mean_cosine"]
+    if cosine >= min_cosine:
+        return ""
+    return (
+        f"int8 features' mean cosine to float32 is {cosine:.4f} on the parity images, under "
+        f"--int8_min_cosine={min_cosine:g}"
+    )

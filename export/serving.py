@@ -21,7 +21,11 @@ def encoder_parts(model) -> dict:
     if isinstance(model, models.PatchVAE):
         return {"encoder": model.encoder, "heads": model.heads}
     if isinstance(model, models.VAE):
-        return {"encoder": model.encoder, "flatten": model.flatten, "posterior": model.posterior}
+        return {
+            "encoder": model.encoder,
+            "reduce": model.reduce,
+            "posterior_mean": model.posterior_mean,
+        }
     raise TypeError(f"`model` must be a PatchVAE or a VAE. Received: {type(model).__name__}")
 
 
@@ -93,7 +97,11 @@ class EncoderServing(tf.Module):
         # size or channel count alike.
         images = tf.ensure_shape(images, [None, self.image_size, self.image_size, 3])
         finite = tf.debugging.assert_all_finite(images, f"`images` must be {self.expected}")
-        with tf.control_dependencies([finite]):
+        # An empty batch would pass the range checks and fail deep in a convolution.
+        nonempty = tf.debugging.assert_positive(
+            tf.shape(images)[0], message=f"`images` is an empty batch; send {self.expected}"
+        )
+        with tf.control_dependencies([finite, nonempty]):
             in_range = [
                 tf.debugging.assert_greater_equal(
                     tf.reduce_min(images),
@@ -130,6 +138,10 @@ class EncoderServing(tf.Module):
             image_bytes, 1, message="`image_bytes` must be a string [batch] of JPEG or PNG files"
         )
         with tf.control_dependencies([check]):
+            nonempty = tf.debugging.assert_positive(
+                tf.size(image_bytes), message="`image_bytes` is an empty batch; send 1 or more"
+            )
+        with tf.control_dependencies([nonempty]):
             image_bytes = tf.identity(image_bytes)
         s = self.image_size
         x = tf.map_fn(

@@ -1,13 +1,101 @@
-"""Runs an absl entry point so that user mistakes end in one line and exit status 2."""
+"""The command line: flags generated from the config dataclasses, read once into them, and an
+entry point whose user mistakes end in one line and exit status 2.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from patchvae_tf.errors import UserError  # noqa: F401  (re-exported for entry points)
+from patchvae_tf import config
+from patchvae_tf.errors import UserError
+
+# A field's annotation (a string under `from __future__ import annotations`) -> absl kind.
+_KINDS = {
+    "str": "string",
+    "str | None": "string",
+    "int": "integer",
+    "float": "float",
+    "bool": "boolean",
+    "bool | None": "boolean",
+    "tuple[str, ...]": "list",
+    "tuple[int, ...]": "list",
+}
+
+
+def define(*sections) -> None:
+    """Defines a flag for every field of the dataclasses, with its default and help text.
+
+    Names already defined are skipped: commands share some (workdir, dataset, seed, ...), and
+    the first definition stands. Safe to call twice.
+    """
+    for section in sections:
+        for f in dataclasses.fields(section):
+            if f.name in flags.FLAGS:
+                continue
+            kind = _KINDS[f.type]
+            default = list(f.default) if kind == "list" else f.default
+            getattr(flags, f"DEFINE_{kind}")(f.name, default, f.metadata["help"])
+
+
+def read(section, values: flags.FlagValues | None = None):
+    """An instance of the dataclass section from parsed flags; lists become tuples."""
+    values = values or flags.FLAGS
+    kwargs = {}
+    for f in dataclasses.fields(section):
+        value = getattr(values, f.name)
+        if _KINDS[f.type] == "list":
+            items = [str(v).strip() for v in value or () if str(v).strip()]
+            if f.type == "tuple[int, ...]":
+                try:
+                    items = [int(v) for v in items]
+                except ValueError:
+                    raise UserError(
+                        f"--{f.name} must be comma-separated integers, got {','.join(items)!r}"
+                    ) from None
+            value = tuple(items)
+        kwargs[f.name] = value
+    return section(**kwargs)
+
+
+def define_train() -> None:
+    define(*config.TRAIN_SECTIONS)
+
+
+def train_config(values: flags.FlagValues | None = None) -> config.Config:
+    """The validated Config of train.py's parsed flags."""
+    data, model, train, distribute = (read(s, values) for s in config.TRAIN_SECTIONS)
+    return config.validate(config.Config(data, model, train, distribute))
+
+
+def define_eval() -> None:
+    define(config.EvalConfig)
+
+
+def eval_config(values: flags.FlagValues | None = None) -> config.EvalConfig:
+    return config.validate_eval(read(config.EvalConfig, values))
+
+
+def define_export() -> None:
+    define(config.ExportConfig)
+
+
+def export_config(values: flags.FlagValues | None = None) -> config.ExportConfig:
+    raw = read(config.ExportConfig, values)
+    # A string flag left unset reads back as None where another command defined it first.
+    fix = {f: getattr(raw, f) or "" for f in ("workdir", "export_dir", "quantize", "checkpoint")}
+    return config.validate_export(dataclasses.replace(raw, **fix))
+
+
+def define_bench() -> None:
+    define(config.BenchConfig)
+
+
+def bench_config(values: flags.FlagValues | None = None) -> config.BenchConfig:
+    return config.validate_bench(read(config.BenchConfig, values))
 
 
 def _fail(message: str) -> None:

@@ -8,9 +8,9 @@ import json
 import os
 
 from patchvae_tf.errors import UserError
-from patchvae_tf.workdir import write_text_atomic
+from patchvae_tf.workdir import EVAL_DIR, write_text_atomic
 
-REPORT = os.path.join("eval", "report.json")
+REPORT = os.path.join(EVAL_DIR, "report.json")
 
 
 def load_report(workdir: str) -> dict:

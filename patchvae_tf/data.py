@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import tensorflow as tf
 from absl import logging
 
-from patchvae_tf import shapes
+from patchvae_tf import positions, shapes
 from patchvae_tf.config import DataConfig
 from patchvae_tf.errors import UserError
 
@@ -169,13 +169,16 @@ def _folder_reader(items: list[tuple[str, int]], image_size: int):
     paths = [p for p, _ in items]
     labels = [label for _, label in items]
 
-    def read(input_context=None, shuffle_seed=None):
-        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-        if input_context is not None:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    def read(input_context=None, shuffle_seed=None, start=0):
         if shuffle_seed is not None:
-            # Shuffle file names (cheap) rather than decoded images.
-            ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+            # Shuffle (and skip, on resume) file names rather than decoded images.
+            names, classes = tf.constant(paths), tf.constant(labels)
+            ds = positions.epoch_indices(len(paths), shuffle_seed, start, input_context)
+            ds = ds.map(lambda i: (tf.gather(names, i), tf.gather(classes, i)))
+        else:
+            ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+            if input_context is not None:
+                ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
         def load(path, label):
             image = decode_image(tf.io.read_file(path))
@@ -191,6 +194,34 @@ def _folder_reader(items: list[tuple[str, int]], image_size: int):
 # --- TFDS -------------------------------------------------------------------
 
 
+def _prepare_tfds(builder, cfg: DataConfig) -> None:
+    """Downloads and prepares a TFDS dataset when --download asks; otherwise says how.
+
+    Without --download nothing touches the network: offline, TFDS's own download retries
+    for minutes before it fails.
+    """
+    where = f"--data_dir={cfg.data_dir!r}" if cfg.data_dir else "the default TFDS data_dir"
+    manual = builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+    if not cfg.download:
+        how = (
+            f"put its archives in {os.path.join(builder.data_dir_root, 'downloads', 'manual')}"
+            " (see the TFDS catalogue), then pass --download to prepare it"
+            if manual
+            else "pass --download to fetch and prepare it (needs the network), or run "
+            f"`tfds build {cfg.dataset}"
+            + (f" --data_dir={cfg.data_dir}" if cfg.data_dir else "")
+            + "` where the network is reachable and copy the result"
+        )
+        raise UserError(f"TFDS dataset {cfg.dataset!r} is not prepared in {where}: {how}")
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # Network, checksum and manual-download errors alike.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"TFDS dataset {cfg.dataset!r} could not be prepared in {where}: {first}"
+        ) from None
+
+
 def _tfds_source(cfg: DataConfig) -> Source:
     import tensorflow_datasets as tfds  # Slow to import; only TFDS datasets need it.
 
@@ -198,15 +229,8 @@ def _tfds_source(cfg: DataConfig) -> Source:
         builder = tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
     except Exception as e:  # TFDS raises DatasetNotFoundError and others.
         raise UserError(f"unknown --dataset {cfg.dataset!r}: {str(e).splitlines()[0]}") from None
-    try:
-        # A no-op once prepared; otherwise downloads (imagenet2012 needs manual archives).
-        builder.download_and_prepare()
-    except Exception as e:  # Network, checksum and manual-download errors alike.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"TFDS dataset {cfg.dataset!r} is not available in --data_dir={cfg.data_dir!r} "
-            f"and could not be prepared: {first}"
-        ) from None
+    if not builder.is_prepared():
+        _prepare_tfds(builder, cfg)
     info = builder.info
     # Split metadata is known once prepared (or from TFDS's bundled metadata); when it is
     # not, assume the usual "train" / "test" names.
@@ -217,7 +241,11 @@ def _tfds_source(cfg: DataConfig) -> Source:
     num_classes = getattr(label, "num_classes", None)
 
     def reader(split):
-        def read(input_context=None, shuffle_seed=None):
+        def read(input_context=None, shuffle_seed=None, start=0):
+            if shuffle_seed is not None and start:
+                # TFDS reads files, not indices: a resumed run takes a fresh order rather
+                # than replaying the first images again (not the exact position).
+                shuffle_seed += start
             read_config = tfds.ReadConfig(
                 input_context=input_context, shuffle_seed=shuffle_seed, try_autocache=False
             )
@@ -257,9 +285,16 @@ def _shapes_source(cfg: DataConfig, seed: int) -> Source:
     sizes = {"train": cfg.shapes_train_size, "test": cfg.shapes_test_size}
 
     def reader(split):
-        def read(input_context=None, shuffle_seed=None):
+        def read(input_context=None, shuffle_seed=None, start=0):
             return shapes.shapes_dataset(
-                split, sizes[split], cfg.image_size, seed, input_context, shuffle_seed
+                split,
+                sizes[split],
+                cfg.image_size,
+                seed,
+                input_context,
+                shuffle_seed,
+                start,
+                texture=cfg.shapes_texture,
             )
 
         return read
@@ -286,24 +321,30 @@ def input_dataset(
     input_context: tf.distribute.InputContext | None = None,
     repeat: bool | None = None,
     flip: bool = False,
+    start: int = 0,
 ) -> tf.data.Dataset:
     """Batched dataset of dicts {"image": [B, S, S, 3] in [-1, 1], "label": [B], ...}.
 
     ``batch_size`` is per input pipeline (per replica under a strategy). Training data is
     shuffled (by each reader, at its cheapest level: indices, file names, TFDS files),
     flipped if ``flip``, repeated and batched with drop_remainder so every step is whole.
+    ``start``: training examples this pipeline already consumed (a resumed run); shapes and
+    folders continue exactly there, flips included.
     """
-    ds = source.readers[split](input_context, seed if training else None)
-    if training and flip:
+    if training:
+        ds = source.readers[split](input_context, seed, start)
+    else:
+        ds = source.readers[split](input_context, None)
+    if training and flip and not source.has_masks:
+        # Folder and TFDS images only: shapes carry masks that would need flipping too.
 
-        def flip(ex):
-            # Folder and TFDS images only: shapes carry masks that would need flipping too.
+        def flip_image(position, ex):
             ex = dict(ex)
-            ex["image"] = tf.image.random_flip_left_right(ex["image"], seed=seed)
+            key = positions.example_seed(seed, position, input_context)
+            ex["image"] = tf.image.stateless_random_flip_left_right(ex["image"], seed=key)
             return ex
 
-        if not source.has_masks:
-            ds = ds.map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.enumerate(start).map(flip_image, num_parallel_calls=tf.data.AUTOTUNE)
     if repeat if repeat is not None else training:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=training)

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import keras
 import tensorflow as tf
 
-_enabled = True
 
-
-@contextlib.contextmanager
-def keras_kernels():
-    """Inside this block the classes below run Keras's own ops, for side-by-side benchmarks.
-
-    The choice is made when a layer or update is traced, so build and trace inside it.
-    """
-    global _enabled
-    previous, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = previous
+def _check_fused(fused) -> bool:
+    if not isinstance(fused, bool):
+        raise ValueError(f"`fused` must be True or False. Received: fused={fused!r}")
+    return fused
 
 
 @keras.saving.register_keras_serializable(package="patchvae_tf")
@@ -37,12 +25,20 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
     variance averages the unbiased batch variance (times n / (n - 1), n = batch * h * w),
     while the output is normalised with the biased one. Anything this layer cannot fuse
     (masks, renorm, a channel axis other than the last, other ranks, synchronized
-    statistics across replicas) runs Keras's own implementation.
+    statistics across replicas) runs Keras's own implementation, and so does everything
+    with fused=False (the benchmarks' side-by-side runs).
     """
+
+    def __init__(self, fused: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.fused = _check_fused(fused)
+
+    def get_config(self):
+        return {**super().get_config(), "fused": self.fused}
 
     def _fusable(self, inputs, mask) -> bool:
         return (
-            _enabled
+            self.fused
             and keras.backend.backend() == "tensorflow"
             and mask is None
             and not self.renorm
@@ -86,11 +82,18 @@ class FusedAdam(keras.optimizers.Adam):
     variable, plus its dispatch); the fused kernel reads the gradient and the two moments
     once. The update is the same formula (epsilon added to sqrt(v), as in Keras), and the
     slots are Keras's own variables, so checkpoints are interchangeable with
-    keras.optimizers.Adam. AMSGrad and sparse gradients take Keras's path.
+    keras.optimizers.Adam. AMSGrad, sparse gradients and fused=False take Keras's path.
     """
 
+    def __init__(self, *args, fused: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fused = _check_fused(fused)
+
+    def get_config(self):
+        return {**super().get_config(), "fused": self.fused}
+
     def update_step(self, gradient, variable, learning_rate):
-        if not _enabled or self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+        if not self.fused or self.amsgrad or isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
         if isinstance(variable, keras.Variable):
             variable = variable.value

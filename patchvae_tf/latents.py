@@ -57,23 +57,29 @@ def occurrence_posterior(
 
 
 def sample_occurrence(
-    logits: tf.Tensor, tau: tf.Tensor, *, categorical: bool = False, hard: bool = False
+    logits: tf.Tensor,
+    tau: tf.Tensor,
+    *,
+    categorical: bool = False,
+    hard: bool = False,
+    seed: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Relaxed occurrence sample z_occ [B, h, w, N] from logits [B, h, w, N].
 
     Draws from ``occurrence_posterior``. Hard: the forward value is 1[l > 0] while
-    gradients flow through the relaxed sample (straight-through).
+    gradients flow through the relaxed sample (straight-through). ``seed``: a stateless
+    seed [2] (training passes one per step, so a resumed run draws what it would have).
     """
     posterior = occurrence_posterior(logits, tau, categorical)
     if categorical:
-        z = posterior.sample()
+        z = posterior.sample(seed=seed)
     else:
         # RelaxedBernoulli is sigmoid(Logistic(l / tau, 1 / tau)), and we draw it so.
         # TFP's Sigmoid bijector computes tf.where(x < c, exp(x), sigmoid(x)): once
         # (l + noise) / tau passes 88, exp overflows in the unused branch and its gradient
         # is 0 * inf = NaN, which killed training as tau annealed. tf.sigmoid is safe.
         tau = tf.convert_to_tensor(tau, logits.dtype)
-        z = tf.sigmoid(tfd.Logistic(logits / tau, 1.0 / tau).sample())
+        z = tf.sigmoid(tfd.Logistic(logits / tau, 1.0 / tau).sample(seed=seed))
     if hard:
         binary = tf.cast(logits > 0.0, z.dtype)
         z = z + tf.stop_gradient(binary - z)

@@ -28,6 +28,7 @@ class _Autoencoder(keras.Model):
         initialization: str = "reference",
         batch_norm_momentum: float = 0.9,
         batch_norm_epsilon: float = 1e-5,
+        fused: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -45,6 +46,7 @@ class _Autoencoder(keras.Model):
             "initialization": initialization,
             "batch_norm_momentum": batch_norm_momentum,
             "batch_norm_epsilon": batch_norm_epsilon,
+            "fused": fused,
         }
         self.image_size, self.encoder_name, self.scale = image_size, encoder, scale
         self.base_channels, self.num_parts, self.appearance_dim = (
@@ -136,16 +138,22 @@ class PatchVAE(_Autoencoder):
         """z_hat [B, h, w, N*L] -> x_hat [B, H, W, 3]."""
         return self.decoder(z_hat, training=training)
 
-    def call(self, x, training=False, temperature=None):
-        """Sampled reconstruction; returns the tensors the loss needs as a dict."""
+    def call(self, x, training=False, temperature=None, seed=None):
+        """Sampled reconstruction; returns the tensors the loss needs as a dict.
+
+        seed: None (stateful sampling) or a stateless seed [2] for both samples.
+        """
         tau = self.tau_min if temperature is None else temperature
+        seeds = (None, None) if seed is None else tf.random.experimental.stateless_split(seed, 2)
         _, mean, logvar, logits = self._posterior(x, training)
         q = latents.occurrence_probs(logits, self.categorical)
-        z_occ = latents.sample_occurrence(logits, tau, categorical=self.categorical, hard=self.hard)
+        z_occ = latents.sample_occurrence(
+            logits, tau, categorical=self.categorical, hard=self.hard, seed=seeds[0]
+        )
         mu_app, var_app = latents.pool_appearance(
             mean, logvar, q, self.num_parts, self.appearance_dim
         )
-        z_app = latents.appearance_posterior(mu_app, var_app).sample()
+        z_app = latents.appearance_posterior(mu_app, var_app).sample(seed=seeds[1])
         z_hat = latents.compose(z_app, z_occ)
         return self._outputs(
             self.decode(z_hat, training),
@@ -197,7 +205,9 @@ class VAE(_Autoencoder):
         super().__init__(**kwargs)
         c, init = self.base_channels, self.style["initialization"]
         bn = dict(
-            momentum=self.style["batch_norm_momentum"], epsilon=self.style["batch_norm_epsilon"]
+            momentum=self.style["batch_norm_momentum"],
+            epsilon=self.style["batch_norm_epsilon"],
+            fused=self.style["fused"],
         )
         self.reduce = keras.Sequential(
             [
@@ -220,16 +230,23 @@ class VAE(_Autoencoder):
             name="expand",
         )
 
+    def _code(self, head, r):
+        """[B, 1, 1, N*L] of a posterior head on the reduced map r -> [B, N*L] float32."""
+        return tf.cast(tf.reshape(head(r), [-1, self.code_size]), tf.float32)
+
     def _posterior(self, x, training):
         f, pooled = self.features(x, training)
         r = self.reduce(f, training=training)
-        mean = tf.cast(tf.reshape(self.posterior_mean(r), [-1, self.code_size]), tf.float32)
-        logvar = tf.cast(tf.reshape(self.posterior_logvar(r), [-1, self.code_size]), tf.float32)
+        mean, logvar = self._code(self.posterior_mean, r), self._code(self.posterior_logvar, r)
         return pooled, mean, latents.variance(logvar)
 
     def encode(self, x, training=False):
-        """X [B, H, W, 3] in [-1, 1] -> appearance [B, N*L] posterior means, features [B, D]."""
-        pooled, mean, _ = self._posterior(x, training)
+        """X [B, H, W, 3] in [-1, 1] -> appearance [B, N*L] posterior means, features [B, D].
+
+        The log-variance head is not run: the deterministic encoder has no use for it.
+        """
+        f, pooled = self.features(x, training)
+        mean = self._code(self.posterior_mean, self.reduce(f, training=training))
         return {"appearance": mean, "features": pooled}
 
     def decode(self, z, training=False):
@@ -237,10 +254,10 @@ class VAE(_Autoencoder):
         z_map = self.expand(tf.reshape(z, [-1, 1, 1, self.code_size]), training=training)
         return self.decoder(z_map, training=training)
 
-    def call(self, x, training=False, temperature=None):
+    def call(self, x, training=False, temperature=None, seed=None):
         del temperature  # no discrete latent to relax
         _, mean, var = self._posterior(x, training)
-        z = latents.appearance_posterior(mean, var).sample()
+        z = latents.appearance_posterior(mean, var).sample(seed=seed)
         return self._outputs(self.decode(z, training), appearance_mean=mean, appearance_var=var)
 
     def loss_terms(self, x, outputs):
@@ -256,22 +273,28 @@ class VAE(_Autoencoder):
         return normalization.to_unit(decoded, self.input_space)
 
 
-def build_model(cfg: ModelConfig, image_size: int) -> _Autoencoder:
-    """The model a config describes, with its variables created."""
-    common = dict(
-        image_size=image_size,
-        encoder=cfg.encoder,
-        scale=cfg.scale,
-        base_channels=cfg.base_channels,
-        num_parts=cfg.num_parts,
-        appearance_dim=cfg.appearance_dim,
-        beta_app=cfg.beta_app,
-        edge_weighting=cfg.edge_weighting,
-        tau_min=cfg.tau_min,
-        input_space=cfg.normalization,
-        initialization=cfg.initialization,
-        batch_norm_momentum=cfg.batch_norm_momentum,
-        batch_norm_epsilon=cfg.batch_norm_epsilon,
+# ModelConfig fields that both models take under the same name.
+_SHARED_FIELDS = (
+    "encoder",
+    "scale",
+    "base_channels",
+    "num_parts",
+    "appearance_dim",
+    "beta_app",
+    "edge_weighting",
+    "tau_min",
+    "initialization",
+    "batch_norm_momentum",
+    "batch_norm_epsilon",
+)
+
+
+def build_model(cfg: ModelConfig, image_size: int, fused: bool = True) -> _Autoencoder:
+    """The model a config describes, with its variables created; fused=False trains with
+    Keras's own BatchNorm ops instead of TF's fused kernel (for side-by-side benchmarks).
+    """
+    common = {name: getattr(cfg, name) for name in _SHARED_FIELDS} | dict(
+        image_size=image_size, input_space=cfg.normalization, fused=fused
     )
     if cfg.arch == "patchvae":
         model = PatchVAE(

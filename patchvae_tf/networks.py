@@ -63,7 +63,8 @@ def conv2d_transpose(
 class _Styled(layers.Layer):
     """A layer built of convolutions and BatchNorms that share one initialization and one
     set of BatchNorm constants (``initialization``, ``batch_norm_momentum`` and
-    ``batch_norm_epsilon``; defaults are the authors' PyTorch ones).
+    ``batch_norm_epsilon``; defaults are the authors' PyTorch ones). ``fused`` picks
+    TF's fused BatchNorm kernel in training (fused.FusedBatchNorm) over Keras's ops.
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class _Styled(layers.Layer):
         initialization: str = "reference",
         batch_norm_momentum: float = 0.9,
         batch_norm_epsilon: float = 1e-5,
+        fused: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -86,6 +88,7 @@ class _Styled(layers.Layer):
             )
         self.initialization = initialization
         self.batch_norm_momentum, self.batch_norm_epsilon = batch_norm_momentum, batch_norm_epsilon
+        self.fused = fused
 
     def style(self) -> dict:
         """The constructor arguments of this base, to hand on to sub-layers."""
@@ -93,10 +96,13 @@ class _Styled(layers.Layer):
             "initialization": self.initialization,
             "batch_norm_momentum": self.batch_norm_momentum,
             "batch_norm_epsilon": self.batch_norm_epsilon,
+            "fused": self.fused,
         }
 
     def _bn(self) -> FusedBatchNorm:
-        return FusedBatchNorm(momentum=self.batch_norm_momentum, epsilon=self.batch_norm_epsilon)
+        return FusedBatchNorm(
+            momentum=self.batch_norm_momentum, epsilon=self.batch_norm_epsilon, fused=self.fused
+        )
 
     def _conv(self, filters, kernel, strides=1, **kwargs) -> layers.Conv2D:
         return conv2d(filters, kernel, strides, initialization=self.initialization, **kwargs)
@@ -170,7 +176,16 @@ class ResidualBlock(_Styled):
         }
 
 
-class ResNetEncoder(_Styled):
+class _StagedEncoder(_Styled):
+    """An encoder run as the sequence of its ``stages`` (a list, for freezing the first k)."""
+
+    def call(self, x, training=None):
+        for stage in self.stages:
+            x = stage(x, training=training)
+        return x
+
+
+class ResNetEncoder(_StagedEncoder):
     """ResNet-18 up to the stage that reaches 1/scale: [B, H, W, C] -> [B, H/s, W/s, D].
 
     scale 4 -> 64 channels, 8 -> 128, 16 -> 256, 32 -> the full 512-channel network.
@@ -213,16 +228,11 @@ class ResNetEncoder(_Styled):
         self.channels = self.WIDTHS[num_stages - 1]
         _track_stages(self)
 
-    def call(self, x, training=None):
-        for stage in self.stages:
-            x = stage(x, training=training)
-        return x
-
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}
 
 
-class PyramidEncoder(_Styled):
+class PyramidEncoder(_StagedEncoder):
     """DCGAN-style: log2(scale) 4x4 stride-2 convs doubling channels, BN, LeakyReLU 0.2."""
 
     def __init__(self, scale: int = 8, base_channels: int = 64, **kwargs):
@@ -240,11 +250,6 @@ class PyramidEncoder(_Styled):
             self.stages.append(keras.Sequential(block, name=f"stage{i + 1}"))
         self.channels = base_channels * 2 ** (depth - 1)
         _track_stages(self)
-
-    def call(self, x, training=None):
-        for stage in self.stages:
-            x = stage(x, training=training)
-        return x
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "base_channels": self.base_channels}

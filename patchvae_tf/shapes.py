@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from patchvae_tf import positions
+
 CLASSES = ("circle", "triangle", "square")
 MAX_SHAPES = 3
 # Offsets added to the seed so that the train and test splits never share an image.
@@ -11,6 +13,8 @@ _SPLIT_OFFSET = {"train": 0, "test": 1_000_003}
 # Per slot: present, class, centre y, centre x, radius, rgb.
 _DRAWS_PER_SLOT = 8
 _DRAWS = 3 + MAX_SHAPES * _DRAWS_PER_SLOT
+# With texture, each class's dark stripes keep this share of the shape's colour.
+_STRIPE_SHADE = 0.35
 # Examples drawn together: one set of ops per chunk instead of per image keeps the input
 # pipeline from taking CPU time from training.
 _CHUNK = 64
@@ -40,11 +44,23 @@ def _draw(index: tf.Tensor, seed: int) -> tf.Tensor:
     return tf.random.stateless_uniform([_DRAWS], seed=tf.stack([tf.cast(seed, tf.int64), index]))
 
 
-def _render(u: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
+def _stripes(yy: tf.Tensor, xx: tf.Tensor) -> tf.Tensor:
+    """[3, H, W] in {0, 1}: per class (CLASSES order) its dark pattern, 2-pixel bands every
+    4 pixels: horizontal stripes for circles, a checkerboard for triangles, vertical stripes
+    for squares. The period matches the 4-pixel cells of the default grid, so every cell of
+    a shape shows the same pattern.
+    """
+    rows = tf.math.floormod(tf.floor(yy / 2.0), 2.0) + 0.0 * xx  # [1, H, W]
+    cols = tf.math.floormod(tf.floor(xx / 2.0), 2.0) + 0.0 * yy
+    return tf.concat([rows, tf.math.floormod(rows + cols, 2.0), cols], axis=0)
+
+
+def _render(u: tf.Tensor, image_size: int, texture: bool = False) -> dict[str, tf.Tensor]:
     """Examples from their draws u [K, _DRAWS].
 
     Returns image [K, H, W, 3] in [-1, 1], label [K] (class of the largest visible shape),
-    masks [K, H, W, 3] (visible pixels of each shape class, after occlusion).
+    masks [K, H, W, 3] (visible pixels of each shape class, after occlusion). With texture,
+    each shape carries its class's stripes (_stripes).
     """
     size = float(image_size)
     column = lambda t: t[:, None, None]  # noqa: E731  [K] -> [K, 1, 1]
@@ -78,16 +94,22 @@ def _render(u: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
     image = tf.reshape(tf.matmul(layers, tf.stack(colours, 1)), pixels)
     classes = tf.one_hot(tf.stack(kinds, 1), len(CLASSES))  # [K, shapes, classes]
     masks = tf.reshape(tf.matmul(layers[..., 1:], classes), pixels)
+    if texture:
+        stripes = tf.transpose(_stripes(yy, xx), [1, 2, 0])  # [H, W, classes]
+        dark = tf.reduce_sum(masks * stripes, axis=-1, keepdims=True)  # [K, H, W, 1]
+        image = image * (1.0 - (1.0 - _STRIPE_SHADE) * dark)
     label = tf.argmax(tf.reduce_sum(masks, axis=[1, 2]), axis=-1, output_type=tf.int32)
     return {"image": image * 2.0 - 1.0, "label": label, "masks": masks}
 
 
-def make_example(index: tf.Tensor, seed: int, image_size: int) -> dict[str, tf.Tensor]:
+def make_example(
+    index: tf.Tensor, seed: int, image_size: int, texture: bool = False
+) -> dict[str, tf.Tensor]:
     """One example from its index: deterministic for (seed, index).
 
     Returns image [H, W, 3] in [-1, 1], label [] and masks [H, W, 3] (see _render).
     """
-    return {k: v[0] for k, v in _render(_draw(index, seed)[None], image_size).items()}
+    return {k: v[0] for k, v in _render(_draw(index, seed)[None], image_size, texture).items()}
 
 
 def shapes_dataset(
@@ -97,20 +119,28 @@ def shapes_dataset(
     seed: int,
     input_context: tf.distribute.InputContext | None = None,
     shuffle_seed: int | None = None,
+    start: int = 0,
+    texture: bool = False,
 ) -> tf.data.Dataset:
     """Unbatched dataset of ``size`` examples; generated on the fly, never held in memory.
 
-    Sharding and shuffling act on the indices, so they cost nothing per image; the images
+    Sharding, shuffling and skipping to ``start`` (a resumed run) act on the indices, so they
+    cost nothing per image; the images
     are rendered in chunks of consecutive indices and then unbatched.
     """
     offset = _SPLIT_OFFSET[split]
-    ds = tf.data.Dataset.range(offset, offset + size)
-    if input_context is not None:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle_seed is not None:
-        ds = ds.shuffle(size, seed=shuffle_seed, reshuffle_each_iteration=True)
+        # Training: endless seeded epochs that start `start` examples in (see positions).
+        ds = positions.epoch_indices(size, shuffle_seed, start, input_context)
+        ds = ds.map(lambda i: i + offset)
+    else:
+        ds = tf.data.Dataset.range(offset, offset + size)
+        if input_context is not None:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     ds = ds.map(lambda i: _draw(i, seed)).batch(_CHUNK)
     ds = ds.map(
-        lambda u: _render(u, image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        lambda u: _render(u, image_size, texture),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     return ds.unbatch()

@@ -6,19 +6,18 @@ import dataclasses
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import keras
 import tensorflow as tf
 
-from patchvae_tf import data, distribute, fused, latents, models, precision, visualize
+from patchvae_tf import data, distribute, latents, models, precision, visualize
 from patchvae_tf.config import Config
 from patchvae_tf.errors import UserError
-from patchvae_tf.workdir import write_text_atomic
+from patchvae_tf.fused import FusedAdam
+from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, write_text_atomic
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
-LOG_DIR = "logs"
 _NUM_IMAGES = 8  # images shown in TensorBoard
 # TF's restart code for preempted jobs (failure_handling): a job manager restarts on it.
 PREEMPTED_EXIT_CODE = 42
@@ -29,6 +28,14 @@ def _check_workdir(cfg: Config) -> Config | None:
     workdir = cfg.train.workdir
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UserError(f"--workdir {workdir!r} is a file, not a directory")
+    probe = os.path.abspath(workdir)
+    while not os.path.exists(probe):  # the workdir is created later, only if all is well
+        probe = os.path.dirname(probe)
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write in --workdir {workdir!r}: {e.strerror} ({probe})") from None
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         return None
@@ -46,10 +53,10 @@ def _check_workdir(cfg: Config) -> Config | None:
     return saved
 
 
-def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
-    # The reference recipe's Adam, on TF's fused kernel (fused.FusedAdam).
+def make_optimizer(cfg: Config, fused: bool = True) -> keras.optimizers.Optimizer:
+    # The reference recipe's Adam, on TF's fused kernel (FusedAdam) unless fused=False.
     t = cfg.train
-    return fused.FusedAdam(t.learning_rate, beta_1=0.5, beta_2=0.999, epsilon=t.adam_epsilon)
+    return FusedAdam(t.learning_rate, beta_1=0.5, beta_2=0.999, epsilon=t.adam_epsilon, fused=fused)
 
 
 def create_strategy(cfg: Config) -> tf.distribute.Strategy:
@@ -58,21 +65,6 @@ def create_strategy(cfg: Config) -> tf.distribute.Strategy:
     strategy = distribute.create_strategy(cfg.distribute)
     distribute.check_global_batch(cfg.train.batch_size, strategy)
     return strategy
-
-
-def restore(cfg: Config, model, step: tf.Variable | None = None) -> tf.train.CheckpointManager:
-    """Restores the latest checkpoint of cfg's workdir into model (and step), for reading.
-
-    Training restores its own checkpoint (with the optimizer) in train().
-    """
-    parts = {"model": model} if step is None else {"model": model, "step": step}
-    checkpoint = tf.train.Checkpoint(**parts)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(cfg.train.workdir, CHECKPOINT_DIR), max_to_keep=3
-    )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-    return manager
 
 
 def _log_images(model, images: tf.Tensor, step: int) -> None:
@@ -102,12 +94,22 @@ def _log_images(model, images: tf.Tensor, step: int) -> None:
         )
 
 
-def make_iterator(cfg: Config, strategy: tf.distribute.Strategy, source: data.Source):
-    """The distributed iterator over source's training split, in global batches."""
+def make_iterator(
+    cfg: Config, strategy: tf.distribute.Strategy, source: data.Source, position: int = 0
+):
+    """The distributed iterator over source's training split, in global batches, beginning
+    after the first ``position`` training examples (a resumed run's checkpoint says how many).
+
+    The position, not the iterator, is checkpointed: a strategy's distributed iterator is not
+    checkpointable (and a tf.data iterator's checkpoint would hold its shuffle and prefetch
+    buffers of decoded images); each pipeline recomputes where it stood from the seeded
+    epoch-and-offset order of data.input_dataset.
+    """
     t = cfg.train
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        # Each worker reads its own shard (input_context) in per-replica batches.
+        # Each worker reads its own shard (input_context) in per-replica batches; every
+        # pipeline consumed the same share of the global batches.
         return data.input_dataset(
             source,
             "train",
@@ -116,6 +118,7 @@ def make_iterator(cfg: Config, strategy: tf.distribute.Strategy, source: data.So
             seed=t.seed,
             input_context=ctx,
             flip=cfg.data.random_flip,
+            start=position // ctx.num_input_pipelines,
         )
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
@@ -129,6 +132,7 @@ def make_train_step(
     step: tf.Variable,
     jit_compile: bool = False,
     steps_per_loop: int = 1,
+    position: tf.Variable | None = None,
 ):
     """A tf.function taking a distributed iterator: steps_per_loop optimizer steps, each on
     each replica's share of the next global batch; returns the global-batch means of the
@@ -136,20 +140,20 @@ def make_train_step(
 
     With jit_compile the forward and backward pass of each replica is compiled
     by XLA; the gradient all-reduce and the update stay outside it, where every strategy
-    supports them.
+    supports them. Sampling is stateless, seeded by (seed, replica, step), so a resumed run
+    draws what the uninterrupted one would; ``position`` (training examples consumed)
+    advances by the global batch each step.
     """
     m = cfg.model
     global_batch = cfg.train.batch_size
 
     def temperature():
-        return latents.temperature(
-            step, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule
-        )
+        return latents.temperature(step, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule)
 
-    def gradients(images, tau):
+    def gradients(images, tau, seed):
         """Images [b, H, W, 3] (this replica's share) -> gradients, summed terms / global batch."""
         with tf.GradientTape() as tape:
-            outputs = model(images, training=True, temperature=tau)
+            outputs = model(images, training=True, temperature=tau, seed=seed)
             terms = model.loss_terms(images, outputs)
             # Each replica divides its sum by the global batch, so the gradients that the
             # optimizer sums across replicas are those of the mean over the global batch.
@@ -162,7 +166,11 @@ def make_train_step(
         gradients = tf.function(gradients, jit_compile=True)
 
     def replica_step(batch):
-        grads, terms = gradients(batch["image"], temperature())
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        # TFP takes int32 seeds: (seed, replica) in one word, the step in the other.
+        base = (cfg.train.seed * 4096) % 2**31 + tf.cast(replica, tf.int32)
+        seed = tf.stack([base, tf.cast(tf.convert_to_tensor(step), tf.int32)])
+        grads, terms = gradients(batch["image"], temperature(), seed)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return terms
 
@@ -174,6 +182,8 @@ def make_train_step(
         }
         metrics["temperature"] = temperature()
         step.assign_add(1)
+        if position is not None:
+            position.assign_add(global_batch)
         # Written in-graph, so logging the temperature every step costs no host round trip.
         tf.summary.scalar("temperature", metrics["temperature"], step=step)
         return metrics
@@ -188,6 +198,43 @@ def make_train_step(
         return metrics
 
     return train_step
+
+
+def _restore_readable(checkpoint_dir, checkpoint, parts, position, step, batch_size):
+    """Restores the newest checkpoint that reads back whole; returns its path (None: none).
+
+    A checkpoint whose files were truncated or deleted is passed over for the one before,
+    with a warning, and nothing is deleted. Checkpoints written before the input position
+    was saved resume it as one global batch per step.
+    """
+    state = tf.train.get_checkpoint_state(checkpoint_dir)
+    candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
+    failures = []
+    for path in candidates:
+        try:
+            names = {name for name, _ in tf.train.list_variables(path)}
+            if any(n.startswith("input_position/") for n in names):
+                checkpoint.restore(path).assert_existing_objects_matched()
+            else:
+                tf.train.Checkpoint(**parts).restore(path).assert_existing_objects_matched()
+                position.assign(step * batch_size)
+        except Exception as e:  # noqa: BLE001  TF raises OpError, IndexError, ValueError...
+            reason = " ".join(str(e).split())[:200]
+            print(f"warning: checkpoint {path} is unreadable ({reason}); trying an older one")
+            failures.append(path)
+            continue
+        if failures:
+            # The state file names the readable one as the latest (TF's preemption handler
+            # restores that); the unreadable files stay on disk.
+            kept = [p for p in state.all_model_checkpoint_paths if p not in failures]
+            tf.compat.v1.train.update_checkpoint_state(checkpoint_dir, path, kept)
+        return path
+    if failures:
+        raise UserError(
+            f"no readable checkpoint in {checkpoint_dir!r} (tried {', '.join(failures)}); "
+            "move that directory away to train from scratch"
+        )
+    return None
 
 
 def _check_same_step(strategy: tf.distribute.Strategy, step: tf.Variable) -> None:
@@ -252,21 +299,21 @@ def train(cfg: Config) -> dict:
         optimizer = precision.wrap_optimizer(make_optimizer(cfg), policy)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        # Training examples consumed (all pipelines): where the input resumes.
+        position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_position")
 
     checkpoint_dir = os.path.join(t.workdir, CHECKPOINT_DIR)
-    checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=precision.inner_optimizer(optimizer), step=step
-    )
+    parts = dict(model=model, optimizer=precision.inner_optimizer(optimizer), step=step)
+    checkpoint = tf.train.Checkpoint(**parts, input_position=position)
     # Every worker restores the chief's latest checkpoint: all start at the same step.
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+    latest = _restore_readable(checkpoint_dir, checkpoint, parts, position, step, t.batch_size)
     _check_same_step(strategy, step)
     distribute.remove_worker_dir(checkpoint_dir, strategy)  # a killed run's leftovers
     manager = tf.train.CheckpointManager(
         checkpoint, distribute.write_dir(checkpoint_dir, strategy), max_to_keep=3
     )
     start = int(step.numpy())
+    start_position = int(position.numpy())
 
     if chief:
         os.makedirs(t.workdir, exist_ok=True)
@@ -278,13 +325,15 @@ def train(cfg: Config) -> dict:
         return {"step": start, "first_loss": None, "last_loss": None, "images_per_second": 0.0}
 
     global_batch = t.batch_size
-    iterator = make_iterator(cfg, strategy, source)
+    iterator = make_iterator(cfg, strategy, source, start_position)
     jit_compile = distribute.use_xla(dc, strategy)
     if jit_compile and dc.sync_batch_norm and strategy.num_replicas_in_sync > 1:
         # Synchronised BatchNorm all-reduces inside the forward pass; XLA cannot hold that.
         print("note: --sync_batch_norm over several replicas runs without XLA (--jit_compile)")
         jit_compile = False
-    train_step = make_train_step(cfg, strategy, model, optimizer, step, jit_compile)
+    train_step = make_train_step(
+        cfg, strategy, model, optimizer, step, jit_compile, position=position
+    )
 
     if chief:
         writer = tf.summary.create_file_writer(os.path.join(t.workdir, LOG_DIR))

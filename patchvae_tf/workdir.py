@@ -1,23 +1,65 @@
-"""Files of a workdir: written whole or not at all."""
+"""A workdir's layout (what lives where) and its files, written whole or not at all."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 
+CONFIG_FILE = "config.json"  # the training Config, as JSON
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"  # TensorBoard summaries of training
+EVAL_DIR = "eval"  # the evaluation report, its figures and its TensorBoard logs
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes text to path through a temporary file and a rename: a reader (or a crash)
+
+def restore(cfg, model, step=None):
+    """Restores the latest checkpoint of cfg's workdir into model (and step), for reading;
+    returns the tf.train.CheckpointManager (its latest_checkpoint is None when there is none).
+
+    Training restores its own checkpoint (with the optimizer) in training.train().
+    """
+    # Imported here: comparison.py reads this module's names without paying for TensorFlow.
+    import tensorflow as tf
+
+    parts = {"model": model} if step is None else {"model": model, "step": step}
+    checkpoint = tf.train.Checkpoint(**parts)
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(cfg.train.workdir, CHECKPOINT_DIR), max_to_keep=3
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    return manager
+
+
+def write_bytes_atomic(path: str, content: bytes) -> None:
+    """Writes content to path through a temporary file and a rename: a reader (or a crash)
     sees the old file or the new one, never half of one.
     """
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """write_bytes_atomic of text, UTF-8 encoded."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def publish(staging: str, out_dir: str) -> None:
+    """Moves every file of the staging directory into out_dir, each one atomically.
+
+    A section of several files (the evaluation's report and figures) is written into a
+    staging directory beside out_dir first, so a failure half-way leaves out_dir untouched.
+    """
+    for dirpath, _, files in os.walk(staging):
+        target = os.path.join(out_dir, os.path.relpath(dirpath, staging))
+        os.makedirs(target, exist_ok=True)
+        for f in files:
+            os.replace(os.path.join(dirpath, f), os.path.join(target, f))

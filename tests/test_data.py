@@ -151,20 +151,41 @@ def test_random_flip_is_an_option(tmp_path):
     assert set(flipped) == {1.0, -1.0}
 
 
-@pytest.mark.parametrize("layout", ["missing", "empty"])
-def test_folder_errors(tmp_path, layout):
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "holds no JPEG or PNG training images"),
+        ("all_corrupt", "every training image is corrupt"),
+        ("one_split_file", "give both --train_split_file and --test_split_file"),
+        ("empty_split_file", "lists no images"),
+    ],
+)
+def test_folder_errors(tmp_path, layout, message):
     root = tmp_path / "d"
+    splits = {}
     if layout == "empty":
         (root / "train" / "cls").mkdir(parents=True)
-    with pytest.raises(UserError, match=str(root)):
-        data.get_source(DataConfig(dataset=f"folder:{root}"))
+    elif layout == "all_corrupt":
+        (root / "train" / "cls").mkdir(parents=True)
+        (root / "train" / "cls" / "a.jpg").write_bytes(b"not a jpeg")
+    elif layout in ("one_split_file", "empty_split_file"):
+        _write(root / "cls" / "a.png", "RGB")
+        (tmp_path / "split.txt").write_text("\n" if layout == "empty_split_file" else "cls/a.png\n")
+        splits = {"train_split_file": str(tmp_path / "split.txt")}
+        if layout == "empty_split_file":
+            splits["test_split_file"] = splits["train_split_file"]
+    with pytest.raises(UserError, match=message) as err:
+        data.get_source(DataConfig(dataset=f"folder:{root}", **splits))
+    assert "\n" not in str(err.value)
 
 
 def test_tfds_through_mock_data():
     import tensorflow_datasets as tfds
 
+    # mock_data's data_dir holds metadata only: --download runs its no-op preparation.
     with tfds.testing.mock_data(num_examples=12):
-        source = data.get_source(DataConfig(dataset="mnist", image_size=16))
+        source = data.get_source(DataConfig(dataset="mnist", image_size=16, download=True))
         assert source.num_classes == 10
         batch = next(iter(data.input_dataset(source, "train", 4, training=True)))
         test = next(iter(data.input_dataset(source, "test", 4, training=False)))
@@ -176,3 +197,60 @@ def test_tfds_through_mock_data():
 def test_unknown_tfds_name_is_a_user_error():
     with pytest.raises(UserError, match="no_such_dataset"):
         data.get_source(DataConfig(dataset="no_such_dataset"))
+
+
+@pytest.mark.parametrize(
+    ("name", "advice"),
+    [("mnist", "pass --download to fetch"), ("imagenet2012", "downloads/manual")],
+)
+def test_unprepared_tfds_fails_fast_and_says_how_to_prepare(tmp_path, name, advice):
+    import time
+
+    cfg = DataConfig(dataset=name, data_dir=str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=f"'{name}' is not prepared in --data_dir") as err:
+        data.get_source(cfg)
+    assert time.perf_counter() - start < 10  # TFDS's own download retries for ~3 minutes
+    assert advice in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "downloads").exists()  # nothing was fetched
+
+
+def test_download_flag_prepares_and_reports_failure_in_one_line(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    calls = []
+
+    def offline(self, *args, **kwargs):
+        calls.append(self.name)
+        raise ConnectionError("Failed to connect to storage.googleapis.com\nretry 1 ...")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    cfg = DataConfig(dataset="mnist", data_dir=str(tmp_path), download=True)
+    with pytest.raises(UserError, match="could not be prepared .*: Failed to connect") as err:
+        data.get_source(cfg)
+    assert calls == ["mnist"] and "\n" not in str(err.value)
+
+
+def test_class_folder_without_images_is_not_a_class(tmp_path):
+    root = tmp_path / "f"
+    _write(root / "train" / "cat" / "a.png", "RGB")
+    _write(root / "train" / "dog" / "b.png", "RGB")
+    (root / "train" / "empty").mkdir()
+    (root / "train" / "dog" / "notes.txt").write_text("not an image")
+    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=8))
+    assert source.num_classes == 2 and source.sizes == {"train": 2, "test": 0}
+
+
+def test_huge_images_are_resized_and_decompression_bombs_skipped(tmp_path, monkeypatch, capsys):
+    from PIL import Image as PILImage
+
+    root = tmp_path / "big"
+    _write(root / "train" / "a" / "large.png", "RGB", size=(3000, 2000))
+    _write(root / "train" / "a" / "small.png", "RGB", size=(40, 30))
+    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=16))
+    batch = _take(data.input_dataset(source, "train", 2, training=False), 1)[0]
+    assert batch["image"].shape == (2, 16, 16, 3)
+    # Past PIL's decompression-bomb limit (2x MAX_IMAGE_PIXELS) a file is refused as corrupt.
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1_000_000)
+    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=16))
+    assert source.sizes["train"] == 1 and "skipped 1 corrupt" in capsys.readouterr().out

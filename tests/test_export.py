@@ -1,6 +1,7 @@
 """The export stage: SavedModel for TF Serving, ONNX for edge runtimes, and their agreement."""
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -95,6 +96,16 @@ def test_layout_report_and_parity(trained, exported):
     assert on_disk["versions"]["tensorflow"].startswith("2.")
     config_text = open(os.path.join(root, "models.config")).read()
     assert "name: 'patchvae'" in config_text and "base_path: '/models/patchvae'" in config_text
+    # The default int8 bound (0.99) passes this model, and the report says so.
+    assert on_disk["int8"]["written"] and on_disk["int8"]["min_cosine"] == 0.99
+    # The top-level names are fixed symlinks into the current export; each file is the one
+    # the report's checksums describe, and the SavedModel carries its own copy of the report.
+    assert os.path.realpath(f"{root}/onnx") == os.path.realpath(f"{root}/current/onnx")
+    for rel, digest in on_disk["sha256"].items():
+        with open(os.path.join(root, rel), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == digest, rel
+    with open(f"{root}/saved_model/300/assets.extra/export_report.json") as f:
+        assert json.load(f)["export_id"] == on_disk["export_id"]
     # Nothing but the export dir itself next to it: the staging directory is gone.
     assert os.listdir(os.path.dirname(root)) == ["patchvae"]
 
@@ -105,7 +116,8 @@ def test_saved_model_holds_the_encoder_only(exported):
     ecfg, rep = exported
     keys = [k for k, _ in tf.train.list_variables(f"{_version_dir(ecfg, rep)}/variables/variables")]
     weights = [k for k in keys if "VARIABLE_VALUE" in k]
-    assert len(weights) == rep["model"]["encoder_variables"] == 13
+    # The pyramid encoder's two convs (no biases) and one BatchNorm (4), three heads (6).
+    assert len(weights) == rep["model"]["encoder_variables"] == 12
     assert not [k for k in keys if "decoder" in k]
     assert any("moving_mean" in k for k in weights)  # BatchNorm statistics are exported
 
@@ -250,6 +262,13 @@ def test_bad_inputs_raise_invalid_argument(loaded):
     for fn, kwargs, message in cases:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             fn(**{k: tf.constant(v) for k, v in kwargs.items()})
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+        default(images=tf.zeros([1, SIZE, SIZE, 3], tf.int32))  # a wrong dtype
+    # An empty batch: a message, not a convolution's error about filter depths.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`images` is an empty batch"):
+        default(images=tf.zeros([0, SIZE, SIZE, 3]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="`image_bytes` is an empty batch"):
+        from_bytes(image_bytes=tf.zeros([0], tf.string))
     png = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
     with pytest.raises(tf.errors.InvalidArgumentError):  # a PNG header on a broken file
         from_bytes(image_bytes=tf.constant([png[:40]]))
@@ -327,7 +346,8 @@ def test_vae_exports_its_outputs(trained, tmp_path):
     import tensorflow as tf
 
     from export import exporter
-    from patchvae_tf import models, training
+    from patchvae_tf import models
+    from patchvae_tf.workdir import CONFIG_FILE
 
     cfg, _ = trained
     vae_cfg = cfg.replace(
@@ -336,7 +356,7 @@ def test_vae_exports_its_outputs(trained, tmp_path):
     )
     vae = models.build_model(vae_cfg.model, SIZE)
     os.makedirs(vae_cfg.train.workdir)
-    with open(os.path.join(vae_cfg.train.workdir, training.CONFIG_FILE), "w") as f:
+    with open(os.path.join(vae_cfg.train.workdir, CONFIG_FILE), "w") as f:
         f.write(vae_cfg.to_json())
     step = tf.Variable(7, dtype=tf.int64)
     ckpt = tf.train.Checkpoint(model=vae, step=step)
@@ -395,3 +415,39 @@ def test_benchmark_iobinding_runner_returns_what_run_returns(exported):
         x = _pixels(batch, seed=batch)
         for a, b in zip(plain(x), bound(x), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_path, force):
+    from export import exporter
+
+    cfg, _ = trained
+    # No int8 model reaches a cosine of exactly 1: the bound refuses it.
+    ecfg = ExportConfig(
+        workdir=cfg.train.workdir,
+        export_dir=str(tmp_path / "e"),
+        formats=("onnx",),
+        quantize="int8",
+        int8_min_cosine=1.0,
+        force_int8=force,
+        parity_images=8,
+        calibration_images=16,
+    )
+    rep = exporter.export(validate_export(ecfg))
+    int8 = rep["int8"]
+    cosine = int8["agreement_with_float32"]["features"]["mean_cosine"]
+    assert 0.9 < cosine < 1.0
+    reason = f"mean cosine to float32 is {cosine:.4f} on the parity images, under "
+    int8_path = tmp_path / "e" / "onnx" / "encoder.int8.onnx"
+    with open(tmp_path / "e" / "export_report.json") as f:
+        on_disk = json.load(f)["int8"]
+    assert (tmp_path / "e" / "onnx" / "encoder.onnx").is_file()  # float32 kept either way
+    if force:
+        assert int8["written"] and reason in int8["forced"] and int8_path.is_file()
+        assert "onnx/encoder.int8.onnx" in rep["files"]
+    else:
+        assert not int8["written"] and not int8_path.exists()
+        assert reason in int8["refused"] and "--force_int8" in int8["refused"]
+        assert on_disk["refused"] == int8["refused"]
+        assert "int8 model not written: int8 features' mean cosine" in exporter.summary(ecfg, rep)
+    assert ("onnx/encoder.int8.onnx" in rep["sha256"]) == force

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from patchvae_tf import fused
 from patchvae_tf.fused import FusedAdam, FusedBatchNorm
 
 
@@ -100,26 +99,26 @@ def test_adam_matches_keras_adam_step_by_step():
     assert np.abs(results[1][0] - start[0]).max() > 0.02
 
 
-def test_keras_kernels_block_switches_both_back_to_keras_ops():
-    layer = FusedBatchNorm()
-    layer.build((None, 2, 2, 3))
+def test_fused_false_runs_keras_ops_for_both():
     x = tf.ones([2, 2, 2, 3])
 
     def op_types(fn):
         graph = tf.function(fn).get_concrete_function().graph
         return {op.type for op in graph.get_operations()}
 
-    assert "FusedBatchNormV3" in op_types(lambda: layer(x, training=True))
-    with fused.keras_kernels():
-        assert "FusedBatchNormV3" not in op_types(lambda: layer(x, training=True))
+    for fused, expected in ((True, True), (False, False)):
+        layer = FusedBatchNorm(fused=fused)
+        layer.build((None, 2, 2, 3))
+        assert ("FusedBatchNormV3" in op_types(lambda bn=layer: bn(x, training=True))) is expected
+        assert FusedBatchNorm.from_config(layer.get_config()).fused is fused
         variables = [tf.Variable([1.0, 2.0])]
-        optimizer = FusedAdam()
+        optimizer = FusedAdam(fused=fused)
         optimizer.build(variables)
-        ops = op_types(lambda: optimizer.apply_gradients([(tf.ones([2]), variables[0])]))
-        assert "ResourceApplyAdam" not in ops
-    assert "ResourceApplyAdam" in op_types(
-        lambda: optimizer.apply_gradients([(tf.ones([2]), variables[0])])
-    )
+        ops = op_types(lambda o=optimizer, v=variables: o.apply_gradients([(tf.ones([2]), v[0])]))
+        assert ("ResourceApplyAdam" in ops) is expected
+        assert FusedAdam.from_config(optimizer.get_config()).fused is fused
+    with pytest.raises(ValueError, match="Received: fused='no'"):
+        FusedBatchNorm(fused="no")
 
 
 def test_adam_checkpoints_are_interchangeable_with_keras_adam(tmp_path):

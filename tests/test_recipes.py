@@ -5,7 +5,7 @@ import os
 import pytest
 from absl import flags
 
-from patchvae_tf import config
+from patchvae_tf import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,10 +85,10 @@ RECIPES = {
 
 
 def _load(name):
-    config.define_flags()
+    cli.define_train()
     try:
         flags.FLAGS(["train.py", f"--flagfile={ROOT}/configs/{name}.cfg"])
-        return config.from_flags()
+        return cli.train_config()
     finally:
         flags.FLAGS.unparse_flags()
 
@@ -113,3 +113,16 @@ def test_every_recipe_is_pinned():
     names = {f[:-4] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".cfg")}
     # shapes.cfg is our own default run on synthetic data, not one of the paper's.
     assert names - {"shapes"} == set(RECIPES)
+
+
+def test_eval_flagfile_of_the_default_run():
+    cli.define_eval()
+    try:
+        flags.FLAGS(["evaluate.py", f"--flagfile={ROOT}/configs/eval/shapes.cfg"])
+        ecfg = cli.eval_config()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert ecfg.workdir == "runs/shapes" and ecfg.freeze_stages == (0, -1)
+    assert (ecfg.finetune_epochs, ecfg.finetune_lr_step_epochs) == (4, 2)
+    # The rest of the protocol is the authors'.
+    assert (ecfg.finetune_batch_size, ecfg.finetune_learning_rate) == (256, 0.1)

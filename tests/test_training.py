@@ -4,13 +4,14 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
 from absl import flags
 from conftest import tiny_config
 
-from patchvae_tf import config, training
+from patchvae_tf import cli, config, training
 from patchvae_tf.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,10 +73,10 @@ def test_different_model_in_same_workdir_is_refused(trained):
 
 
 def test_flagfile_parsing():
-    config.define_flags()
+    cli.define_train()
     try:
         flags.FLAGS(["train.py", f"--flagfile={ROOT}/configs/shapes.cfg", "--num_parts=5"])
-        cfg = config.from_flags()
+        cfg = cli.train_config()
     finally:
         flags.FLAGS.unparse_flags()
     assert cfg.data.dataset == "shapes" and cfg.model.encoder == "pyramid"
@@ -83,7 +84,7 @@ def test_flagfile_parsing():
     for name in ("cifar100", "indoor67", "places205", "imagenet", "mnist"):
         try:
             flags.FLAGS(["train.py", f"--flagfile={ROOT}/configs/{name}.cfg"])
-            assert config.from_flags().train.workdir == f"runs/{name}"
+            assert cli.train_config().train.workdir == f"runs/{name}"
         finally:
             flags.FLAGS.unparse_flags()
 
@@ -108,9 +109,16 @@ def _run(args, cwd=ROOT):
         (["--image_size=30", "--scale=8"], "--image_size=30 is not divisible by --scale=8"),
         (["--encoder=vgg"], "unknown --encoder 'vgg'"),
         (["--num_parts=abc"], "abc"),
+        (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+        (["positional"], "unexpected arguments ['positional']"),
+        (["--flagfile={tmp}/missing.cfg"], "Unable to open flagfile"),
+        (["--flagfile={tmp}/bad.cfg"], "flag --image_size=abc: invalid literal"),
+        (["--strategy=foo"], "unknown --strategy 'foo'"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path):
+    (tmp_path / "bad.cfg").write_text("--dataset=shapes\n--image_size=abc\n")
+    args = [a.format(tmp=tmp_path) for a in args]
     result = _run([*args, f"--workdir={tmp_path / 'w'}"])
     assert result.returncode == 2, result.stderr
     assert needle in result.stderr
@@ -127,7 +135,15 @@ def test_bad_data_exits_2_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "case", ["unknown_tfds", "empty_folder", "workdir_is_file", "missing_split_image"]
+    "case",
+    [
+        "unknown_tfds",
+        "unprepared_tfds",
+        "empty_folder",
+        "workdir_is_file",
+        "workdir_unwritable",
+        "missing_split_image",
+    ],
 )
 def test_bad_data_is_a_user_error(case, tmp_path):
     workdir = tmp_path / "w"
@@ -137,8 +153,12 @@ def test_bad_data_is_a_user_error(case, tmp_path):
     elif case == "empty_folder":
         (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
         data = {"dataset": f"folder:{tmp_path / 'empty'}"}
+    elif case == "unprepared_tfds":
+        data = {"dataset": "mnist", "data_dir": str(tmp_path / "tfds")}
     elif case == "workdir_is_file":
         workdir.write_text("")
+    elif case == "workdir_unwritable":
+        workdir = Path("/sys/patchvae-workdir")  # not writable, even by root
     else:
         (tmp_path / "imgs" / "a").mkdir(parents=True)
         (tmp_path / "tr.txt").write_text("a/missing.jpg\n")
@@ -156,12 +176,194 @@ def test_bad_data_is_a_user_error(case, tmp_path):
         assert not workdir.exists()
 
 
+TINY_FLAGS = [
+    "--dataset=shapes",
+    "--shapes_train_size=512",
+    "--shapes_test_size=64",
+    "--image_size=16",
+    "--encoder=pyramid",
+    "--base_channels=8",
+    "--scale=4",
+    "--num_parts=4",
+    "--appearance_dim=2",
+    "--batch_size=16",
+    "--log_every=100000",
+]
+
+
+def _wait_for(path, proc, timeout=240):
+    import time
+
+    end = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"no {path} after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_sigterm_saves_at_that_step_exits_42_and_resumes_there(tmp_path):
+    import re
+    import signal
+
+    workdir = tmp_path / "w"
+    args = [*TINY_FLAGS, f"--workdir={workdir}", "--checkpoint_every=25"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args, "--train_steps=100000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(workdir / "checkpoints" / "ckpt-25.index", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == training.PREEMPTED_EXIT_CODE == 42, err[-3000:]
+    saved = int(re.search(r"preempted: checkpoint saved at step (\d+)", out).group(1))
+    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    assert latest.endswith(f"ckpt-{saved}") and saved > 25
+    step = tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")
+    assert step == saved
+    assert "Traceback" not in err
+
+    resumed = _run([*args, f"--train_steps={saved + 3}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step {saved} " in resumed.stdout
+    final = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    assert tf.train.load_variable(final, "step/.ATTRIBUTES/VARIABLE_VALUE") == saved + 3
+
+
+def _image_folder(root):
+    """Two classes of odd-sized RGB images (13 training images: epochs end mid-batch)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 13), ("test", 2)):
+        for i in range(count):
+            cls = root / split / ("ab"[i % 2])
+            cls.mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 255, (20 + i, 18, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(cls / f"{i}.png")
+    return f"folder:{root}"
+
+
+def _float_variables(prefix):
+    import numpy as np
+
+    reader = tf.train.load_checkpoint(prefix)
+    out = {}
+    for name in reader.get_variable_to_shape_map():
+        value = np.asarray(reader.get_tensor(name))
+        if value.dtype.kind == "f" and "save_counter" not in name:
+            out[name] = value
+    return out
+
+
+# Each case costs about a minute of TensorFlow start-ups on 2 cores: two cases cover both
+# datasets and both device counts (the other two pairings passed as well when added).
+@pytest.mark.parametrize(("dataset", "devices"), [("shapes", 1), ("folder", 2)])
+def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, dataset, devices):
+    """--deterministic: killed (SIGKILL) after a checkpoint and resumed, a run ends with the
+    weights of a run that never stopped: the input order, flips and samples resume exactly.
+    """
+    import signal
+
+    import numpy as np
+
+    name = _image_folder(tmp_path / "images") if dataset == "folder" else "shapes"
+    args = [
+        *TINY_FLAGS,
+        f"--dataset={name}",
+        "--shapes_train_size=37",  # epochs end mid-batch here too
+        "--batch_size=8",
+        "--checkpoint_every=6",
+        "--deterministic",
+        "--random_flip",
+    ]
+    if devices == 2:
+        args += ["--strategy=mirrored", "--virtual_cpu_devices=2"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    killed, fresh = tmp_path / "killed", tmp_path / "fresh"
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args, f"--workdir={killed}", "--train_steps=100000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(killed / "checkpoints" / "ckpt-12.index", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    saved = int(latest.rsplit("-", 1)[1])
+    steps = saved + 7  # past the last checkpoint, through several epoch ends
+    runs = {
+        workdir: subprocess.Popen(
+            [sys.executable, "train.py", *args, f"--workdir={workdir}", f"--train_steps={steps}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for workdir in (killed, fresh)
+    }
+    outputs = {}
+    for workdir, run in runs.items():
+        outputs[workdir], err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-3000:]
+    assert f"resuming from step {saved} " in outputs[killed]
+    final = {w: _float_variables(str(w / "checkpoints" / f"ckpt-{steps}")) for w in runs}
+    assert final[killed].keys() == final[fresh].keys() and len(final[fresh]) > 20
+    worst = max(float(np.max(np.abs(final[killed][k] - final[fresh][k]))) for k in final[fresh])
+    print(f"{dataset}, {devices} device(s): resumed at {saved}, max |weight diff| {worst:.3g}")
+    assert worst <= 1e-6, worst
+    position = tf.train.load_variable(
+        str(killed / "checkpoints" / f"ckpt-{steps}"), "input_position/.ATTRIBUTES/VARIABLE_VALUE"
+    )
+    assert position == steps * 8
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "all"])
+def test_unreadable_checkpoint_falls_back_to_an_older_one(trained, tmp_path, capsys, damage):
+    cfg, _ = trained
+    workdir = tmp_path / "w"
+    shutil.copytree(cfg.train.workdir, workdir)
+    ckpts = workdir / "checkpoints"
+    victims = ["ckpt-300"] if damage != "all" else ["ckpt-100", "ckpt-200", "ckpt-300"]
+    for prefix in victims:
+        for path in glob.glob(str(ckpts / f"{prefix}.data-*")):
+            if damage == "deleted":
+                os.remove(path)
+            else:
+                with open(path, "r+b") as f:
+                    f.truncate(100)
+    resumed = tiny_config(str(workdir), train_steps=301, checkpoint_every=1000)
+    if damage == "all":
+        with pytest.raises(UserError, match="no readable checkpoint in .*move that directory"):
+            training.train(resumed)
+        assert sorted(os.listdir(ckpts)) == sorted(os.listdir(cfg.train.workdir + "/checkpoints"))
+        return
+    summary = training.train(resumed)
+    out = capsys.readouterr().out
+    assert "checkpoint" in out and "ckpt-300 is unreadable" in out
+    assert "resuming from step 200" in out and summary["step"] == 301
+
+
 @pytest.mark.parametrize("normalization", ["unit", "imagenet"])
 def test_cifar_recipe_trains_on_shapes_without_nan(tmp_path, normalization):
     """configs/cifar100.cfg (ResNet cut at 1/8, N=16, the authors' initialization and
     constants) on shapes instead of CIFAR, a few small steps, in both input spaces.
     """
-    config.define_flags()
+    cli.define_train()
     try:
         flags.FLAGS(
             [
@@ -177,7 +379,7 @@ def test_cifar_recipe_trains_on_shapes_without_nan(tmp_path, normalization):
                 f"--workdir={tmp_path}",
             ]
         )
-        cfg = config.from_flags()
+        cfg = cli.train_config()
     finally:
         flags.FLAGS.unparse_flags()
     assert cfg.model.initialization == "reference" and cfg.model.normalization == normalization
@@ -185,3 +387,18 @@ def test_cifar_recipe_trains_on_shapes_without_nan(tmp_path, normalization):
     assert summary["step"] == 12
     assert all(map(math.isfinite, (summary["first_loss"], summary["last_loss"])))
     assert summary["last_loss"] < summary["first_loss"]
+
+
+def test_config_json_is_replaced_whole(tmp_path, monkeypatch):
+    from patchvae_tf import workdir
+
+    path = tmp_path / "config.json"
+    path.write_text('{"old": true}')
+
+    def crash(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(workdir.os, "replace", crash)
+    with pytest.raises(OSError):
+        workdir.write_text_atomic(str(path), '{"new": true}')
+    assert path.read_text() == '{"old": true}' and os.listdir(tmp_path) == ["config.json"]
