@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import statistics
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from patchvae_tf import models
@@ -55,43 +53,6 @@ def timings(fn, x, runs: int) -> list[float]:
         fn(x)
         out.append(time.perf_counter() - start)
     return out
-
-
-def measure(
-    fn,
-    one: np.ndarray,
-    batch: np.ndarray,
-    runs1: int,
-    runs_batch: int,
-    probe,
-    windows: int = 5,
-) -> dict:
-    """Batch-1 latency and batch throughput of fn (which must return host values).
-
-    The batch-1 calls run in `windows` windows: the median over all calls, and the lowest
-    window median, which is what the runtime does when other processes leave the CPU alone
-    (on this shared machine the same model's median moved between 0.26 and 0.43 ms from
-    one second to the next). probe (a callable returning the matmul GFLOP/s right now)
-    runs before, between and after the windows, so the runner can tell the windows in
-    which the host ran at full speed (batch1_ms_full_speed).
-    """
-    per_window = max(1, runs1 // windows)
-    probes, lats = [probe()], []
-    for _ in range(windows):
-        lats.append(timings(fn, one, per_window))
-        probes.append(probe())
-    lat = [t for w in lats for t in w]
-    medians = [statistics.median(w) * 1e3 for w in lats]
-    big = timings(fn, batch, runs_batch)
-    return {
-        "batch1_median_ms": round(statistics.median(lat) * 1e3, 4),
-        "batch1_best_window_median_ms": round(min(medians), 4),
-        "batch1_p90_ms": round(float(np.percentile(lat, 90)) * 1e3, 4),
-        "batch": len(batch),
-        "batch_images_per_second": round(len(batch) / statistics.median(big), 1),
-        "batch1_window_medians_ms": [round(m, 4) for m in medians],
-        "batch1_window_matmul_gflops": [round(p, 2) for p in probes],
-    }
 
 
 def keras_fn(model, jit_compile: bool):

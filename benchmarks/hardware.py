@@ -1,4 +1,4 @@
-"""The machine: its float32 matmul rate (the yardstick every figure is divided by) and load."""
+"""The machine: its CPU kind, float32 matmul rate and load, reported beside the figures."""
 
 from __future__ import annotations
 
@@ -45,29 +45,16 @@ def machine() -> dict:
     except OSError:
         pass
     from export import report
+    from patchvae_tf import precision
 
+    flags = precision.cpu_flags()
     return {
         "cpu": cpu,
+        "cpu_kind": precision.cpu_kind(),
+        "cpu_bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
+        "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "versions": report.versions(),
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
     }
-
-
-class Probe:
-    """Matmul rate and load average measured next to each figure, since other processes
-    on a shared machine change both during a run.
-    """
-
-    def __init__(self, repeats: int = 3):
-        self.repeats = repeats
-        self.samples: list[float] = []
-
-    def __call__(self) -> dict:
-        rate = matmul_gflops(repeats=self.repeats)
-        self.samples.append(rate)
-        return {"matmul_gflops": round(rate, 2), "load_average": round(load_average(), 2)}
-
-    def median(self) -> float:
-        return statistics.median(self.samples) if self.samples else float("nan")

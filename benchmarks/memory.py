@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+from patchvae_tf.errors import UserError
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -22,9 +24,8 @@ def train_flags(cfg) -> list[str]:
         f"--num_parts={m.num_parts}",
         f"--appearance_dim={m.appearance_dim}",
         f"--batch_size={t.batch_size}",
-        f"--jit_compile={dc.jit_compile}",
         f"--mixed_precision={dc.mixed_precision}",
-    ]
+    ] + ([] if dc.jit_compile is None else [f"--jit_compile={dc.jit_compile}"])
 
 
 # Runs its arguments as a child and prints the child's ru_maxrss. A child started by this
@@ -55,16 +56,18 @@ def peak_rss_mb(cmd: list[str]) -> tuple[float, list[str]]:
     return int(lines[-1].split()[1]) / 1024, lines[:-1]  # the wrapper's last line, in KiB
 
 
-def peak_rss(cfg, workdir: str, steps: int, dataset_size: int) -> dict:
-    """Runs train.py for `steps` steps on `dataset_size` shapes images; returns its peak RSS.
+def peak_rss(cfg, workdir: str, steps: int, dataset_size: int = 0, folder: str = "") -> dict:
+    """Runs train.py for `steps` steps on `dataset_size` shapes images, or on the image
+    folder `folder` (FOLDER/train/CLASS/*.jpg); returns its peak RSS.
 
     Logging, image summaries and a checkpoint run as in any run.
     """
+    data = [f"--dataset=folder:{folder}"] if folder else [f"--shapes_train_size={dataset_size}"]
     cmd = [
         sys.executable,
         os.path.join(REPO, "train.py"),
         *train_flags(cfg),
-        f"--shapes_train_size={dataset_size}",
+        *data,
         f"--train_steps={steps}",
         f"--log_every={steps}",
         f"--checkpoint_every={steps}",
@@ -73,8 +76,39 @@ def peak_rss(cfg, workdir: str, steps: int, dataset_size: int) -> dict:
     start = time.perf_counter()
     mb, _ = peak_rss_mb(cmd)
     return {
-        "dataset_size": dataset_size,
+        "dataset_size": count_images(folder) if folder else dataset_size,
+        "folder": folder or None,
         "steps": steps,
         "peak_rss_mb": round(mb, 1),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _train_images(folder: str) -> list[str]:
+    root = os.path.join(folder, "train")
+    if not os.path.isdir(root):
+        raise UserError(f"--memory_folder={folder!r} has no train/ subfolder of class folders")
+    return sorted(
+        os.path.join(dirpath, f)
+        for dirpath, _, files in os.walk(root)
+        for f in files
+        if f.lower().endswith((".jpg", ".jpeg", ".png"))
+    )
+
+
+def count_images(folder: str) -> int:
+    return len(_train_images(folder))
+
+
+def subset_folder(folder: str, out: str, n: int) -> str:
+    """A folder of symbolic links to the first n training images of folder (and all of its
+    test images), laid out as folder is: the small end of the memory comparison.
+    """
+    for path in _train_images(folder)[:n]:
+        rel = os.path.relpath(path, folder)
+        os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
+        os.symlink(os.path.abspath(path), os.path.join(out, rel))
+    test = os.path.join(folder, "test")
+    if os.path.isdir(test):
+        os.symlink(os.path.abspath(test), os.path.join(out, "test"))
+    return out

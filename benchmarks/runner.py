@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from benchmarks import hardware, table
+from benchmarks import hardware, paired, table
+from patchvae_tf import precision
 from patchvae_tf.config import (
     BenchConfig,
     Config,
@@ -23,26 +24,26 @@ from patchvae_tf.config import (
 )
 from patchvae_tf.workdir import write_text_atomic
 
-# The reference (kampta/PatchVAE, PyTorch) on a 2-core machine with a 177 GFLOP/s matmul,
-# as given in the issue; the targets are multiples of it.
-REFERENCE = {
-    "train_images_per_second": 300.0,
-    "matmul_gflops": 177.0,
-    "train_images_per_second_per_matmul_gflops": 300.0 / 177.0,
-    "encoder_batch128_images_per_second": [1350.0, 2000.0],
-    "encoder_batch1_ms": [2.0, 3.6],
-}
+# Ours over the authors' code (kampta/PatchVAE, float32, PyTorch's defaults), measured
+# interleaved in the same run; above 1 is faster.
 TARGETS = {
-    "train_images_per_second_per_matmul_gflops": 2.5,
-    "onnx_batch128_speedup_vs_reference": 3.0,
-    "onnx_batch1_ms": 0.3,
-    "time_per_image_spread_batch_32_to_256": 1.2,
-    "train_peak_rss_mb": 2048.0,
+    "train_cifar_default": 1.5,
+    "train_cifar_float32": 1.3,
+    "train_64px_default": 1.5,
+    "onnxruntime_int8_batch": 3.0,
+    "onnxruntime_int8_batch1": 5.0,
+    "onnxruntime_batch": 1.5,
+    "onnxruntime_batch1": 1.5,
+    "saved_model_batch": 1.2,
 }
-VARIANTS = {  # name -> (jit_compile, mixed_precision)
-    "xla_off": (False, "none"),
-    "xla_on": (True, "none"),
-    "xla_on_bf16": (True, "mixed_bfloat16"),
+PEAK_RSS_TARGET_MB = 2048.0
+FLAT_MEMORY_TARGET = 1.1  # peak RSS on the large dataset over the small one
+VARIANTS = {  # name -> (jit_compile, mixed_precision); None and "auto" as train.py decides
+    "default": (None, "auto"),
+    "float32": (False, "none"),
+    "float32_xla": (True, "none"),
+    "bfloat16": (False, "mixed_bfloat16"),
+    "bfloat16_xla": (True, "mixed_bfloat16"),
 }
 
 
@@ -50,170 +51,245 @@ VARIANTS = {  # name -> (jit_compile, mixed_precision)
 class Sizes:
     """How big each section runs; --quick shrinks everything to check the harness."""
 
-    recipes: tuple  # (name, image size, global batch)
-    variants: tuple  # names from VARIANTS
-    steps: int
-    scaling_batches: tuple
-    scaling_sizes: tuple
-    scaling_batch_for_sizes: int
+    recipes: tuple  # (name, image size, global batch); the first is the CIFAR recipe
+    windows: int  # interleaved timing windows per training figure
+    window_steps: dict  # image size -> train steps per window
     encoder_batch: int
-    runs_batch1: int
-    runs_batch: int
+    encoder_windows: int
+    calls_batch1: int  # per window
+    calls_batch: int  # per window
     memory_steps: int
     memory_dataset_sizes: tuple
+    memory_folder_small: int  # images in the small copy of --memory_folder
     calibration_images: int
     parity_images: int
-    window_probe_size: int  # matmul side of the probes between batch-1 windows
 
 
 FULL = Sizes(
-    recipes=(("cifar_32px", 32, 128), ("64px", 64, 64)),
-    variants=tuple(VARIANTS),
-    steps=12,
-    scaling_batches=(1, 8, 32, 64, 128, 256),
-    scaling_sizes=(32, 64, 128),
-    scaling_batch_for_sizes=32,
+    recipes=(("cifar_32px", 32, 128), ("64px", 64, 128)),
+    windows=4,
+    window_steps={32: 3, 64: 2},
     encoder_batch=128,
-    runs_batch1=500,
-    runs_batch=15,
+    encoder_windows=5,
+    calls_batch1=100,
+    calls_batch=4,
     memory_steps=30,
     memory_dataset_sizes=(1280, 128000),
+    memory_folder_small=1280,
     calibration_images=128,
     parity_images=32,
-    window_probe_size=hardware.MATMUL_SIZE,
 )
 QUICK = Sizes(
     recipes=(("cifar_32px", 32, 4),),
-    variants=("xla_off",),
-    steps=2,
-    scaling_batches=(2,),
-    scaling_sizes=(),
-    scaling_batch_for_sizes=2,
+    windows=2,
+    window_steps={32: 2},
     encoder_batch=4,
-    runs_batch1=3,
-    runs_batch=2,
+    encoder_windows=2,
+    calls_batch1=3,
+    calls_batch=2,
     memory_steps=1,
     memory_dataset_sizes=(16, 64),
+    memory_folder_small=16,
     calibration_images=4,
     parity_images=4,
-    window_probe_size=256,
 )
 
 
-def recipe_config(arch: str, image_size: int, batch: int, variant: str, seed: int) -> Config:
-    """The CIFAR recipe's model (resnet, scale 8, N=16, L=6) on shapes images."""
-    jit, precision = VARIANTS[variant]
+def recipe_config(image_size: int, batch: int, variant: str, seed: int) -> Config:
+    """The CIFAR recipe's model (resnet, scale 8, 64 base channels, N=16, L=6, the authors'
+    initialization and BatchNorm constants) on shapes images of image_size.
+    """
+    jit, policy = VARIANTS[variant]
     return Config(
         data=DataConfig(dataset="shapes", image_size=image_size, shapes_train_size=10000),
-        model=ModelConfig(arch=arch, encoder="resnet", scale=8, num_parts=16, appearance_dim=6),
-        train=TrainConfig(batch_size=batch, seed=seed),
-        distribute=DistributeConfig(jit_compile=jit, mixed_precision=precision),
+        model=ModelConfig(
+            arch="patchvae",
+            encoder="resnet",
+            scale=8,
+            base_channels=64,
+            num_parts=16,
+            appearance_dim=6,
+            initialization="reference",
+            batch_norm_momentum=0.9,
+            batch_norm_epsilon=1e-5,
+        ),
+        train=TrainConfig(batch_size=batch, seed=seed, learning_rate=1e-4, adam_epsilon=1e-8),
+        distribute=DistributeConfig(jit_compile=jit, mixed_precision=policy),
     )
-
-
-def _normalise(figure: dict, rate_key: str, flops_per_image: int, matmul: float) -> None:
-    """Adds images/s per matmul-GFLOP/s and the fraction of the matmul rate reached."""
-    rate = figure[rate_key]
-    figure["per_matmul_gflops"] = round(rate / matmul, 4)
-    figure["fraction_of_matmul"] = round(rate * flops_per_image / (matmul * 1e9), 4)
-
-
-def _full_speed_latency(figure: dict, best: float, within: float = 0.9) -> dict:
-    """The batch-1 median over the windows whose probes on both sides reached `within` of
-    the run's highest: the latency when the host ran at full speed.
-
-    This shared host flips between two states (a matmul probe of ~85 against ~135 GFLOP/s
-    within one minute). Scaling each window by its probes would assume that a 1-thread
-    runtime slows as much as the 2-thread probe does, which it does not, so windows are
-    selected instead of scaled.
-    """
-    medians, probes = figure["batch1_window_medians_ms"], figure["batch1_window_matmul_gflops"]
-    fast = [
-        m
-        for m, a, b in zip(medians, probes[:-1], probes[1:], strict=True)
-        if min(a, b) >= within * best
-    ]
-    return {
-        "batch1_ms_full_speed": round(statistics.median(fast), 4) if fast else None,
-        "batch1_full_speed_windows": len(fast),
-    }
 
 
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _ratio_text(c: dict) -> str:
+    return f"{c['ratio']}x" if c.get("ratio") is not None else "no reference"
+
+
 class Run:
-    def __init__(self, cfg: BenchConfig):
+    def __init__(self, cfg: BenchConfig, reference=None):
         self.cfg = cfg
         self.sizes = QUICK if cfg.quick else FULL
-        self.steps = cfg.steps or self.sizes.steps
-        self.probe = hardware.Probe(repeats=2 if cfg.quick else 3)
+        self.reference = reference
+        self._ref_keys: set = set()
+        self._by_threads: list = []
         self.flops: dict = {}
+        auto, why = precision.resolve("auto")
         self.results: dict = {
             "command": "python -m benchmarks "
-            + " ".join(f"--{k}={v}" for k, v in cfg.to_dict().items()),
+            + " ".join(f"--{k}={v}" for k, v in cfg.to_dict().items() if v not in ("", None)),
             "config": cfg.to_dict(),
             "started": _now(),
             "machine": hardware.machine(),
-            "reference": REFERENCE,
+            "auto_precision": {"policy": auto, "why": why},
             "targets": TARGETS,
+            "reference": reference.info if reference else None,
         }
 
-    def flops_of(self, arch: str, image_size: int) -> dict:
-        key = f"{arch}_{image_size}px"
+    # --- the reference -------------------------------------------------------------------
+
+    def _reference_setup(self, cmd: str, key: str, size: int, **extra) -> None:
+        if key not in self._ref_keys:
+            self.reference.request(
+                {
+                    "cmd": cmd,
+                    "key": key,
+                    "image_size": size,
+                    "num_parts": 16,
+                    "appearance_dim": 6,
+                    "scale": 8,
+                    "base_channels": 64,
+                    "seed": self.cfg.seed,
+                    **extra,
+                }
+            )
+            self._ref_keys.add(key)
+
+    def _reference_threads(self) -> list[int]:
+        """The reference runs at its default thread count and at one thread, and each window
+        keeps the faster: on a loaded host PyTorch's OpenMP threads wait for each other at
+        every op, and the reference should be compared at its best. The figures keep
+        both (reference_by_threads).
+        """
+        default = self.reference.info["threads"]
+        return [default, 1] if default > 1 else [default]
+
+    def _reference_train_window(self, size: int, batch: int, steps: int):
+        key = f"train_{size}_{batch}"
+        self._reference_setup("train_setup", key, size, batch=batch)
+
+        def window():
+            rates = {}
+            for t in self._reference_threads():
+                request = {"cmd": "train", "key": key, "steps": steps, "threads": t}
+                rates[t] = steps * batch / self.reference.request(request)["seconds"]
+            self._by_threads.append({str(t): round(r, 2) for t, r in rates.items()})
+            return max(rates.values())
+
+        return window
+
+    # --- sections ------------------------------------------------------------------------
+
+    def flops_of(self, image_size: int) -> dict:
+        key = f"patchvae_{image_size}px"
         if key not in self.flops:
             from benchmarks import flops
             from patchvae_tf import models
 
-            model = models.build_model(
-                recipe_config(arch, image_size, 2, "xla_off", 0).model, image_size
-            )
+            model = models.build_model(recipe_config(image_size, 2, "float32", 0).model, image_size)
             self.flops[key] = flops.count(model)
         return self.flops[key]
 
     def section_flops(self) -> None:
         for _, size, _ in self.sizes.recipes:
-            for arch in ("patchvae", "vae"):
-                self.flops_of(arch, size)
+            self.flops_of(size)
 
-    def _train_case(self, arch, size, batch, variant, **extra) -> dict:
+    def _train_case(self, recipe, size, batch, variant, **knobs) -> dict:
         from benchmarks import train_bench
 
-        cfg = recipe_config(arch, size, batch, variant, self.cfg.seed)
-        spl = extra.pop("steps_per_loop", self.cfg.steps_per_loop)
-        probe = self.probe()
-        fig = train_bench.measure(cfg, self.steps, spl, **extra)
-        case = {"arch": arch, "image_size": size, "batch": batch, "variant": variant}
-        case |= {"steps_per_loop": spl, **extra, **fig, "probe": probe}
-        per_image = self.flops_of(arch, size)["train_step"]["total"]
-        case["train_gflops_per_image"] = round(per_image / 1e9, 4)
-        _normalise(case, "images_per_second", per_image, probe["matmul_gflops"])
+        cfg = recipe_config(size, batch, variant, self.cfg.seed)
+        spl = knobs.get("steps_per_loop", 1)
+        steps = self.cfg.steps or self.sizes.window_steps[size]
+        calls = max(1, steps // spl)
+        session = train_bench.Session(cfg, **knobs)
+        self._by_threads = []
+        try:
+            theirs = (
+                self._reference_train_window(size, batch, calls * spl) if self.reference else None
+            )
+            if theirs:
+                ours_w, theirs_w = paired.interleave(
+                    lambda: session.window(calls), theirs, self.sizes.windows
+                )
+            else:
+                ours_w = [session.window(calls) for _ in range(self.sizes.windows)]
+                theirs_w = None
+        finally:
+            session.close()
+        case = {
+            "recipe": recipe,
+            "image_size": size,
+            "batch": batch,
+            "variant": variant,
+            "policy": session.policy,
+            "jit_compile": session.jit_compile,
+            **knobs,
+            "steps_per_window": calls * spl,
+            "first_call_seconds": round(session.first_call_seconds, 2),
+            "loss_first_last": [round(session.first_loss, 3), round(session.last_loss, 3)],
+            "images_per_second": paired.compare(ours_w, theirs_w, higher_is_better=True),
+            # The reference's images/s per window at each thread count; the faster counts.
+            "reference_by_threads": self._by_threads,
+            "load_average": round(hardware.load_average(), 2),
+        }
+        # What the step reaches in convolution and matmul FLOPs, against the float32 matmul
+        # rate measured at the start: how far from the machine's dense-math speed it runs.
+        per_image = self.flops_of(size)["train_step"]["total"]
+        case["gflops_per_second"] = round(case["images_per_second"]["ours"] * per_image / 1e9, 1)
         _log(
-            f"train {arch} {size}px b{batch} {variant} spl={spl} {extra or ''}: "
-            f"{case['images_per_second']} img/s, {case['per_matmul_gflops']} per matmul-GFLOP/s "
-            f"(matmul {probe['matmul_gflops']}, load {probe['load_average']})"
+            f"train {recipe} b{batch} {variant} ({session.policy}, XLA {session.jit_compile}) "
+            f"{knobs or ''}: {case['images_per_second']['ours']:.0f} images/s, reference "
+            f"{case['images_per_second']['theirs']}, {_ratio_text(case['images_per_second'])} "
+            f"(load {case['load_average']})"
         )
         return case
 
+    def _variants(self) -> list[str]:
+        """Default always; float32 where default is not float32 without XLA; XLA; bfloat16
+        (with and without XLA) only where it is native: emulated bfloat16 measures nothing
+        of use.
+        """
+        auto = self.results["auto_precision"]["policy"]
+        names = ["default"]
+        if auto != "none":
+            names.append("float32")
+        names.append("float32_xla")
+        if auto == "mixed_bfloat16":
+            names += ["bfloat16_xla"]
+        return names if not self.cfg.quick else ["default"]
+
     def section_train(self) -> None:
         cases = []
-        for name, size, batch in self.sizes.recipes:
-            for arch in ("patchvae", "vae"):
-                for variant in self.sizes.variants:
-                    cases.append(self._train_case(arch, size, batch, variant) | {"recipe": name})
+        (cifar, size, batch), *others = self.sizes.recipes
+        for variant in self._variants():
+            cases.append(self._train_case(cifar, size, batch, variant))
+        for name, other_size, other_batch in others:
+            cases.append(self._train_case(name, other_size, other_batch, "default"))
         self.results["train"] = cases
-        # Where the time goes: Keras's unfused BatchNorm and Adam, the input pipeline, and the
-        # per-call dispatch.
-        name, size, batch = self.sizes.recipes[0]
-        best = self._best_variant()
+        self.results["train_variants_skipped"] = (
+            "bfloat16: not native on this CPU (emulated, slower than float32)"
+            if self.results["auto_precision"]["policy"] != "mixed_bfloat16"
+            else None
+        )
+        # Where the time goes: Keras's unfused BatchNorm and Adam, the input pipeline, and
+        # the per-call dispatch.
         if self.cfg.quick:  # one case runs every code path
             knobs = [
                 self._train_case(
-                    "patchvae",
+                    cifar,
                     size,
                     batch,
-                    best,
+                    "default",
                     synthetic=True,
                     steps_per_loop=2,
                     keras_kernels=True,
@@ -221,68 +297,73 @@ class Run:
             ]
         else:
             knobs = [
-                self._train_case("patchvae", size, batch, best, keras_kernels=True),
-                self._train_case("patchvae", size, batch, best, synthetic=True),
-                self._train_case("patchvae", size, batch, best, steps_per_loop=4),
+                self._train_case(cifar, size, batch, "default", keras_kernels=True),
+                self._train_case(cifar, size, batch, "default", synthetic=True),
+                self._train_case(cifar, size, batch, "default", steps_per_loop=4),
             ]
         self.results["train_knobs"] = knobs
 
-    def _best_variant(self) -> str:
-        name = self.sizes.recipes[0][0]
-        cases = [
-            c
-            for c in self.results.get("train", [])
-            if c.get("recipe") == name and c["arch"] == "patchvae"
-        ]
-        if not cases:
-            return "xla_on"
-        return max(cases, key=lambda c: c["images_per_second"])["variant"]
+    def _encoder_runtimes(self, model, sm: str, onnx_dir: str):
+        from benchmarks import encoder_bench
 
-    def section_scaling(self) -> None:
-        s = self.sizes
-        variant = self._best_variant()
-        by_batch = [self._train_case("patchvae", 32, b, variant) for b in s.scaling_batches]
-        by_size = [
-            self._train_case("patchvae", size, s.scaling_batch_for_sizes, variant)
-            for size in s.scaling_sizes
+        runtimes = [
+            ("keras", "tf.function", lambda: encoder_bench.keras_fn(model, False)),
+            ("keras", "tf.function, XLA", lambda: encoder_bench.keras_fn(model, True)),
+            ("saved_model", "serving_default", lambda: encoder_bench.saved_model_fn(sm)),
         ]
-        # The target's range; --quick has only smaller batches and compares those.
-        compared = [c for c in by_batch if 32 <= c["batch"] <= 256] or by_batch
-        flat = [c["us_per_image"] for c in compared]
-        base = by_size[0] if by_size else None
-        self.results["scaling"] = {
-            "variant": variant,
-            "by_batch": by_batch,
-            "by_image_size": by_size,
-            "batches_compared": [c["batch"] for c in compared],
-            "us_per_image_spread_batch_32_to_256": round(max(flat) / min(flat), 3)
-            if flat
-            else None,
-            "cost_ratio_vs_pixel_ratio": [
-                {
-                    "image_size": c["image_size"],
-                    "pixel_ratio": (c["image_size"] / base["image_size"]) ** 2,
-                    "time_per_image_ratio": round(c["us_per_image"] / base["us_per_image"], 3),
-                    "flops_ratio": round(
-                        c["train_gflops_per_image"] / base["train_gflops_per_image"], 3
-                    ),
-                }
-                for c in by_size
-            ]
-            if base
-            else [],
-        }
+        settings = [(2, True, True, False), (1, True, True, False)]
+        if not self.cfg.quick:
+            settings += [(2, True, True, True), (2, True, False, False)]
+        else:
+            settings += [(2, True, True, True)]
+        for fname, label in (
+            ("encoder.onnx", "onnxruntime"),
+            ("encoder.int8.onnx", "onnxruntime_int8"),
+        ):
+            path = os.path.join(onnx_dir, fname)
+            for threads, optimize, spin, bound in settings:
+                knobs = f"threads={threads}, spinning={'on' if spin else 'off'}" + (
+                    ", iobinding" if bound else ""
+                )
+                runtimes.append(
+                    (
+                        label,
+                        knobs,
+                        lambda path=path, t=threads, o=optimize, sp=spin, b=bound: (
+                            encoder_bench.ort_fn(encoder_bench.ort_session(path, t, o, sp), b)
+                        ),
+                    )
+                )
+        return runtimes
 
     def section_encoder(self) -> None:
         from benchmarks import encoder_bench
 
         s = self.sizes
-        size = self.sizes.recipes[0][1]
-        cfg = recipe_config("patchvae", size, s.encoder_batch, "xla_off", self.cfg.seed)
+        size = s.recipes[0][1]
+        cfg = recipe_config(size, s.encoder_batch, "float32", self.cfg.seed)
         rng = np.random.default_rng(self.cfg.seed)
         batch = rng.uniform(0, 255, (s.encoder_batch, size, size, 3)).astype(np.float32)
         one = batch[:1]
-        per_image = self.flops_of("patchvae", size)["encoder_inference"]["total"]
+        if self.reference:
+            self._reference_setup(
+                "encoder_setup", f"encoder_{size}", size, batches=[1, s.encoder_batch]
+            )
+
+        def theirs(b, calls):
+            def window():
+                runs = {}
+                for t in self._reference_threads():
+                    request = {"cmd": "encode", "key": f"encoder_{size}", "batch": b}
+                    request |= {"calls": calls, "threads": t}
+                    runs[t] = self.reference.request(request)["seconds"]
+                self._by_threads.append(
+                    {str(t): round(statistics.median(x) * 1e3, 4) for t, x in runs.items()}
+                )
+                return min(runs.values(), key=statistics.median)
+
+            return window
+
         figures = []
         with tempfile.TemporaryDirectory() as root:
             _log("encoder: exporting SavedModel, ONNX and int8 ONNX")
@@ -291,52 +372,43 @@ class Run:
             )
             sm = os.path.join(export_dir, "saved_model", str(rep["version"]))
             onnx_dir = os.path.join(export_dir, "onnx")
-            runtimes = [
-                ("keras", "tf.function", lambda: encoder_bench.keras_fn(model, False)),
-                ("keras", "tf.function, XLA", lambda: encoder_bench.keras_fn(model, True)),
-                ("saved_model", "serving_default", lambda: encoder_bench.saved_model_fn(sm)),
-            ]
-            for fname, label in (
-                ("encoder.onnx", "onnxruntime"),
-                ("encoder.int8.onnx", "onnxruntime_int8"),
-            ):
-                path = os.path.join(onnx_dir, fname)
-                for threads, optimize, spin, bound in (
-                    (1, True, True, False),
-                    (2, True, True, False),
-                    (2, True, True, True),
-                    (2, True, False, False),
-                    (2, False, True, False),
+            for runtime, knobs, make in self._encoder_runtimes(model, sm, onnx_dir):
+                fn = make()
+                fn(one), fn(one), fn(batch), fn(batch)  # warm-up
+
+                def ours(x, calls, fn=fn):
+                    return lambda: encoder_bench.timings(fn, x, calls)
+
+                fig = {"runtime": runtime, "settings": knobs, "batch": s.encoder_batch}
+                for label, x, b, calls, per_call in (
+                    ("batch1_ms", one, 1, s.calls_batch1, lambda t: statistics.median(t) * 1e3),
+                    (
+                        "batch_images_per_second",
+                        batch,
+                        s.encoder_batch,
+                        s.calls_batch,
+                        lambda t: s.encoder_batch / statistics.median(t),
+                    ),
                 ):
-                    knobs = (
-                        f"threads={threads}, graph_opt={'all' if optimize else 'off'}, "
-                        f"spinning={'on' if spin else 'off'}" + (", iobinding" if bound else "")
-                    )
-                    runtimes.append(
-                        (
-                            label,
-                            knobs,
-                            lambda path=path, t=threads, o=optimize, sp=spin, b=bound: (
-                                encoder_bench.ort_fn(encoder_bench.ort_session(path, t, o, sp), b)
-                            ),
+                    # The reference's median ms per call, per window and thread count.
+                    self._by_threads = fig[f"reference_ms_by_threads_{label}"] = []
+                    if self.reference:
+                        a, t = paired.interleave(
+                            ours(x, calls), theirs(b, calls), s.encoder_windows
                         )
+                        theirs_w = [per_call(w) for w in t]
+                    else:
+                        a = [ours(x, calls)() for _ in range(s.encoder_windows)]
+                        theirs_w = None
+                    fig[label] = paired.compare(
+                        [per_call(w) for w in a], theirs_w, higher_is_better=label != "batch1_ms"
                     )
-            for runtime, knobs, make in runtimes:
-                probe = self.probe()
-                fig = encoder_bench.measure(
-                    make(),
-                    one,
-                    batch,
-                    s.runs_batch1,
-                    s.runs_batch,
-                    probe=lambda: hardware.matmul_gflops(s.window_probe_size, repeats=2),
-                )
-                fig = {"runtime": runtime, "settings": knobs, **fig, "probe": probe}
-                fig["gflops_per_image"] = round(per_image / 1e9, 4)
-                _normalise(fig, "batch_images_per_second", per_image, probe["matmul_gflops"])
+                fig["load_average"] = round(hardware.load_average(), 2)
                 _log(
-                    f"encoder {runtime} ({knobs}): batch 1 {fig['batch1_median_ms']} ms, "
-                    f"batch {fig['batch']} {fig['batch_images_per_second']} img/s"
+                    f"encoder {runtime} ({knobs}): batch 1 {fig['batch1_ms']['ours']} ms "
+                    f"({_ratio_text(fig['batch1_ms'])}), batch {s.encoder_batch} "
+                    f"{fig['batch_images_per_second']['ours']:.0f} images/s "
+                    f"({_ratio_text(fig['batch_images_per_second'])})"
                 )
                 figures.append(fig)
             self.results["export"] = {
@@ -350,74 +422,64 @@ class Run:
 
         s = self.sizes
         name, size, batch = s.recipes[0]
-        # The judged figure is train.py's CPU default (XLA off), at each dataset size; the
-        # other variants run once, at the smallest.
-        default, others = "xla_off", [v for v in s.variants if v != "xla_off"]
-        runs, variants = [], []
+        cfg = recipe_config(size, batch, "default", self.cfg.seed)
+        runs = []
         with tempfile.TemporaryDirectory() as root:
-            for variant, sizes in [(default, s.memory_dataset_sizes)] + [
-                (v, s.memory_dataset_sizes[:1]) for v in others
-            ]:
-                cfg = recipe_config("patchvae", size, batch, variant, self.cfg.seed)
-                for n in sizes:
-                    workdir = os.path.join(root, f"{variant}_{n}")
-                    run = memory.peak_rss(cfg, workdir, s.memory_steps, n)
-                    _log(f"memory: {variant}, {n} images -> peak RSS {run['peak_rss_mb']} MB")
-                    (runs if variant == default else variants).append(run | {"variant": variant})
+            for n in s.memory_dataset_sizes:
+                run = memory.peak_rss(cfg, os.path.join(root, f"shapes_{n}"), s.memory_steps, n)
+                _log(f"memory: shapes, {n} images -> peak RSS {run['peak_rss_mb']} MB")
+                runs.append(run | {"data": "shapes (generated)"})
+            if self.cfg.memory_folder:
+                small = memory.subset_folder(
+                    self.cfg.memory_folder, os.path.join(root, "small"), s.memory_folder_small
+                )
+                for folder in (small, self.cfg.memory_folder):
+                    run = memory.peak_rss(
+                        cfg,
+                        os.path.join(root, f"folder_{len(runs)}"),
+                        s.memory_steps,
+                        folder=folder,
+                    )
+                    _log(
+                        f"memory: {folder}, {run['dataset_size']} images -> "
+                        f"peak RSS {run['peak_rss_mb']} MB"
+                    )
+                    runs.append(run | {"data": "image folder (JPEG files)"})
+        shapes = [r for r in runs if r["data"].startswith("shapes")]
+        files = [r for r in runs if not r["data"].startswith("shapes")]
         self.results["memory"] = {
             "recipe": name,
-            "variant": default,
             "runs": runs,
-            "growth_ratio": round(runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], 3),
-            "other_variants": variants,
+            "growth_ratio_shapes": round(shapes[-1]["peak_rss_mb"] / shapes[0]["peak_rss_mb"], 3),
+            "growth_ratio_folder": round(files[-1]["peak_rss_mb"] / files[0]["peak_rss_mb"], 3)
+            if files
+            else None,
+            "folder_images": files[-1]["dataset_size"] if files else None,
         }
 
-    def _normalise_by_run_max(self) -> None:
-        """Also divides every figure by the highest matmul rate of the run.
+    def section_precision(self) -> None:
+        from benchmarks import precision_loss
 
-        Other processes only ever lower a probe, so the highest one, of every probe taken
-        (those between timing windows included), is the closest to what the machine can
-        do; dividing by it gives the conservative figure, which the summary judges the
-        targets by. The per-figure probe stays beside it.
-        """
-        r = self.results
-        scaling = r.get("scaling", {})
-        figures = [
-            *r.get("train", []),
-            *r.get("train_knobs", []),
-            *scaling.get("by_batch", []),
-            *scaling.get("by_image_size", []),
-        ]
-        windows = [p for f in figures for p in f.get("window_matmul_gflops", [])]
-        windows += [
-            p for e in r.get("encoder", []) for p in e.get("batch1_window_matmul_gflops", [])
-        ]
-        best = max(
-            [*self.probe.samples, *windows, r["matmul_gflops_start"], r["matmul_gflops_end"]]
+        self.results["precision"] = precision_loss.run(
+            quick=self.cfg.quick,
+            steps=self.cfg.precision_steps,
+            seeds=self.cfg.precision_seeds,
+            native=self.results["auto_precision"]["policy"] == "mixed_bfloat16",
+            log=_log,
         )
-        r["matmul_gflops_max"] = round(best, 2)
-        for f in figures:
-            per_image = f["train_gflops_per_image"] * 1e9
-            f["per_max_matmul_gflops"] = round(f["images_per_second"] / best, 4)
-            f["fraction_of_max_matmul"] = round(
-                f["images_per_second"] * per_image / (best * 1e9), 4
-            )
-        for f in r.get("encoder", []):
-            f["per_max_matmul_gflops"] = round(f["batch_images_per_second"] / best, 4)
-            f |= _full_speed_latency(f, best)
-            f["fraction_of_max_matmul"] = round(
-                f["batch_images_per_second"] * f["gflops_per_image"] * 1e9 / (best * 1e9), 4
-            )
 
     def run(self) -> dict:
         self.results["matmul_gflops_start"] = round(hardware.matmul_gflops(), 2)
-        _log(f"matmul {self.results['matmul_gflops_start']} GFLOP/s")
+        _log(
+            f"{self.results['machine']['cpu']} ({self.results['machine']['cpu_kind']}), "
+            f"matmul {self.results['matmul_gflops_start']} GFLOP/s, --mixed_precision=auto -> "
+            f"{self.results['auto_precision']['policy']}; reference: "
+            + (f"torch {self.reference.info['torch']}" if self.reference else "none")
+        )
         for section in self.cfg.sections:
             _log(f"section {section}")
             getattr(self, f"section_{section}")()
         self.results["matmul_gflops_end"] = round(hardware.matmul_gflops(), 2)
-        self.results["matmul_gflops_median_of_probes"] = round(self.probe.median(), 2)
-        self._normalise_by_run_max()
         self.results["flops_per_image"] = self.flops
         self.results["summary"] = table.summary(self.results)
         self.results["finished"] = _now()
@@ -439,7 +501,16 @@ def write(path: str, results: dict) -> None:
 
 
 def main(cfg: BenchConfig) -> dict:
-    results = Run(cfg).run()
+    from benchmarks import reference
+
+    ref = reference.start(
+        cfg.reference, cfg.reference_python, cfg.reference_setup, cfg.reference_venv
+    )
+    try:
+        results = Run(cfg, ref).run()
+    finally:
+        if ref:
+            ref.close()
     write(cfg.out, results)
     print(table.markdown(results))
     return results

@@ -7,6 +7,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # TensorFlow turns its oneDNN kernels on only for CPUs with AVX-512 and newer; on AVX2
-# machines the Eigen kernels it falls back to train the CIFAR recipe about 1.35x slower
-# (benchmarks/, README "Performance"). Set TF_ENABLE_ONEDNN_OPTS=0 to compare.
+# machines the Eigen kernels it falls back to train the CIFAR recipe markedly slower. Set
+# TF_ENABLE_ONEDNN_OPTS=0 before running python -m benchmarks to compare.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

@@ -20,13 +20,13 @@ TRAIN_SPLITS = ("listed", "all_but_test")
 # ResNet-18 reaches 1/4 after its stem, then halves per stage.
 RESNET_SCALES = (4, 8, 16, 32)
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 EVAL_MODES = ("all", "probe", "finetune", "parts", "visualize")
 EXPORT_FORMATS = ("saved_model", "onnx")
 QUANTIZE_MODES = ("", "int8")
 MIN_ONNX_OPSET = 17
 MAX_ONNX_OPSET = 18  # the newest opset tf2onnx 1.17 converts to
-BENCH_SECTIONS = ("flops", "train", "encoder", "scaling", "memory")
+BENCH_SECTIONS = ("flops", "train", "encoder", "memory", "precision")
 
 
 # --- training (train.py) --------------------------------------------------------
@@ -149,7 +149,13 @@ class DistributeConfig:
         None,
         "XLA-compile the train step; unset: on with GPUs or TPUs, off on CPU only (slower there)",
     )
-    mixed_precision: str = option("none", " | ".join(PRECISIONS), choices=PRECISIONS)
+    mixed_precision: str = option(
+        "auto",
+        " | ".join(PRECISIONS) + ". auto: mixed_bfloat16 on TPUs, GPUs of compute capability "
+        ">= 8 and CPUs with AVX512_BF16 or AMX; mixed_float16 on older GPUs; none (float32) "
+        "elsewhere (precision.auto_policy)",
+        choices=PRECISIONS,
+    )
     deterministic: bool = option(False, "TF op determinism: same seed, same losses (slower)")
     sync_batch_norm: bool = option(
         False, "BatchNorm statistics over the global batch instead of each replica's share"
@@ -356,7 +362,7 @@ def validate_export(cfg: ExportConfig) -> ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """What the benchmark command measures; every figure comes with a matmul probe."""
+    """What the benchmark command measures, and the reference it measures against."""
 
     out: str = option(
         "benchmarks/results/run.json", "JSON file for the results (a .md table beside it)"
@@ -365,9 +371,34 @@ class BenchConfig:
     sections: tuple[str, ...] = option(
         BENCH_SECTIONS, "Comma-separated: " + ",".join(BENCH_SECTIONS), choices=BENCH_SECTIONS
     )
-    steps: int = option(0, "Timed train steps per case; 0 means the default", minimum=0)
-    steps_per_loop: int = option(1, "Train steps per tf.function call", positive=True)
+    steps: int = option(
+        0, "Train steps per timing window; 0: 3 at 32 px, 2 at 64 px (--quick: 2)", minimum=0
+    )
     seed: int = option(0, "Random seed", minimum=0)
+    reference: str = option(
+        "",
+        "A checkout of kampta/PatchVAE: its model is timed on the same recipes, interleaved "
+        "with ours, and every figure gets its ours-to-theirs ratio",
+    )
+    reference_python: str = option("", "--reference: a Python that imports torch")
+    reference_setup: bool = option(
+        False, "--reference: create a virtual environment with torch for it (once)"
+    )
+    reference_venv: str = option(
+        "", "Where --reference_setup creates it (default ~/.cache/patchvae-tf/torch-venv)"
+    )
+    memory_folder: str = option(
+        "",
+        "An image folder (FOLDER/train/CLASS/*.jpg), e.g. from python -m "
+        "benchmarks.image_folder: peak memory on it and on 1,280 of its images",
+    )
+    precision_steps: int = option(
+        0,
+        "Train steps of each bfloat16/float32 run; 0: the default run's 2,000, 600 for the "
+        "CIFAR recipe",
+        minimum=0,
+    )
+    precision_seeds: int = option(2, "Seeds per precision (a spread needs 2)", minimum=2)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -380,4 +411,15 @@ def validate_bench(cfg: BenchConfig) -> BenchConfig:
     if not cfg.sections:
         raise UserError(f"--sections is empty; expected some of {', '.join(BENCH_SECTIONS)}")
     check_options(cfg)
+    if (cfg.reference_python or cfg.reference_setup or cfg.reference_venv) and not cfg.reference:
+        raise UserError(
+            "--reference_python, --reference_setup and --reference_venv need --reference=PATH "
+            "(a checkout of kampta/PatchVAE)"
+        )
+    if cfg.reference and not os.path.isdir(cfg.reference):
+        raise UserError(f"--reference={cfg.reference!r} is not a directory")
+    if cfg.memory_folder and not os.path.isdir(os.path.join(cfg.memory_folder, "train")):
+        raise UserError(
+            f"--memory_folder={cfg.memory_folder!r} has no train/ subfolder of class folders"
+        )
     return cfg

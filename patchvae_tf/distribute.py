@@ -126,8 +126,13 @@ def create_strategy(cfg: DistributeConfig) -> tf.distribute.Strategy:
 
 
 def use_xla(cfg: DistributeConfig, strategy: tf.distribute.Strategy) -> bool:
-    """--jit_compile, or when unset: XLA on GPUs and TPUs only. On CPU (2-core AVX2, oneDNN)
-    the CIFAR recipe measured 117 images/s with XLA against 145 without (README).
+    """--jit_compile, or when unset: XLA on GPUs and TPUs, not on CPUs.
+
+    On CPUs XLA was slower on every kind measured (AVX2, and AVX-512 with BF16; the
+    benchmark's train section times both settings, docs/performance.md): XLA's CPU backend
+    does not use oneDNN's convolution kernels. On GPUs and TPUs XLA fuses the elementwise
+    ops around the convolutions (TPUs need it); that was not measured on this project's
+    hosts.
     """
     if cfg.jit_compile is not None:
         return cfg.jit_compile

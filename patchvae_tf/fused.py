@@ -50,7 +50,7 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         # Inference (and frozen layers) keep Keras's ops: with fixed statistics they are a
         # per-channel multiply-add that grappler folds, while TF's fused inference kernel
-        # made the batch-1 encoder 3x slower (20.7 against 7.0 ms).
+        # made the batch-1 encoder several times slower.
         if not (training and self.trainable and self._fusable(inputs, mask)):
             return super().call(inputs, training=training, mask=mask)
         # As Keras does: statistics in float32 even under mixed precision.

@@ -3,8 +3,88 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import keras
+
+# CPU features (Linux /proc/cpuinfo flags) with native bfloat16 arithmetic: AVX512_BF16
+# (dot products, conversions) and AMX (tile matmuls). Elsewhere bfloat16 is emulated by
+# conversions around float32 kernels, which is slower than float32 itself.
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags as Linux lists them; empty where /proc/cpuinfo is absent."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_kind(flags: frozenset | None = None) -> str:
+    """A name for the CPU's vector units, for choosing precision and labelling benchmarks:
+    "AMX", "AVX-512 with BF16", "AVX-512", "AVX2" or "other".
+    """
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 with BF16"
+    if "avx512f" in flags:
+        return "AVX-512"
+    if "avx2" in flags:
+        return "AVX2"
+    return "other"
+
+
+def auto_policy(device_kind: str, compute_capability=None, flags: frozenset | None = None):
+    """The policy --mixed_precision=auto picks for the device that trains, and why.
+
+    bfloat16 where the hardware computes it natively (TPUs, GPUs of compute capability 8 or
+    more, CPUs with AVX512_BF16 or AMX); float16 on older GPUs (tensor cores from 7.0, and
+    loss scaling guards its range); float32 elsewhere.
+    """
+    if device_kind == "TPU":
+        return "mixed_bfloat16", "TPU"
+    if device_kind == "GPU":
+        major = (compute_capability or (0, 0))[0]
+        if major >= 8:
+            return "mixed_bfloat16", f"GPU of compute capability {major}.x"
+        return "mixed_float16", f"GPU of compute capability {major}.x (no bfloat16 units)"
+    flags = cpu_flags() if flags is None else flags
+    if any(f in flags for f in _BF16_CPU_FLAGS):
+        return "mixed_bfloat16", f"CPU with {cpu_kind(flags)}"
+    return "none", f"CPU with {cpu_kind(flags)}, no native bfloat16"
+
+
+def device_kind(strategy=None) -> tuple[str, object]:
+    """("TPU" | "GPU" | "CPU", the first GPU's compute capability or None) of where the
+    step runs.
+    """
+    import tensorflow as tf
+
+    if strategy is not None and isinstance(strategy, tf.distribute.TPUStrategy):
+        return "TPU", None
+    if tf.config.list_logical_devices("TPU"):
+        return "TPU", None
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return "GPU", details.get("compute_capability")
+    return "CPU", None
+
+
+def resolve(name: str, strategy=None) -> tuple[str, str]:
+    """(policy, reason): name itself, or for "auto" the policy auto_policy picks here."""
+    if name != "auto":
+        return name, "as given"
+    kind, capability = device_kind(strategy)
+    return auto_policy(kind, capability)
 
 
 @contextlib.contextmanager

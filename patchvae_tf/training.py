@@ -289,11 +289,14 @@ def train(cfg: Config) -> dict:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(t.seed)
 
+    policy, why = precision.resolve(dc.mixed_precision, strategy)
+    if dc.mixed_precision == "auto" and chief:
+        print(f"--mixed_precision=auto: {policy} ({why})")
     with strategy.scope():
-        model = precision.build_model(cfg.model, cfg.data.image_size, dc.mixed_precision)
+        model = precision.build_model(cfg.model, cfg.data.image_size, policy)
         if dc.sync_batch_norm:
             distribute.synchronize_batch_norm(model)
-        optimizer = precision.wrap_optimizer(make_optimizer(cfg), dc.mixed_precision)
+        optimizer = precision.wrap_optimizer(make_optimizer(cfg), policy)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         # Training examples consumed (all pipelines): where the input resumes.
