@@ -6,7 +6,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from patchvae_tf.config import Config, DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from patchvae_tf.config import (  # noqa: E402
+    Config,
+    DataConfig,
+    DistributeConfig,
+    ModelConfig,
+    TrainConfig,
+)  # noqa: E402
 
 
 def tiny_config(workdir: str, **train) -> Config:
@@ -38,6 +44,9 @@ def tiny_config(workdir: str, **train) -> Config:
             adam_epsilon=1e-7,
             **{"train_steps": 300, "log_every": 100, "checkpoint_every": 100, **train},
         ),
+        # float32 whatever the host: --mixed_precision=auto would pick bfloat16 on CPUs with
+        # AVX512_BF16 or AMX, and the tests compare numbers.
+        distribute=DistributeConfig(mixed_precision="none"),
     )
 
 

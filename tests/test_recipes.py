@@ -33,6 +33,7 @@ RUN_PY = {
     "batch_size": 128,
     "learning_rate": 1e-4,
     "adam_epsilon": 1e-8,
+    "mixed_precision": "none",  # float32
     # --num-epochs 30 of --img-per-epoch 50,000 images: 50,000 // 128 steps each.
     "train_steps": 30 * (50_000 // 128),
 }
@@ -102,6 +103,7 @@ def test_recipe_follows_the_authors_run(name):
         **cfg.model.__dict__,
         "prior": cfg.model.prior,
         **cfg.train.__dict__,
+        "mixed_precision": cfg.distribute.mixed_precision,
     }
     expected = {**RUN_PY, **RECIPES[name]}
     wrong = {k: (values[k], v) for k, v in expected.items() if values[k] != pytest.approx(v)}
