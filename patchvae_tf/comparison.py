@@ -99,7 +99,10 @@ def compare(workdirs: tuple[str, ...]) -> dict:
 
 
 def _cell(section: dict, key: str = "top1") -> str:
-    return f"{section[key]:.3f}" if section and key in section else "-"
+    if not section or key not in section:
+        return "-"
+    value = section[key]
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
 def markdown(comparison: dict) -> str:
