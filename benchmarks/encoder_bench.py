@@ -1,12 +1,18 @@
-"""Encoder inference: Keras, the exported SavedModel and ONNX Runtime (float32, int8)."""
+"""Encoder inference: Keras, the exported SavedModel and ONNX Runtime (float32, int8), timed."""
 
 from __future__ import annotations
 
 import os
+import statistics
+import tempfile
 import time
 
+import numpy as np
 import tensorflow as tf
 
+from benchmarks import hardware, paired
+from benchmarks.progress import log, ratio_text
+from benchmarks.recipes import recipe_config
 from patchvae_tf import models
 from patchvae_tf.config import Config, ExportConfig, validate_export
 from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE
@@ -114,3 +120,104 @@ def ort_fn(session, iobinding: bool = False):
         return binding.copy_outputs_to_cpu()
 
     return run
+
+
+def section(bench) -> dict:
+    """The encoder section of bench (a runner.Run): each runtime and setting at batch 1 and at
+    the encoder batch, in windows interleaved with the reference's.
+    """
+    s = bench.sizes
+    size = s.recipes[0][1]
+    cfg = recipe_config(size, s.encoder_batch, "float32", bench.cfg.seed)
+    rng = np.random.default_rng(bench.cfg.seed)
+    batch = rng.uniform(0, 255, (s.encoder_batch, size, size, 3)).astype(np.float32)
+    one = batch[:1]
+    if bench.peer:
+        bench.peer.setup("encoder_setup", f"encoder_{size}", size, batches=[1, s.encoder_batch])
+    results = {}
+    figures = []
+    with tempfile.TemporaryDirectory() as root:
+        log("encoder: exporting SavedModel, ONNX and int8 ONNX")
+        model, export_dir, rep = export_artifacts(cfg, root, s.calibration_images, s.parity_images)
+        sm = os.path.join(export_dir, "saved_model", str(rep["version"]))
+        onnx_dir = os.path.join(export_dir, "onnx")
+        for runtime, knobs, make in _runtimes(model, sm, onnx_dir, bench.cfg.quick):
+            fn = make()
+            fn(one), fn(one), fn(batch), fn(batch)  # warm-up
+
+            def ours(x, calls, fn=fn):
+                return lambda: timings(fn, x, calls)
+
+            fig = {"runtime": runtime, "settings": knobs, "batch": s.encoder_batch}
+            for label, x, b, calls, per_call in (
+                ("batch1_ms", one, 1, s.calls_batch1, lambda t: statistics.median(t) * 1e3),
+                (
+                    "batch_images_per_second",
+                    batch,
+                    s.encoder_batch,
+                    s.calls_batch,
+                    lambda t: s.encoder_batch / statistics.median(t),
+                ),
+            ):
+                # The reference's median ms per call, per window and thread count.
+                by_threads = fig[f"reference_ms_by_threads_{label}"] = []
+                if bench.peer:
+                    a, t = paired.interleave(
+                        ours(x, calls),
+                        bench.peer.encode(size, b, calls, by_threads),
+                        s.encoder_windows,
+                    )
+                    theirs_w = [per_call(w) for w in t]
+                else:
+                    a = [ours(x, calls)() for _ in range(s.encoder_windows)]
+                    theirs_w = None
+                fig[label] = paired.compare(
+                    [per_call(w) for w in a], theirs_w, higher_is_better=label != "batch1_ms"
+                )
+            fig["load_average"] = round(hardware.load_average(), 2)
+            log(
+                f"encoder {runtime} ({knobs}): batch 1 {fig['batch1_ms']['ours']} ms "
+                f"({ratio_text(fig['batch1_ms'])}), batch {s.encoder_batch} "
+                f"{fig['batch_images_per_second']['ours']:.0f} images/s "
+                f"({ratio_text(fig['batch_images_per_second'])})"
+            )
+            figures.append(fig)
+        results["export"] = {
+            "files": rep["files"],
+            "int8_agreement": rep.get("int8", {}).get("agreement_with_float32"),
+        }
+    results["encoder"] = figures
+    return results
+
+
+def _runtimes(model, sm: str, onnx_dir: str, quick: bool) -> list:
+    """(runtime, settings, make) for each figure; make() builds the function to time."""
+    runtimes = [
+        ("keras", "tf.function", lambda: keras_fn(model, False)),
+        ("keras", "tf.function, XLA", lambda: keras_fn(model, True)),
+        ("saved_model", "serving_default", lambda: saved_model_fn(sm)),
+    ]
+    settings = [(2, True, True, False), (1, True, True, False)]
+    if not quick:
+        settings += [(2, True, True, True), (2, True, False, False)]
+    else:
+        settings += [(2, True, True, True)]
+    for fname, label in (
+        ("encoder.onnx", "onnxruntime"),
+        ("encoder.int8.onnx", "onnxruntime_int8"),
+    ):
+        path = os.path.join(onnx_dir, fname)
+        for threads, optimize, spin, bound in settings:
+            knobs = f"threads={threads}, spinning={'on' if spin else 'off'}" + (
+                ", iobinding" if bound else ""
+            )
+            runtimes.append(
+                (
+                    label,
+                    knobs,
+                    lambda path=path, t=threads, o=optimize, sp=spin, b=bound: ort_fn(
+                        ort_session(path, t, o, sp), b
+                    ),
+                )
+            )
+    return runtimes

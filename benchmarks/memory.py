@@ -1,12 +1,15 @@
-"""Peak resident memory of a real training run (train.py in a subprocess)."""
+"""Peak resident memory of a real training run (train.py in a subprocess): the memory section."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
+from benchmarks.progress import log
+from benchmarks.recipes import recipe_config
 from patchvae_tf.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,3 +115,47 @@ def subset_folder(folder: str, out: str, n: int) -> str:
     if os.path.isdir(test):
         os.symlink(os.path.abspath(test), os.path.join(out, "test"))
     return out
+
+
+def section(bench) -> dict:
+    """The memory section of bench (a runner.Run): peak RSS training on a small and a large
+    shapes dataset, and on a small copy of --memory_folder and the whole of it.
+    """
+    s = bench.sizes
+    name, size, batch = s.recipes[0]
+    cfg = recipe_config(size, batch, "default", bench.cfg.seed)
+    runs = []
+    with tempfile.TemporaryDirectory() as root:
+        for n in s.memory_dataset_sizes:
+            result = peak_rss(cfg, os.path.join(root, f"shapes_{n}"), s.memory_steps, n)
+            log(f"memory: shapes, {n} images -> peak RSS {result['peak_rss_mb']} MB")
+            runs.append(result | {"data": "shapes (generated)"})
+        if bench.cfg.memory_folder:
+            small = subset_folder(
+                bench.cfg.memory_folder, os.path.join(root, "small"), s.memory_folder_small
+            )
+            for folder in (small, bench.cfg.memory_folder):
+                result = peak_rss(
+                    cfg,
+                    os.path.join(root, f"folder_{len(runs)}"),
+                    s.memory_steps,
+                    folder=folder,
+                )
+                log(
+                    f"memory: {folder}, {result['dataset_size']} images -> "
+                    f"peak RSS {result['peak_rss_mb']} MB"
+                )
+                runs.append(result | {"data": "image folder (JPEG files)"})
+    shapes = [r for r in runs if r["data"].startswith("shapes")]
+    files = [r for r in runs if not r["data"].startswith("shapes")]
+    return {
+        "memory": {
+            "recipe": name,
+            "runs": runs,
+            "growth_ratio_shapes": round(shapes[-1]["peak_rss_mb"] / shapes[0]["peak_rss_mb"], 3),
+            "growth_ratio_folder": round(files[-1]["peak_rss_mb"] / files[0]["peak_rss_mb"], 3)
+            if files
+            else None,
+            "folder_images": files[-1]["dataset_size"] if files else None,
+        }
+    }

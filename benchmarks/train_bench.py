@@ -1,5 +1,5 @@
 """Training throughput: the library's own train step (training.make_train_step), timed in
-windows that the runner interleaves with the reference's.
+windows interleaved with the reference's, and the train section that runs them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import hardware, paired
+from benchmarks.progress import log, ratio_text
+from benchmarks.recipes import recipe_config
 from patchvae_tf import data, distribute, precision, training
 from patchvae_tf.config import Config
 
@@ -84,3 +87,106 @@ class Session:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def section(bench) -> dict:
+    """The train section of bench (a runner.Run): the CIFAR recipe under each precision
+    variant, the other recipes at the default, and the knobs that show where the time goes.
+    """
+    cases = []
+    (cifar, size, batch), *others = bench.sizes.recipes
+    for variant in _variants(bench):
+        cases.append(_case(bench, cifar, size, batch, variant))
+    for name, other_size, other_batch in others:
+        cases.append(_case(bench, name, other_size, other_batch, "default"))
+    results = {"train": cases}
+    results["train_variants_skipped"] = (
+        "bfloat16: not native on this CPU (emulated, slower than float32)"
+        if bench.results["auto_precision"]["policy"] != "mixed_bfloat16"
+        else None
+    )
+    # Where the time goes: Keras's unfused BatchNorm and Adam, the input pipeline, and
+    # the per-call dispatch.
+    if bench.cfg.quick:  # one case runs every code path
+        knobs = [
+            _case(
+                bench,
+                cifar,
+                size,
+                batch,
+                "default",
+                synthetic=True,
+                steps_per_loop=2,
+                keras_kernels=True,
+            )
+        ]
+    else:
+        knobs = [
+            _case(bench, cifar, size, batch, "default", keras_kernels=True),
+            _case(bench, cifar, size, batch, "default", synthetic=True),
+            _case(bench, cifar, size, batch, "default", steps_per_loop=4),
+        ]
+    results["train_knobs"] = knobs
+    return results
+
+
+def _variants(bench) -> list[str]:
+    """Default always; float32 where default is not float32 without XLA; XLA; bfloat16
+    (with and without XLA) only where it is native: emulated bfloat16 measures nothing
+    of use.
+    """
+    auto = bench.results["auto_precision"]["policy"]
+    names = ["default"]
+    if auto != "none":
+        names.append("float32")
+    names.append("float32_xla")
+    if auto == "mixed_bfloat16":
+        names += ["bfloat16_xla"]
+    return names if not bench.cfg.quick else ["default"]
+
+
+def _case(bench, recipe, size, batch, variant, **knobs) -> dict:
+    cfg = recipe_config(size, batch, variant, bench.cfg.seed)
+    spl = knobs.get("steps_per_loop", 1)
+    steps = bench.cfg.steps or bench.sizes.window_steps[size]
+    calls = max(1, steps // spl)
+    session = Session(cfg, **knobs)
+    by_threads: list = []
+    try:
+        theirs = bench.peer.train(size, batch, calls * spl, by_threads) if bench.peer else None
+        if theirs:
+            ours_w, theirs_w = paired.interleave(
+                lambda: session.window(calls), theirs, bench.sizes.windows
+            )
+        else:
+            ours_w = [session.window(calls) for _ in range(bench.sizes.windows)]
+            theirs_w = None
+    finally:
+        session.close()
+    case = {
+        "recipe": recipe,
+        "image_size": size,
+        "batch": batch,
+        "variant": variant,
+        "policy": session.policy,
+        "jit_compile": session.jit_compile,
+        **knobs,
+        "steps_per_window": calls * spl,
+        "first_call_seconds": round(session.first_call_seconds, 2),
+        "loss_first_last": [round(session.first_loss, 3), round(session.last_loss, 3)],
+        "images_per_second": paired.compare(ours_w, theirs_w, higher_is_better=True),
+        # The reference's images/s per window at each thread count; the faster counts.
+        "reference_by_threads": by_threads,
+        "load_average": round(hardware.load_average(), 2),
+    }
+    # What the step reaches in convolution and matmul FLOPs, against the float32 matmul
+    # rate measured at the start: how far from the machine's dense-math speed it runs.
+    per_image = bench.flops_of(size)["train_step"]["total"]
+    case["gflops_per_second"] = round(case["images_per_second"]["ours"] * per_image / 1e9, 1)
+    log(
+        f"train {recipe} b{batch} {variant} ({session.policy}, XLA {session.jit_compile}) "
+        f"{knobs or ''}: {case['images_per_second']['ours']:.0f} images/s, reference "
+        f"{case['images_per_second']['theirs']}, {ratio_text(case['images_per_second'])} "
+        f"(load {case['load_average']})"
+    )
+    return case
