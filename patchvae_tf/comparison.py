@@ -43,40 +43,34 @@ def _finetune(runs: list[dict]) -> dict[str, dict]:
     return {str(run["frozen_stages"]): _top(run) for run in runs}
 
 
-def _parts(report: dict) -> dict:
-    pd = report.get("part_discovery")
-    if not pd:
-        return {}
-    keys = ("distinct_coverage", "active_parts", "mean_auroc", "region_coverage")
-    return {k: pd[k] for k in keys if k in pd}
+_PART_KEYS = (
+    "distinct_coverage",
+    "classes_detected",
+    "active_parts",
+    "mean_auroc",
+    "region_coverage",
+)
 
 
-def _row(name: str, workdir: str, report: dict, *, random_init: bool = False) -> dict:
+def _row(name: str, workdir: str | None, report: dict, *, random_init: bool = False) -> dict:
+    """One table row: the trained model's numbers, or (random_init) the floors measured
+    beside them on the encoder's initial weights.
+    """
     ft = report.get("finetune") or {}
-    if random_init:
-        return {
-            "model": name,
-            "workdir": None,
-            "dataset": report["dataset"],
-            "linear_probe": _top(report.get("random_probe")),
-            "part_code_probe": _top(report.get("random_part_code_probe")),
-            "finetune": _finetune(ft.get("random", [])),
-            "parts": {
-                k: v
-                for k, v in (report.get("part_discovery") or {}).get("random", {}).items()
-                if not isinstance(v, dict)
-            },
-        }
-    return {
+    pd = report.get("part_discovery") or {}
+    parts = pd.get("random", {}) if random_init else pd
+    row = {
         "model": name,
         "workdir": workdir,
         "dataset": report["dataset"],
-        "checkpoint_step": report["checkpoint_step"],
-        "linear_probe": _top(report.get("linear_probe")),
-        "part_code_probe": _top(report.get("part_code_probe")),
-        "finetune": _finetune(ft.get("runs", [])),
-        "parts": _parts(report),
+        "linear_probe": _top(report.get("random_probe" if random_init else "linear_probe")),
+        "part_code_probe": _top(report.get(("random_" if random_init else "") + "part_code_probe")),
+        "finetune": _finetune(ft.get("random" if random_init else "runs", [])),
+        "parts": {k: parts[k] for k in _PART_KEYS if k in parts},
     }
+    if not random_init:
+        row["checkpoint_step"] = report["checkpoint_step"]
+    return row
 
 
 def compare(workdirs: tuple[str, ...]) -> dict:
@@ -94,7 +88,7 @@ def compare(workdirs: tuple[str, ...]) -> dict:
         floors.setdefault((report["dataset"], encoder), report)
     for (_, (encoder, scale, _)), report in floors.items():
         name = f"random init ({encoder}, 1/{scale})"
-        rows.append(_row(name, "", report, random_init=True))
+        rows.append(_row(name, None, report, random_init=True))
     return {"workdirs": list(workdirs), "rows": rows}
 
 

@@ -65,9 +65,7 @@ def _finetune_once(model, setup: Setup, ecfg: EvalConfig, frozen: int) -> dict:
 
     logits_of(tf.zeros([1, cfg.data.image_size, cfg.data.image_size, 3]), False)
     variables = head.trainable_variables + _trainable(stages, frozen)
-    n_train = source.sizes["train"]
-    batch_size = min(ecfg.finetune_batch_size, n_train)
-    steps_per_epoch = -(-n_train // batch_size)
+    _, batch_size, steps_per_epoch = _epochs(source, ecfg)
     schedule = finetune_schedule(
         ecfg.finetune_learning_rate,
         ecfg.finetune_epochs,
@@ -127,6 +125,13 @@ def finetune_schedule(learning_rate: float, epochs: int, step_epochs: int, steps
     )
 
 
+def _epochs(source, ecfg: EvalConfig) -> tuple[int, int, int]:
+    """(training images, batch size, steps per epoch): an epoch is one pass over the split."""
+    n_train = source.sizes["train"]
+    batch_size = min(ecfg.finetune_batch_size, n_train)
+    return n_train, batch_size, -(-n_train // batch_size)
+
+
 def _image_label(batch):
     return batch["image"], batch["label"]
 
@@ -145,13 +150,12 @@ def finetune(setup: Setup, ecfg: EvalConfig) -> dict:
             keras.utils.set_random_seed(ecfg.seed + 1)
             random_model = models.build_model(cfg.model, cfg.data.image_size)
             floor.append(_finetune_once(random_model, setup, ecfg, frozen))
-    n_train = setup.source.sizes["train"]
-    batch_size = min(ecfg.finetune_batch_size, n_train)
+    n_train, batch_size, steps_per_epoch = _epochs(setup.source, ecfg)
     return {
         "encoder_stages": len(setup.model.encoder.stages),
         "epochs": ecfg.finetune_epochs,
         "batch_size": batch_size,
-        "steps_per_epoch": -(-n_train // batch_size),
+        "steps_per_epoch": steps_per_epoch,
         "learning_rate": ecfg.finetune_learning_rate,
         "lr_step_epochs": ecfg.finetune_lr_step_epochs,
         "train_examples": n_train,
