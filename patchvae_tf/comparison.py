@@ -99,6 +99,25 @@ def _cell(section: dict, key: str = "top1") -> str:
     return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
+def _leaders(rows: list[dict]) -> list[str]:
+    """One line per probe: the trained model that scores highest, and by how much it leads
+    the next row (trained or random init), so a table's claim reads at a glance.
+    """
+    lines = []
+    for key, name in (("linear_probe", "probe"), ("part_code_probe", "part-code probe")):
+        scored = sorted(((row[key]["top1"], row) for row in rows if row[key]), key=lambda t: -t[0])
+        trained = [t for t in scored if t[1]["workdir"]]
+        if len(scored) < 2 or not trained:
+            continue
+        best, row = trained[0]
+        runner_up, other = next(t for t in scored if t[1] is not row)
+        lines.append(
+            f"- Best {name} top-1: {row['model']} (`{row['workdir']}`) {best:.3f}, "
+            f"{best - runner_up:+.3f} against {other['model']} ({runner_up:.3f})."
+        )
+    return lines
+
+
 def markdown(comparison: dict) -> str:
     """One table per dataset: probes, finetuning at each freeze depth, part metrics."""
     lines = ["# Comparison", ""]
@@ -130,7 +149,7 @@ def markdown(comparison: dict) -> str:
                 *(_cell(row["parts"], k) for k in part_keys),
             ]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", *_leaders(rows), ""]
     lines += [
         "Probes: softmax regression on frozen, pooled phi(x) (or the part codes). Finetuning: "
         "the authors' classifier on phi(x) with the first k encoder stages frozen. Random "

@@ -17,6 +17,7 @@ ANNEAL_SCHEDULES = ("reference", "exponential")
 INITIALIZATIONS = ("reference", "glorot")
 NORMALIZATIONS = ("unit", "imagenet")
 TRAIN_SPLITS = ("listed", "all_but_test")
+SHAPES_LABELS = ("largest", "kinds")
 # ResNet-18 reaches 1/4 after its stem, then halves per stage.
 RESNET_SCALES = (4, 8, 16, 32)
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
@@ -60,6 +61,12 @@ class DataConfig:
         "Shapes with --shapes_texture: the share of a shape's colour its dark pattern removes",
         positive=True,
         maximum=1.0,
+    )
+    shapes_label: str = option(
+        "largest",
+        "Shapes: what the label says: largest (the class of the largest visible shape) | kinds "
+        "(how many kinds of shape the image shows, 1 to 3, labelled 0 to 2)",
+        choices=SHAPES_LABELS,
     )
     shuffle_buffer: int = option(10000, "Shuffle buffer (examples)", positive=True)
     download: bool = option(False, "TFDS: download and prepare a dataset not in --data_dir")

@@ -296,6 +296,7 @@ def _shapes_source(cfg: DataConfig, seed: int) -> Source:
                 start,
                 texture=cfg.shapes_texture,
                 contrast=cfg.shapes_texture_contrast,
+                label=cfg.shapes_label,
             )
 
         return read

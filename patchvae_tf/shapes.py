@@ -7,6 +7,9 @@ import tensorflow as tf
 from patchvae_tf import positions
 
 CLASSES = ("circle", "triangle", "square")
+# A kind counts as shown when its visible pixels cover at least this share of the image:
+# slivers left by occlusion are too small for any encoder to see.
+KIND_MIN_SHARE = 0.01
 MAX_SHAPES = 3
 # Offsets added to the seed so that the train and test splits never share an image.
 _SPLIT_OFFSET = {"train": 0, "test": 1_000_003}
@@ -55,14 +58,30 @@ def _stripes(yy: tf.Tensor, xx: tf.Tensor) -> tf.Tensor:
     return tf.concat([rows, tf.math.floormod(rows + cols, 2.0), cols], axis=0)
 
 
+def _label(masks: tf.Tensor, label: str) -> tf.Tensor:
+    """Labels [K] from masks [K, H, W, 3]: "largest", the class of the largest visible
+    shape, or "kinds", how many kinds of shape are shown (1 to 3, labelled 0 to 2).
+    """
+    area = tf.reduce_sum(masks, axis=[1, 2])  # [K, classes]
+    if label == "largest":
+        return tf.argmax(area, axis=-1, output_type=tf.int32)
+    pixels = tf.cast(tf.shape(masks)[1] * tf.shape(masks)[2], tf.float32)
+    shown = tf.reduce_sum(tf.cast(area >= KIND_MIN_SHARE * pixels, tf.int32), axis=-1)
+    return tf.maximum(shown - 1, 0)
+
+
 def _render(
-    u: tf.Tensor, image_size: int, texture: bool = False, contrast: float = TEXTURE_CONTRAST
+    u: tf.Tensor,
+    image_size: int,
+    texture: bool = False,
+    contrast: float = TEXTURE_CONTRAST,
+    label: str = "largest",
 ) -> dict[str, tf.Tensor]:
     """Examples from their draws u [K, _DRAWS].
 
-    Returns image [K, H, W, 3] in [-1, 1], label [K] (class of the largest visible shape),
-    masks [K, H, W, 3] (visible pixels of each shape class, after occlusion). With texture,
-    each shape carries its class's stripes (_stripes), darkened by ``contrast``.
+    Returns image [K, H, W, 3] in [-1, 1], label [K] (see _label), masks [K, H, W, 3]
+    (visible pixels of each shape class, after occlusion). With texture, each shape carries
+    its class's stripes (_stripes), darkened by ``contrast``.
     """
     size = float(image_size)
     column = lambda t: t[:, None, None]  # noqa: E731  [K] -> [K, 1, 1]
@@ -100,8 +119,7 @@ def _render(
         stripes = tf.transpose(_stripes(yy, xx), [1, 2, 0])  # [H, W, classes]
         dark = tf.reduce_sum(masks * stripes, axis=-1, keepdims=True)  # [K, H, W, 1]
         image = image * (1.0 - contrast * dark)
-    label = tf.argmax(tf.reduce_sum(masks, axis=[1, 2]), axis=-1, output_type=tf.int32)
-    return {"image": image * 2.0 - 1.0, "label": label, "masks": masks}
+    return {"image": image * 2.0 - 1.0, "label": _label(masks, label), "masks": masks}
 
 
 def make_example(
@@ -110,12 +128,13 @@ def make_example(
     image_size: int,
     texture: bool = False,
     contrast: float = TEXTURE_CONTRAST,
+    label: str = "largest",
 ) -> dict[str, tf.Tensor]:
     """One example from its index: deterministic for (seed, index).
 
     Returns image [H, W, 3] in [-1, 1], label [] and masks [H, W, 3] (see _render).
     """
-    examples = _render(_draw(index, seed)[None], image_size, texture, contrast)
+    examples = _render(_draw(index, seed)[None], image_size, texture, contrast, label)
     return {k: v[0] for k, v in examples.items()}
 
 
@@ -129,6 +148,7 @@ def shapes_dataset(
     start: int = 0,
     texture: bool = False,
     contrast: float = TEXTURE_CONTRAST,
+    label: str = "largest",
 ) -> tf.data.Dataset:
     """Unbatched dataset of ``size`` examples; generated on the fly, never held in memory.
 
@@ -147,7 +167,7 @@ def shapes_dataset(
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     ds = ds.map(lambda i: _draw(i, seed)).batch(_CHUNK)
     ds = ds.map(
-        lambda u: _render(u, image_size, texture, contrast),
+        lambda u: _render(u, image_size, texture, contrast, label),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

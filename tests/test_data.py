@@ -42,6 +42,29 @@ def test_shapes_masks_match_images():
         assert ex["label"] == np.argmax(masks.sum(axis=(0, 1)))
 
 
+def test_shapes_kinds_label_counts_the_classes_shown():
+    seen = set()
+    for i in range(60):
+        largest = shapes.make_example(tf.constant(i, tf.int64), 0, 32)
+        kinds = shapes.make_example(tf.constant(i, tf.int64), 0, 32, label="kinds")
+        np.testing.assert_array_equal(largest["image"].numpy(), kinds["image"].numpy())
+        area = kinds["masks"].numpy().sum(axis=(0, 1))
+        # A kind counts from 1% of the image (10.24 of 1,024 pixels) up.
+        expected = int((area >= 10.24).sum()) - 1
+        assert kinds["label"] == expected
+        seen.add(expected)
+    assert seen == {0, 1, 2}
+    # By hand: one circle of 40 pixels, a 5-pixel triangle sliver and no square -> one kind;
+    # grow the sliver to 11 pixels -> two kinds.
+    masks = np.zeros([1, 32, 32, 3], np.float32)
+    masks[0, :4, :10, 0] = 1
+    masks[0, 10, :5, 1] = 1
+    assert shapes._label(tf.constant(masks), "kinds").numpy().tolist() == [0]
+    masks[0, 11, :6, 1] = 1
+    assert shapes._label(tf.constant(masks), "kinds").numpy().tolist() == [1]
+    assert shapes._label(tf.constant(masks), "largest").numpy().tolist() == [0]
+
+
 @pytest.mark.parametrize("contrast", [0.65, 0.3])
 def test_shapes_texture_darkens_each_class_by_its_pattern(contrast):
     rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")

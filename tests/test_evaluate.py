@@ -445,10 +445,37 @@ def test_compare_puts_patchvae_vae_and_random_init_side_by_side(evaluated, tmp_p
     assert vae["finetune"] == {} and vae["parts"] == {}
     markdown = open(out / "report.md").read()
     assert "| beta-VAE (beta=4) |" in markdown and "finetune top-1 (k=2 frozen)" in markdown
+    best = max(patch["linear_probe"]["top1"], vae["linear_probe"]["top1"])
+    assert "- Best probe top-1: " in markdown and f"{best:.3f}, " in markdown
     assert comparison.model_name({"arch": "vae", "beta_app": 1.0}) == "VAE"
     missing = _run(f"--compare={tmp_path / 'nowhere'}")
     assert missing.returncode == 2
     assert "has no evaluation report" in missing.stderr.strip().splitlines()[-1]
+
+
+def test_compare_names_the_leader_of_each_probe():
+    from patchvae_tf import comparison
+
+    def row(model, workdir, probe, code):
+        top = lambda v: {"top1": v, "top5": 1.0} if v is not None else {}  # noqa: E731
+        return {
+            "model": model,
+            "workdir": workdir,
+            "linear_probe": top(probe),
+            "part_code_probe": top(code),
+        }
+
+    rows = [
+        row("PatchVAE", "runs/p", 0.725, 0.940),
+        row("VAE", "runs/v", 0.738, 0.686),
+        row("random init (pyramid, 1/4)", None, 0.750, 0.706),
+    ]
+    assert comparison._leaders(rows) == [
+        "- Best probe top-1: VAE (`runs/v`) 0.738, -0.012 against random init (pyramid, 1/4) "
+        "(0.750).",
+        "- Best part-code probe top-1: PatchVAE (`runs/p`) 0.940, +0.234 against random init "
+        "(pyramid, 1/4) (0.706).",
+    ]
 
 
 def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_path):

@@ -144,15 +144,19 @@ def _occurrence_and_cells(model, setup: Setup, ecfg: EvalConfig):
     return np.concatenate(qs), np.concatenate(cells), np.concatenate(labels)
 
 
-def cell_count_accuracy(cells: np.ndarray, labels: np.ndarray) -> float:
-    """How often the label is the shape class with the most cells: cells [n, h, w, C + 1]
-    one-hot (background last), labels [n].
+def cell_count_accuracy(cells: np.ndarray, labels: np.ndarray, label: str = "largest") -> float:
+    """How often the label follows from each class's cell count: cells [n, h, w, C + 1]
+    one-hot (background last), labels [n]; label as --shapes_label ("largest": the class
+    with the most cells, "kinds": the number of classes with a cell, minus one).
 
-    What a representation that knew every cell's region, and nothing finer, gives a linear
-    probe on its pooled features: per class its cell count, the largest one as the label.
+    What a representation that knew every cell's region, and nothing finer, can tell.
     """
     counts = cells[..., :-1].sum(axis=(1, 2))
-    return float(np.mean(np.argmax(counts, axis=-1) == labels))
+    if label == "largest":
+        guess = np.argmax(counts, axis=-1)
+    else:
+        guess = np.maximum((counts > 0).sum(axis=-1) - 1, 0)
+    return float(np.mean(guess == labels))
 
 
 def part_discovery(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict:
@@ -181,7 +185,9 @@ def part_discovery(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict:
     result["random"] = {k: floor[k] for k in keys}
     result["prior"] = prior
     result["cells"] = int(cells[..., 0].size)
-    result["cell_count_accuracy"] = cell_count_accuracy(cells, labels)
+    label = setup.cfg.data.shapes_label
+    result["cell_count_accuracy"] = cell_count_accuracy(cells, labels, label)
+    result["label"] = label
     result["region_fraction"] = {
         name: float(cells[..., j].mean()) for j, name in enumerate(regions)
     }

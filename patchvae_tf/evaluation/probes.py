@@ -102,5 +102,11 @@ def run_probes(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict[str,
                 k,
                 ecfg.probe_steps,
                 ecfg.probe_learning_rate,
-            ) | {"train_examples": len(train["labels"]), "test_examples": len(test["labels"])}
+            ) | {
+                "train_examples": len(train["labels"]),
+                "test_examples": len(test["labels"]),
+                # What always answering the test split's most common label scores: the floor
+                # that matters when the classes are unbalanced.
+                "majority_top1": float(np.bincount(test["labels"]).max() / len(test["labels"])),
+            }
     return results

@@ -37,14 +37,26 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+# What the part-code probe reads for each architecture.
+CODE_NAMES = {"patchvae": "part codes", "vae": "posterior mean"}
+
+
 def _verdict(r: dict) -> list[str]:
     """The report's opening lines: probe against its floor, distinct parts, reconstruction."""
     lines = []
     if r["linear_probe"]:
+        code = r.get("part_code_probe")
+        code_line = (
+            f"; on the model's code ({CODE_NAMES[r['config']['model']['arch']]}) "
+            f"{code['top1']:.3f} against {r['random_part_code_probe']['top1']:.3f}"
+            if code
+            else ""
+        )
         lines.append(
-            f"- **Recognition:** linear probe top-1 {r['linear_probe']['top1']:.3f} against "
-            f"{r['random_probe']['top1']:.3f} for a random-init encoder "
-            f"(chance {_fmt(r['chance_top1'])})."
+            f"- **Recognition:** linear probe top-1 on pooled features "
+            f"{r['linear_probe']['top1']:.3f} against {r['random_probe']['top1']:.3f} for a "
+            f"random-init encoder{code_line} (chance {_fmt(r['chance_top1'])}, majority "
+            f"label {_fmt(r['linear_probe'].get('majority_top1'))})."
         )
     pd = r["part_discovery"]
     if pd:
@@ -128,10 +140,14 @@ def _part_section(pd: dict) -> list[str]:
         "",
     ]
     if "cell_count_accuracy" in pd:
+        rule = {
+            "largest": "the shape class with the most cells",
+            "kinds": "how many shape classes have a cell",
+        }[pd.get("label", "largest")]
         lines += [
-            "The label read from cell counts (the shape class with the most cells) is right "
-            f"for {pd['cell_count_accuracy']:.3f} of the test images: what a linear probe on "
-            "pooled features gets from knowing each cell's region and nothing finer.",
+            f"The label read from cell counts ({rule}) is right for "
+            f"{pd['cell_count_accuracy']:.3f} of the test images: what knowing each cell's "
+            "region, and nothing finer, tells.",
             "",
         ]
     return lines
