@@ -100,21 +100,15 @@ def _cell(section: dict, key: str = "top1") -> str:
 
 
 def _leaders(rows: list[dict]) -> list[str]:
-    """One line per probe: the trained model that scores highest, and by how much it leads
-    the next row (trained or random init), so a table's claim reads at a glance.
-    """
+    """One line per probe: the rows by top-1, best first, so a table's claim reads at a glance."""
     lines = []
-    for key, name in (("linear_probe", "probe"), ("part_code_probe", "part-code probe")):
-        scored = sorted(((row[key]["top1"], row) for row in rows if row[key]), key=lambda t: -t[0])
-        trained = [t for t in scored if t[1]["workdir"]]
-        if len(scored) < 2 or not trained:
-            continue
-        best, row = trained[0]
-        runner_up, other = next(t for t in scored if t[1] is not row)
-        lines.append(
-            f"- Best {name} top-1: {row['model']} (`{row['workdir']}`) {best:.3f}, "
-            f"{best - runner_up:+.3f} against {other['model']} ({runner_up:.3f})."
+    for key, name in (("linear_probe", "Probe"), ("part_code_probe", "Part-code probe")):
+        scored = sorted(
+            ((row[key]["top1"], row["model"]) for row in rows if row[key]), key=lambda t: -t[0]
         )
+        if len(scored) > 1:
+            ranked = ", ".join(f"{model} {top1:.3f}" for top1, model in scored)
+            lines.append(f"- {name} top-1, best first: {ranked}.")
     return lines
 
 

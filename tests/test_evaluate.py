@@ -446,7 +446,7 @@ def test_compare_puts_patchvae_vae_and_random_init_side_by_side(evaluated, tmp_p
     markdown = open(out / "report.md").read()
     assert "| beta-VAE (beta=4) |" in markdown and "finetune top-1 (k=2 frozen)" in markdown
     best = max(patch["linear_probe"]["top1"], vae["linear_probe"]["top1"])
-    assert "- Best probe top-1: " in markdown and f"{best:.3f}, " in markdown
+    assert "- Probe top-1, best first: " in markdown and f" {best:.3f}, " in markdown
     assert comparison.model_name({"arch": "vae", "beta_app": 1.0}) == "VAE"
     missing = _run(f"--compare={tmp_path / 'nowhere'}")
     assert missing.returncode == 2
@@ -471,10 +471,9 @@ def test_compare_names_the_leader_of_each_probe():
         row("random init (pyramid, 1/4)", None, 0.750, 0.706),
     ]
     assert comparison._leaders(rows) == [
-        "- Best probe top-1: VAE (`runs/v`) 0.738, -0.012 against random init (pyramid, 1/4) "
-        "(0.750).",
-        "- Best part-code probe top-1: PatchVAE (`runs/p`) 0.940, +0.234 against random init "
-        "(pyramid, 1/4) (0.706).",
+        "- Probe top-1, best first: random init (pyramid, 1/4) 0.750, VAE 0.738, PatchVAE 0.725.",
+        "- Part-code probe top-1, best first: PatchVAE 0.940, random init (pyramid, 1/4) 0.706, "
+        "VAE 0.686.",
     ]
 
 
