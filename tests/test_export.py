@@ -11,8 +11,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from patchvae_tf.config import ExportConfig, validate_export
+from patchvae_tf.config import ExportConfig
 from patchvae_tf.errors import UserError
+from patchvae_tf.validation import validate_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32  # tests/conftest.py tiny_config
@@ -332,7 +333,7 @@ def test_checkpoint_without_the_encoder_is_refused(trained, tmp_path):
 
     cfg, _ = trained
     # A VAE checkpoint shares the encoder but has no occurrence / appearance heads.
-    vae = models.build_model(dataclasses.replace(cfg.model, arch="vae"), SIZE)
+    vae = models.build_model(dataclasses.replace(cfg.model, arch="vae"))
     prefix = tf.train.Checkpoint(model=vae).write(str(tmp_path / "vae" / "ckpt-5"))
     ecfg = ExportConfig(
         workdir=cfg.train.workdir, export_dir=str(tmp_path / "e"), checkpoint=prefix, version=1
@@ -354,7 +355,7 @@ def test_vae_exports_its_outputs(trained, tmp_path):
         model=dataclasses.replace(cfg.model, arch="vae"),
         train=dataclasses.replace(cfg.train, workdir=str(tmp_path / "vae")),
     )
-    vae = models.build_model(vae_cfg.model, SIZE)
+    vae = models.build_model(vae_cfg.model)
     os.makedirs(vae_cfg.train.workdir)
     with open(os.path.join(vae_cfg.train.workdir, CONFIG_FILE), "w") as f:
         f.write(vae_cfg.to_json())
