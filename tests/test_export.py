@@ -275,6 +275,35 @@ def test_bad_inputs_raise_invalid_argument(loaded):
         from_bytes(image_bytes=tf.constant([png[:40]]))
 
 
+def test_onnx_refuses_wrong_shapes_and_clips_values(exported):
+    """The ONNX graph checks nothing itself: ONNX Runtime refuses what its input type rules
+    out, and pixel values outside 0..255 are clipped, as serving_default's scaling does.
+    """
+    import onnxruntime as ort
+
+    ecfg, _ = exported
+    path = os.path.join(ecfg.export_dir, "onnx", "encoder.onnx")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    cases = [
+        (np.zeros((SIZE, SIZE, 3), np.float32), "Invalid rank for input: images"),
+        (np.zeros((1, 31, SIZE, 3), np.float32), "invalid dimensions for input: images"),
+        (np.zeros((1, SIZE, SIZE, 3), np.float64), "Unexpected input data type"),
+    ]
+    for images, message in cases:
+        with pytest.raises(Exception, match=message):  # onnxruntime's InvalidArgument
+            session.run(None, {"images": images})
+    pixels = _pixels(2, seed=5)
+    wide = pixels * 2.0 - 200.0  # about half the values fall outside 0..255
+    assert (wide < 0).any() and (wide > 255).any()
+    got = session.run(None, {"images": wide})
+    want = session.run(None, {"images": np.clip(wide, 0.0, 255.0)})
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(got[0], session.run(None, {"images": pixels})[0])
+    nan = np.full((1, SIZE, SIZE, 3), np.nan, np.float32)
+    assert all(np.isnan(out).all() for out in session.run(None, {"images": nan}))
+
+
 def test_second_export_of_a_version_is_refused(exported):
     from export import exporter
 
