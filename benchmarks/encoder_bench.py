@@ -14,7 +14,8 @@ from benchmarks import hardware, paired
 from benchmarks.progress import log, ratio_text
 from benchmarks.recipes import recipe_config
 from patchvae_tf import models
-from patchvae_tf.config import Config, ExportConfig, validate_export
+from patchvae_tf.config import Config, ExportConfig
+from patchvae_tf.validation import validate_export
 from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
 
@@ -28,7 +29,7 @@ def export_artifacts(cfg: Config, root: str, calibration_images: int, parity_ima
 
     workdir, export_dir = os.path.join(root, "workdir"), os.path.join(root, "export")
     os.makedirs(workdir)
-    model = models.build_model(cfg.model, cfg.data.image_size)
+    model = models.build_model(cfg.model)
     step = tf.Variable(1, dtype=tf.int64, name="step")
     checkpoint = tf.train.Checkpoint(model=model, step=step)
     tf.train.CheckpointManager(

@@ -20,7 +20,7 @@ def train_flags(cfg) -> list[str]:
     d, m, t, dc = cfg.data, cfg.model, cfg.train, cfg.distribute
     return [
         f"--dataset={d.dataset}",
-        f"--image_size={d.image_size}",
+        f"--image_size={m.image_size}",
         f"--arch={m.arch}",
         f"--encoder={m.encoder}",
         f"--scale={m.scale}",

@@ -78,10 +78,11 @@ def recipe_config(image_size: int, batch: int, variant: str, seed: int) -> Confi
     """
     jit, policy = VARIANTS[variant]
     return Config(
-        data=DataConfig(dataset="shapes", image_size=image_size, shapes_train_size=10000),
+        data=DataConfig(dataset="shapes", shapes_train_size=10000),
         model=ModelConfig(
             arch="patchvae",
             encoder="resnet",
+            image_size=image_size,
             scale=8,
             base_channels=64,
             num_parts=16,

@@ -45,7 +45,7 @@ class Run:
             from benchmarks import flops
             from patchvae_tf import models
 
-            model = models.build_model(recipe_config(image_size, 2, "float32", 0).model, image_size)
+            model = models.build_model(recipe_config(image_size, 2, "float32", 0).model)
             self.flops[key] = flops.count(model)
         return self.flops[key]
 

@@ -43,15 +43,13 @@ class Session:
         strategy = training.create_strategy(cfg)
         self.policy, _ = precision.resolve(dc.mixed_precision, strategy)
         with strategy.scope():
-            model = precision.build_model(
-                cfg.model, cfg.data.image_size, self.policy, fused=not keras_kernels
-            )
+            model = precision.build_model(cfg.model, self.policy, fused=not keras_kernels)
             optimizer = precision.wrap_optimizer(
                 training.make_optimizer(cfg, fused=not keras_kernels), self.policy
             )
             optimizer.build(model.trainable_variables)
             step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        source = data.get_source(cfg.data, cfg.train.seed)
+        source = data.get_source(cfg.data, cfg.model.image_size, cfg.train.seed)
         if synthetic:
             first = next(iter(data.input_dataset(source, "train", self.batch, training=True)))
             fixed = tf.data.Dataset.from_tensors({"image": first["image"]}).repeat()

@@ -19,7 +19,7 @@ from patchvae_tf.workdir import CONFIG_FILE
 
 def training_images(cfg, count: int) -> np.ndarray:
     """The first `count` training images [count, S, S, 3] in [-1, 1], in a fixed order."""
-    source = data.get_source(cfg.data, cfg.train.seed)
+    source = data.get_source(cfg.data, cfg.model.image_size, cfg.train.seed)
     batch = next(iter(data.input_dataset(source, "train", count, training=False)), None)
     images = None if batch is None else batch["image"].numpy()
     if images is None or len(images) < min(count, 2):
@@ -52,7 +52,7 @@ def export(cfg: ExportConfig) -> dict:
         raise UserError(f"checkpoint {path!r} is at step {step}; pass --version=N (N >= 1)")
     layout.check_target(cfg.export_dir, version, cfg.overwrite)
 
-    model = models.build_model(model_cfg.model, model_cfg.data.image_size)
+    model = models.build_model(model_cfg.model)
     restored = checkpoint.restore_encoder(model, path)
     module = serving.EncoderServing(model)
     n = cfg.parity_images

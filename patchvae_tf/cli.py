@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from patchvae_tf import config
+from patchvae_tf import config, validation
 from patchvae_tf.errors import UserError
 
 # A field's annotation (a string under `from __future__ import annotations`) -> absl kind.
@@ -68,7 +68,7 @@ def define_train() -> None:
 def train_config(values: flags.FlagValues | None = None) -> config.Config:
     """The validated Config of train.py's parsed flags."""
     data, model, train, distribute = (read(s, values) for s in config.TRAIN_SECTIONS)
-    return config.validate(config.Config(data, model, train, distribute))
+    return validation.validate(config.Config(data, model, train, distribute))
 
 
 def define_eval() -> None:
@@ -76,7 +76,7 @@ def define_eval() -> None:
 
 
 def eval_config(values: flags.FlagValues | None = None) -> config.EvalConfig:
-    return config.validate_eval(read(config.EvalConfig, values))
+    return validation.validate_eval(read(config.EvalConfig, values))
 
 
 def define_export() -> None:
@@ -87,7 +87,7 @@ def export_config(values: flags.FlagValues | None = None) -> config.ExportConfig
     raw = read(config.ExportConfig, values)
     # A string flag left unset reads back as None where another command defined it first.
     fix = {f: getattr(raw, f) or "" for f in ("workdir", "export_dir", "quantize", "checkpoint")}
-    return config.validate_export(dataclasses.replace(raw, **fix))
+    return validation.validate_export(dataclasses.replace(raw, **fix))
 
 
 def define_bench() -> None:
@@ -95,7 +95,7 @@ def define_bench() -> None:
 
 
 def bench_config(values: flags.FlagValues | None = None) -> config.BenchConfig:
-    return config.validate_bench(read(config.BenchConfig, values))
+    return validation.validate_bench(read(config.BenchConfig, values))
 
 
 def _fail(message: str) -> None:

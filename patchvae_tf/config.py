@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any
 
 from patchvae_tf.errors import UserError
-from patchvae_tf.options import check_options, option
+from patchvae_tf.options import option
 
 ARCHS = ("patchvae", "vae")
 ENCODERS = ("resnet", "pyramid")
@@ -39,7 +38,6 @@ class DataConfig:
 
     dataset: str = option("shapes", "shapes | a TFDS name (cifar100, mnist, ...) | folder:PATH")
     data_dir: str | None = option(None, "TFDS data directory")
-    image_size: int = option(32, "Images are resized and centre-cropped to this", positive=True)
     train_split_file: str | None = option(None, "Folder datasets: file of training image paths")
     test_split_file: str | None = option(None, "Folder datasets: file of test image paths")
     train_split: str = option(
@@ -78,6 +76,9 @@ class ModelConfig:
 
     arch: str = option("patchvae", "patchvae | vae (beta-VAE through --beta_app)", choices=ARCHS)
     encoder: str = option("resnet", "resnet | pyramid", choices=ENCODERS)
+    image_size: int = option(
+        32, "The model's input size: images are resized and centre-cropped to it", positive=True
+    )
     scale: int = option(8, "Image size / feature-map size", positive=True)
     base_channels: int = option(64, "Width of the pyramid networks", positive=True)
     num_parts: int = option(16, "N, number of parts", positive=True)
@@ -187,9 +188,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        data, model = dict(d.get("data", {})), dict(d.get("model", {}))
+        # Workdirs written before image_size moved to the model keep it under "data".
+        if "image_size" in data:
+            model.setdefault("image_size", data.pop("image_size"))
         return cls(
-            data=_build(DataConfig, d.get("data", {})),
-            model=_build(ModelConfig, d.get("model", {})),
+            data=_build(DataConfig, data),
+            model=_build(ModelConfig, model),
             train=_build(TrainConfig, d.get("train", {})),
             distribute=_build(DistributeConfig, d.get("distribute", {})),
         )
@@ -212,37 +217,6 @@ def load_config(path: str) -> Config:
             return Config.from_dict(json.load(f))
     except (ValueError, TypeError) as e:
         raise UserError(f"config {path!r} is not a valid config JSON: {e}") from None
-
-
-def validate(cfg: Config) -> Config:
-    """Checks values a user can get wrong; raises UserError naming the bad value."""
-    d, m = cfg.data, cfg.model
-    for section in (d, m, cfg.train):
-        check_options(section)
-    if d.train_split == "all_but_test" and not d.test_split_file:
-        raise UserError(
-            "--train_split=all_but_test needs --test_split_file (the images to leave out)"
-        )
-    if m.scale & (m.scale - 1) or m.scale < 2:
-        raise UserError(f"--scale must be a power of two >= 2, got {m.scale}")
-    if m.encoder == "resnet" and m.scale not in RESNET_SCALES:
-        raise UserError(
-            f"--scale={m.scale} is not reachable by the resnet encoder; use one of {RESNET_SCALES}"
-        )
-    if d.image_size % m.scale:
-        raise UserError(f"--image_size={d.image_size} is not divisible by --scale={m.scale}")
-    if not (math.isfinite(m.tau_init) and m.tau_min <= m.tau_init):
-        raise UserError(f"--tau_min={m.tau_min} must not exceed --tau_init={m.tau_init}")
-    validate_distribute(cfg.distribute)
-    return cfg
-
-
-def validate_distribute(d: DistributeConfig) -> DistributeConfig:
-    """Checks the scale-out flags; TF_CONFIG and devices are checked when the strategy is made."""
-    check_options(d)
-    if d.tpu and d.strategy != "tpu":
-        raise UserError(f"--tpu={d.tpu!r} needs --strategy=tpu (got --strategy={d.strategy})")
-    return d
 
 
 # --- evaluation (evaluate.py) ----------------------------------------------------
@@ -300,17 +274,6 @@ class EvalConfig:
         return dataclasses.asdict(self)
 
 
-def validate_eval(cfg: EvalConfig) -> EvalConfig:
-    """Checks evaluation values a user can get wrong; raises UserError naming the value."""
-    check_options(cfg)
-    if any(k < -1 for k in cfg.freeze_stages):
-        raise UserError(
-            f"--freeze_stages must list depths >= 0 (or -1 for all), got "
-            f"{','.join(map(str, cfg.freeze_stages))}"
-        )
-    return cfg
-
-
 # --- export (python -m export) ----------------------------------------------------
 
 
@@ -343,25 +306,6 @@ class ExportConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def validate_export(cfg: ExportConfig) -> ExportConfig:
-    """Checks export values a user can get wrong; raises UserError naming the value."""
-    for name in ("workdir", "export_dir"):
-        if not getattr(cfg, name):
-            raise UserError(f"--{name} is required")
-    if os.path.abspath(cfg.export_dir) == os.path.abspath(cfg.workdir):
-        raise UserError(f"--export_dir={cfg.export_dir!r} must differ from --workdir")
-    if not cfg.formats:
-        raise UserError(f"--formats is empty; expected some of {', '.join(EXPORT_FORMATS)}")
-    check_options(cfg)
-    if len(set(cfg.formats)) != len(cfg.formats):
-        raise UserError(f"--formats={','.join(cfg.formats)} names a format twice")
-    if cfg.quantize and "onnx" not in cfg.formats:
-        raise UserError(f"--quantize={cfg.quantize} needs the ONNX model: add onnx to --formats")
-    if not cfg.model_name or not cfg.model_name.replace("_", "").replace("-", "").isalnum():
-        raise UserError(f"--model_name must be letters, digits, - or _, got {cfg.model_name!r}")
-    return cfg
 
 
 # --- benchmarks (python -m benchmarks) ----------------------------------------------
@@ -409,24 +353,3 @@ class BenchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def validate_bench(cfg: BenchConfig) -> BenchConfig:
-    """Checks benchmark values a user can get wrong; raises UserError naming the value."""
-    if not cfg.out:
-        raise UserError("--out is required: the JSON file the results go to")
-    if not cfg.sections:
-        raise UserError(f"--sections is empty; expected some of {', '.join(BENCH_SECTIONS)}")
-    check_options(cfg)
-    if (cfg.reference_python or cfg.reference_setup or cfg.reference_venv) and not cfg.reference:
-        raise UserError(
-            "--reference_python, --reference_setup and --reference_venv need --reference=PATH "
-            "(a checkout of kampta/PatchVAE)"
-        )
-    if cfg.reference and not os.path.isdir(cfg.reference):
-        raise UserError(f"--reference={cfg.reference!r} is not a directory")
-    if cfg.memory_folder and not os.path.isdir(os.path.join(cfg.memory_folder, "train")):
-        raise UserError(
-            f"--memory_folder={cfg.memory_folder!r} has no train/ subfolder of class folders"
-        )
-    return cfg

@@ -118,7 +118,7 @@ def _read_split_file(path: str, root: str) -> list[tuple[str, str]]:
     return [(r, r.replace("\\", "/").split("/")[0]) for r in rels]
 
 
-def _folder_source(cfg: DataConfig) -> Source:
+def _folder_source(cfg: DataConfig, image_size: int) -> Source:
     root = cfg.dataset[len(FOLDER_PREFIX) :]
     if not root or not os.path.isdir(root):
         raise UserError(f"image folder {root!r} does not exist")
@@ -160,7 +160,7 @@ def _folder_source(cfg: DataConfig) -> Source:
         kept = [(p, index[c]) for p, (_, c), g in zip(paths, items, good, strict=True) if g]
         if split == "train" and not kept:
             raise UserError(f"image folder {root!r}: every training image is corrupt")
-        readers[split] = _folder_reader(kept, cfg.image_size)
+        readers[split] = _folder_reader(kept, image_size)
         sizes[split] = len(kept)
     return Source(cfg.dataset, len(classes), False, readers, sizes, skipped)
 
@@ -222,7 +222,7 @@ def _prepare_tfds(builder, cfg: DataConfig) -> None:
         ) from None
 
 
-def _tfds_source(cfg: DataConfig) -> Source:
+def _tfds_source(cfg: DataConfig, image_size: int) -> Source:
     import tensorflow_datasets as tfds  # Slow to import; only TFDS datasets need it.
 
     try:
@@ -254,7 +254,7 @@ def _tfds_source(cfg: DataConfig) -> Source:
             )
 
             def convert(ex):
-                out = {"image": preprocess_image(to_rgb(ex["image"]), cfg.image_size)}
+                out = {"image": preprocess_image(to_rgb(ex["image"]), image_size)}
                 out["label"] = tf.cast(ex["label"], tf.int32) if "label" in ex else -1
                 return out
 
@@ -281,7 +281,7 @@ def _tfds_source(cfg: DataConfig) -> Source:
 # --- shapes -----------------------------------------------------------------
 
 
-def _shapes_source(cfg: DataConfig, seed: int) -> Source:
+def _shapes_source(cfg: DataConfig, image_size: int, seed: int) -> Source:
     sizes = {"train": cfg.shapes_train_size, "test": cfg.shapes_test_size}
 
     def reader(split):
@@ -289,7 +289,7 @@ def _shapes_source(cfg: DataConfig, seed: int) -> Source:
             return shapes.shapes_dataset(
                 split,
                 sizes[split],
-                cfg.image_size,
+                image_size,
                 seed,
                 input_context,
                 shuffle_seed,
@@ -304,13 +304,15 @@ def _shapes_source(cfg: DataConfig, seed: int) -> Source:
     return Source("shapes", len(shapes.CLASSES), True, {s: reader(s) for s in sizes}, sizes)
 
 
-def get_source(cfg: DataConfig, seed: int = 0) -> Source:
-    """Resolves --dataset; raises UserError for unknown names and missing folders."""
+def get_source(cfg: DataConfig, image_size: int, seed: int = 0) -> Source:
+    """Resolves --dataset, its images image_size square (the model's input size); raises
+    UserError for unknown names and missing folders.
+    """
     if cfg.dataset == "shapes":
-        return _shapes_source(cfg, seed)
+        return _shapes_source(cfg, image_size, seed)
     if cfg.dataset.startswith(FOLDER_PREFIX):
-        return _folder_source(cfg)
-    return _tfds_source(cfg)
+        return _folder_source(cfg, image_size)
+    return _tfds_source(cfg, image_size)
 
 
 def input_dataset(

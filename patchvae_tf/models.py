@@ -276,6 +276,7 @@ class VAE(_Autoencoder):
 # ModelConfig fields that both models take under the same name.
 _SHARED_FIELDS = (
     "encoder",
+    "image_size",
     "scale",
     "base_channels",
     "num_parts",
@@ -289,12 +290,12 @@ _SHARED_FIELDS = (
 )
 
 
-def build_model(cfg: ModelConfig, image_size: int, fused: bool = True) -> _Autoencoder:
+def build_model(cfg: ModelConfig, fused: bool = True) -> _Autoencoder:
     """The model a config describes, with its variables created; fused=False trains with
     Keras's own BatchNorm ops instead of TF's fused kernel (for side-by-side benchmarks).
     """
     common = {name: getattr(cfg, name) for name in _SHARED_FIELDS} | dict(
-        image_size=image_size, input_space=cfg.normalization, fused=fused
+        input_space=cfg.normalization, fused=fused
     )
     if cfg.arch == "patchvae":
         model = PatchVAE(
@@ -309,5 +310,5 @@ def build_model(cfg: ModelConfig, image_size: int, fused: bool = True) -> _Autoe
         model = VAE(name="vae", **common)
     else:
         raise ValueError(f"`arch` must be 'patchvae' or 'vae'. Received: arch={cfg.arch!r}")
-    model(tf.zeros([1, image_size, image_size, 3]))
+    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))
     return model

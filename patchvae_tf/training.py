@@ -42,8 +42,7 @@ def _check_workdir(cfg: Config) -> Config | None:
     from patchvae_tf.config import load_config
 
     saved = load_config(path)
-    mine = dataclasses.asdict(cfg.model) | {"image_size": cfg.data.image_size}
-    theirs = dataclasses.asdict(saved.model) | {"image_size": saved.data.image_size}
+    mine, theirs = dataclasses.asdict(cfg.model), dataclasses.asdict(saved.model)
     diff = [f"{k}={theirs[k]!r} (now {mine[k]!r})" for k in mine if mine[k] != theirs[k]]
     if diff:
         raise UserError(
@@ -284,7 +283,7 @@ def train(cfg: Config) -> dict:
     _check_workdir(cfg)
     strategy = create_strategy(cfg)
     chief = distribute.is_chief(strategy)
-    source = data.get_source(cfg.data, t.seed)
+    source = data.get_source(cfg.data, cfg.model.image_size, t.seed)
     if dc.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(t.seed)
@@ -293,7 +292,7 @@ def train(cfg: Config) -> dict:
     if dc.mixed_precision == "auto" and chief:
         print(f"--mixed_precision=auto: {policy} ({why})")
     with strategy.scope():
-        model = precision.build_model(cfg.model, cfg.data.image_size, policy)
+        model = precision.build_model(cfg.model, policy)
         if dc.sync_batch_norm:
             distribute.synchronize_batch_norm(model)
         optimizer = precision.wrap_optimizer(make_optimizer(cfg), policy)

@@ -18,13 +18,12 @@ from patchvae_tf.config import (  # noqa: E402
 def tiny_config(workdir: str, **train) -> Config:
     """A model and data small enough to train in seconds on 2 CPU cores."""
     return Config(
-        data=DataConfig(
-            dataset="shapes", image_size=32, shapes_train_size=2048, shapes_test_size=256
-        ),
+        data=DataConfig(dataset="shapes", shapes_train_size=2048, shapes_test_size=256),
         # beta_occ=1 (configs/shapes.cfg: 0.1 with categorical occurrences): at 10 a run this
         # short keeps parts at the prior.
         model=ModelConfig(
             encoder="pyramid",
+            image_size=32,
             base_channels=16,
             scale=4,
             num_parts=8,

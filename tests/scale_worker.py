@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from patchvae_tf import latents, precision, training  # noqa: E402
-from patchvae_tf.config import Config, validate  # noqa: E402
+from patchvae_tf.config import Config  # noqa: E402
+from patchvae_tf.validation import validate  # noqa: E402
 
 
 class _Mean:

@@ -86,7 +86,7 @@ def test_shapes_texture_darkens_each_class_by_its_pattern(contrast):
 
 
 def test_shapes_pipeline_shards_and_batches():
-    source = data.get_source(DataConfig(shapes_train_size=64, shapes_test_size=16))
+    source = data.get_source(DataConfig(shapes_train_size=64, shapes_test_size=16), 32)
     ds = data.input_dataset(source, "test", 8, training=False)
     batches = _take(ds, 3)
     assert len(batches) == 2 and batches[0]["image"].shape == (8, 32, 32, 3)
@@ -122,8 +122,8 @@ def image_folder(tmp_path):
 
 
 def test_folder_pipeline_converts_modes_and_skips_corrupt(image_folder, capsys):
-    cfg = DataConfig(dataset=f"folder:{image_folder}", image_size=16)
-    source = data.get_source(cfg)
+    cfg = DataConfig(dataset=f"folder:{image_folder}")
+    source = data.get_source(cfg, 16)
     assert "skipped 1 corrupt" in capsys.readouterr().out
     assert source.skipped == 1 and source.num_classes == 2
     assert source.sizes == {"train": 4, "test": 2}
@@ -138,7 +138,7 @@ def test_folder_pipeline_converts_modes_and_skips_corrupt(image_folder, capsys):
 def test_folder_grey_image_becomes_equal_rgb_channels(tmp_path):
     root = tmp_path / "g"
     _write(root / "train" / "x" / "a.png", "L", size=(16, 16))
-    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=16))
+    source = data.get_source(DataConfig(dataset=f"folder:{root}"), 16)
     image = _take(data.input_dataset(source, "train", 1, training=False, repeat=False), 1)
     rgb = image[0]["image"][0]
     np.testing.assert_allclose(rgb[..., 0], rgb[..., 1])
@@ -162,19 +162,18 @@ def test_split_files(tmp_path):
     (tmp_path / "TestImages.txt").write_text("bar/2.jpg\n")
     cfg = DataConfig(
         dataset=f"folder:{root}",
-        image_size=8,
         train_split_file=str(tmp_path / "TrainImages.txt"),
         test_split_file=str(tmp_path / "TestImages.txt"),
     )
-    source = data.get_source(cfg)
+    source = data.get_source(cfg, 8)
     assert source.sizes == {"train": 2, "test": 1} and source.num_classes == 2
     # The authors' Indoor67 VAE split: every image the test file does not list.
     _write(root / "kitchen" / "4.jpg", "RGB")
-    unlisted = data.get_source(dataclasses.replace(cfg, train_split="all_but_test"))
+    unlisted = data.get_source(dataclasses.replace(cfg, train_split="all_but_test"), 8)
     assert unlisted.sizes == {"train": 3, "test": 1}
     (tmp_path / "TestImages.txt").write_text("bar/2.jpg\nbar/missing.jpg\n")
     with pytest.raises(UserError, match="missing.jpg"):
-        data.get_source(cfg)
+        data.get_source(cfg, 8)
 
 
 def test_random_flip_is_an_option(tmp_path):
@@ -183,7 +182,7 @@ def test_random_flip_is_an_option(tmp_path):
     image[:, :4] = 255  # left half white
     (root / "train" / "x").mkdir(parents=True)
     Image.fromarray(image).save(root / "train" / "x" / "a.png")
-    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=8))
+    source = data.get_source(DataConfig(dataset=f"folder:{root}"), 8)
 
     def left_halves(flip):
         ds = data.input_dataset(source, "train", 1, training=True, seed=0, flip=flip)
@@ -219,7 +218,7 @@ def test_folder_errors(tmp_path, layout, message):
         if layout == "empty_split_file":
             splits["test_split_file"] = splits["train_split_file"]
     with pytest.raises(UserError, match=message) as err:
-        data.get_source(DataConfig(dataset=f"folder:{root}", **splits))
+        data.get_source(DataConfig(dataset=f"folder:{root}", **splits), 32)
     assert "\n" not in str(err.value)
 
 
@@ -228,7 +227,7 @@ def test_tfds_through_mock_data():
 
     # mock_data's data_dir holds metadata only: --download runs its no-op preparation.
     with tfds.testing.mock_data(num_examples=12):
-        source = data.get_source(DataConfig(dataset="mnist", image_size=16, download=True))
+        source = data.get_source(DataConfig(dataset="mnist", download=True), 16)
         assert source.num_classes == 10
         batch = next(iter(data.input_dataset(source, "train", 4, training=True)))
         test = next(iter(data.input_dataset(source, "test", 4, training=False)))
@@ -239,7 +238,7 @@ def test_tfds_through_mock_data():
 
 def test_unknown_tfds_name_is_a_user_error():
     with pytest.raises(UserError, match="no_such_dataset"):
-        data.get_source(DataConfig(dataset="no_such_dataset"))
+        data.get_source(DataConfig(dataset="no_such_dataset"), 32)
 
 
 @pytest.mark.parametrize(
@@ -252,7 +251,7 @@ def test_unprepared_tfds_fails_fast_and_says_how_to_prepare(tmp_path, name, advi
     cfg = DataConfig(dataset=name, data_dir=str(tmp_path))
     start = time.perf_counter()
     with pytest.raises(UserError, match=f"'{name}' is not prepared in --data_dir") as err:
-        data.get_source(cfg)
+        data.get_source(cfg, 32)
     assert time.perf_counter() - start < 10  # TFDS's own download retries for ~3 minutes
     assert advice in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "downloads").exists()  # nothing was fetched
@@ -270,7 +269,7 @@ def test_download_flag_prepares_and_reports_failure_in_one_line(tmp_path, monkey
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
     cfg = DataConfig(dataset="mnist", data_dir=str(tmp_path), download=True)
     with pytest.raises(UserError, match="could not be prepared .*: Failed to connect") as err:
-        data.get_source(cfg)
+        data.get_source(cfg, 32)
     assert calls == ["mnist"] and "\n" not in str(err.value)
 
 
@@ -280,7 +279,7 @@ def test_class_folder_without_images_is_not_a_class(tmp_path):
     _write(root / "train" / "dog" / "b.png", "RGB")
     (root / "train" / "empty").mkdir()
     (root / "train" / "dog" / "notes.txt").write_text("not an image")
-    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=8))
+    source = data.get_source(DataConfig(dataset=f"folder:{root}"), 8)
     assert source.num_classes == 2 and source.sizes == {"train": 2, "test": 0}
 
 
@@ -290,10 +289,10 @@ def test_huge_images_are_resized_and_decompression_bombs_skipped(tmp_path, monke
     root = tmp_path / "big"
     _write(root / "train" / "a" / "large.png", "RGB", size=(3000, 2000))
     _write(root / "train" / "a" / "small.png", "RGB", size=(40, 30))
-    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=16))
+    source = data.get_source(DataConfig(dataset=f"folder:{root}"), 16)
     batch = _take(data.input_dataset(source, "train", 2, training=False), 1)[0]
     assert batch["image"].shape == (2, 16, 16, 3)
     # Past PIL's decompression-bomb limit (2x MAX_IMAGE_PIXELS) a file is refused as corrupt.
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1_000_000)
-    source = data.get_source(DataConfig(dataset=f"folder:{root}", image_size=16))
+    source = data.get_source(DataConfig(dataset=f"folder:{root}"), 16)
     assert source.sizes["train"] == 1 and "skipped 1 corrupt" in capsys.readouterr().out

@@ -311,7 +311,7 @@ def _one_batch(cfg):
 
     from patchvae_tf import data
 
-    source = data.get_source(cfg.data, cfg.train.seed)
+    source = data.get_source(cfg.data, cfg.model.image_size, cfg.train.seed)
     batch = next(iter(data.input_dataset(source, "train", cfg.train.batch_size, training=True)))
     return lambda: iter(tf.data.Dataset.from_tensors({"image": batch["image"]}).repeat())
 
@@ -324,7 +324,7 @@ def _trainer(cfg, policy="none", jit_compile=False, weights=None):
     from patchvae_tf import precision, training
 
     keras.utils.set_random_seed(cfg.train.seed)
-    model = precision.build_model(cfg.model, cfg.data.image_size, policy)
+    model = precision.build_model(cfg.model, policy)
     if weights is not None:
         model.set_weights(weights)
     optimizer = precision.wrap_optimizer(training.make_optimizer(cfg), policy)

@@ -10,8 +10,9 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from patchvae_tf.config import EvalConfig, validate_eval
+from patchvae_tf.config import EvalConfig
 from patchvae_tf.errors import UserError
+from patchvae_tf.validation import validate_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for 2 shared cores: the probes see 256 images per split.
@@ -183,7 +184,7 @@ def test_receptive_field_matches_the_gradient_support(trained):
     from patchvae_tf import models, visualize
 
     cfg, _ = trained
-    model = models.build_model(cfg.model, 32)
+    model = models.build_model(cfg.model)
     x = tf.random.normal([1, 32, 32, 3])
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -486,7 +487,8 @@ def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_
 
     from export import exporter
     from patchvae_tf import evaluation, training
-    from patchvae_tf.config import ExportConfig, validate_export
+    from patchvae_tf.config import ExportConfig
+    from patchvae_tf.validation import validate_export
 
     images = tmp_path / "Images"
     _write_folder(images, ["blue", "red"], 6)  # images/{train,test}/CLASS/i.png

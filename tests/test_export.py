@@ -11,8 +11,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from patchvae_tf.config import ExportConfig, validate_export
+from patchvae_tf.config import ExportConfig
 from patchvae_tf.errors import UserError
+from patchvae_tf.validation import validate_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32  # tests/conftest.py tiny_config
@@ -274,6 +275,35 @@ def test_bad_inputs_raise_invalid_argument(loaded):
         from_bytes(image_bytes=tf.constant([png[:40]]))
 
 
+def test_onnx_refuses_wrong_shapes_and_clips_values(exported):
+    """The ONNX graph checks nothing itself: ONNX Runtime refuses what its input type rules
+    out, and pixel values outside 0..255 are clipped, as serving_default's scaling does.
+    """
+    import onnxruntime as ort
+
+    ecfg, _ = exported
+    path = os.path.join(ecfg.export_dir, "onnx", "encoder.onnx")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    cases = [
+        (np.zeros((SIZE, SIZE, 3), np.float32), "Invalid rank for input: images"),
+        (np.zeros((1, 31, SIZE, 3), np.float32), "invalid dimensions for input: images"),
+        (np.zeros((1, SIZE, SIZE, 3), np.float64), "Unexpected input data type"),
+    ]
+    for images, message in cases:
+        with pytest.raises(Exception, match=message):  # onnxruntime's InvalidArgument
+            session.run(None, {"images": images})
+    pixels = _pixels(2, seed=5)
+    wide = pixels * 2.0 - 200.0  # about half the values fall outside 0..255
+    assert (wide < 0).any() and (wide > 255).any()
+    got = session.run(None, {"images": wide})
+    want = session.run(None, {"images": np.clip(wide, 0.0, 255.0)})
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(got[0], session.run(None, {"images": pixels})[0])
+    nan = np.full((1, SIZE, SIZE, 3), np.nan, np.float32)
+    assert all(np.isnan(out).all() for out in session.run(None, {"images": nan}))
+
+
 def test_second_export_of_a_version_is_refused(exported):
     from export import exporter
 
@@ -332,7 +362,7 @@ def test_checkpoint_without_the_encoder_is_refused(trained, tmp_path):
 
     cfg, _ = trained
     # A VAE checkpoint shares the encoder but has no occurrence / appearance heads.
-    vae = models.build_model(dataclasses.replace(cfg.model, arch="vae"), SIZE)
+    vae = models.build_model(dataclasses.replace(cfg.model, arch="vae"))
     prefix = tf.train.Checkpoint(model=vae).write(str(tmp_path / "vae" / "ckpt-5"))
     ecfg = ExportConfig(
         workdir=cfg.train.workdir, export_dir=str(tmp_path / "e"), checkpoint=prefix, version=1
@@ -354,7 +384,7 @@ def test_vae_exports_its_outputs(trained, tmp_path):
         model=dataclasses.replace(cfg.model, arch="vae"),
         train=dataclasses.replace(cfg.train, workdir=str(tmp_path / "vae")),
     )
-    vae = models.build_model(vae_cfg.model, SIZE)
+    vae = models.build_model(vae_cfg.model)
     os.makedirs(vae_cfg.train.workdir)
     with open(os.path.join(vae_cfg.train.workdir, CONFIG_FILE), "w") as f:
         f.write(vae_cfg.to_json())

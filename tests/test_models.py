@@ -24,9 +24,15 @@ def _grads(model, x):
 )
 def test_gradients_reach_every_head_and_both_networks(variant):
     cfg = ModelConfig(
-        encoder="pyramid", base_channels=8, scale=4, num_parts=4, appearance_dim=3, **variant
+        encoder="pyramid",
+        image_size=16,
+        base_channels=8,
+        scale=4,
+        num_parts=4,
+        appearance_dim=3,
+        **variant,
     )
-    model = models.build_model(cfg, 16)
+    model = models.build_model(cfg)
     x = tf.random.uniform([2, 16, 16, 3], -1, 1, seed=0)
     out, grads = _grads(model, x)
     assert out["reconstruction"].shape == (2, 16, 16, 3)
@@ -53,7 +59,7 @@ def test_resnet_encoder_channels_and_grid():
 
 def test_encode_is_deterministic_and_consistent():
     model = models.build_model(
-        ModelConfig(encoder="resnet", scale=8, num_parts=5, appearance_dim=2), 32
+        ModelConfig(encoder="resnet", image_size=32, scale=8, num_parts=5, appearance_dim=2)
     )
     x = tf.random.uniform([3, 32, 32, 3], -1, 1, seed=3)
     a, b = model.encode(x), model.encode(x)
@@ -71,9 +77,13 @@ def test_encode_is_deterministic_and_consistent():
 def test_glorot_initialization_starts_occurrences_at_the_prior():
     model = models.build_model(
         ModelConfig(
-            encoder="resnet", scale=8, num_parts=5, appearance_dim=2, initialization="glorot"
-        ),
-        32,
+            encoder="resnet",
+            image_size=32,
+            scale=8,
+            num_parts=5,
+            appearance_dim=2,
+            initialization="glorot",
+        )
     )
     q = model.encode(tf.random.uniform([3, 32, 32, 3], -1, 1, seed=3))["occurrence"].numpy()
     np.testing.assert_allclose(model.heads.logits.bias.numpy(), np.log(0.2 / 0.8), rtol=1e-6)
@@ -84,7 +94,7 @@ def test_glorot_initialization_starts_occurrences_at_the_prior():
 def test_reference_initialization_and_batch_norm_constants():
     """Kaiming fan-out normal for convolutions, PyTorch's default for transposed ones."""
     model = models.build_model(
-        ModelConfig(encoder="resnet", scale=8, num_parts=16, appearance_dim=6), 32
+        ModelConfig(encoder="resnet", image_size=32, scale=8, num_parts=16, appearance_dim=6)
     )
     stem_conv = model.encoder.stages[0].layers[1]  # after the explicit padding
     kernel = stem_conv.kernel.numpy()  # 7 x 7 x 3 x 64
@@ -106,13 +116,14 @@ def test_imagenet_normalization_is_applied_inside_the_model():
 
     cfg = ModelConfig(
         encoder="pyramid",
+        image_size=16,
         base_channels=8,
         scale=4,
         num_parts=4,
         appearance_dim=2,
         normalization="imagenet",
     )
-    model = models.build_model(cfg, 16)
+    model = models.build_model(cfg)
     x = tf.random.uniform([2, 16, 16, 3], -1, 1, seed=5)
     by_hand = ((x.numpy() + 1) / 2 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     np.testing.assert_allclose(normalization.normalize(x, "imagenet"), by_hand, atol=1e-5)
@@ -136,9 +147,14 @@ def test_imagenet_normalization_is_applied_inside_the_model():
 def test_vae_baseline_trains_its_latent():
     model = models.build_model(
         ModelConfig(
-            arch="vae", encoder="pyramid", base_channels=8, scale=4, num_parts=4, appearance_dim=2
-        ),
-        16,
+            arch="vae",
+            encoder="pyramid",
+            image_size=16,
+            base_channels=8,
+            scale=4,
+            num_parts=4,
+            appearance_dim=2,
+        )
     )
     x = tf.random.uniform([2, 16, 16, 3], -1, 1, seed=4)
     out, grads = _grads(model, x)
@@ -160,9 +176,14 @@ def test_vae_baseline_trains_its_latent():
 def test_get_config_round_trip():
     model = models.build_model(
         ModelConfig(
-            encoder="pyramid", base_channels=8, scale=4, num_parts=3, appearance_dim=2, hard=True
-        ),
-        16,
+            encoder="pyramid",
+            image_size=16,
+            base_channels=8,
+            scale=4,
+            num_parts=3,
+            appearance_dim=2,
+            hard=True,
+        )
     )
     config = model.get_config()
     assert config["num_parts"] == 3 and config["hard"] is True and config["scale"] == 4

@@ -98,7 +98,7 @@ def _load(name):
 def test_recipe_follows_the_authors_run(name):
     cfg = _load(name)
     values = {
-        **{k: getattr(cfg.data, k) for k in ("dataset", "image_size", "random_flip")},
+        **{k: getattr(cfg.data, k) for k in ("dataset", "random_flip")},
         "train_split": cfg.data.train_split,
         **cfg.model.__dict__,
         "prior": cfg.model.prior,

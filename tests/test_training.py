@@ -1,3 +1,4 @@
+import dataclasses
 import glob
 import math
 import os
@@ -6,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
@@ -70,6 +72,53 @@ def test_different_model_in_same_workdir_is_refused(trained):
     other = cfg.replace(model=cfg.model.__class__(**{**cfg.model.__dict__, "arch": "vae"}))
     with pytest.raises(UserError, match="arch='patchvae'"):
         training.train(other)
+
+
+# config.json as training wrote it while image_size lived in the data section: tiny_config's
+# values, every other field at its default.
+OLD_CONFIG_JSON = """{
+  "data": {"dataset": "shapes", "image_size": 32, "shapes_test_size": 256,
+           "shapes_train_size": 2048},
+  "distribute": {"mixed_precision": "none"},
+  "model": {"anneal_rate": 0.001, "anneal_schedule": "exponential", "appearance_dim": 4,
+            "base_channels": 16, "batch_norm_epsilon": 0.001, "batch_norm_momentum": 0.99,
+            "beta_occ": 1.0, "encoder": "pyramid", "initialization": "glorot",
+            "num_parts": 8, "scale": 4},
+  "train": {"adam_epsilon": 1e-07, "batch_size": 32, "checkpoint_every": 100,
+            "learning_rate": 0.001, "log_every": 100, "train_steps": 300, "workdir": "%s"}
+}"""
+
+
+def test_workdir_from_before_image_size_moved_to_the_model_still_restores(trained, tmp_path):
+    from patchvae_tf.evaluation.setup import restore_model
+
+    cfg, _ = trained
+    workdir = str(tmp_path / "old")
+    shutil.copytree(cfg.train.workdir, workdir)
+    path = os.path.join(workdir, "config.json")
+    Path(path).write_text(OLD_CONFIG_JSON % workdir)
+    old = config.load_config(path)
+    assert old.model.image_size == 32 and old == tiny_config(workdir)
+    # Resuming: the same model is accepted, another image size is refused by name.
+    assert training._check_workdir(tiny_config(workdir)) == old
+    smaller = tiny_config(workdir)
+    smaller = smaller.replace(model=dataclasses.replace(smaller.model, image_size=16))
+    with pytest.raises(UserError, match=r"image_size=32 \(now 16\)"):
+        training._check_workdir(smaller)
+    # A size other than the default lands in the model too.
+    Path(path).write_text(
+        '{"data": {"dataset": "imagenet2012", "image_size": 224}, "model": {"scale": 32}}'
+    )
+    moved = config.load_config(path)
+    assert moved.model.image_size == 224 and moved.data.dataset == "imagenet2012"
+    # Evaluation and export build the model from it and restore the same weights.
+    model, step = restore_model(old)
+    reference, _ = restore_model(cfg)
+    x = tf.random.uniform([2, 32, 32, 3], -1, 1, seed=1)
+    assert step == 300 and model.image_size == 32
+    np.testing.assert_array_equal(
+        model.encode(x)["features"].numpy(), reference.encode(x)["features"].numpy()
+    )
 
 
 def test_flagfile_parsing():

@@ -63,7 +63,7 @@ def _finetune_once(model, setup: Setup, ecfg: EvalConfig, frozen: int) -> dict:
     def logits_of(x, training):
         return head(model.features(x, training=training)[0], training=training)
 
-    logits_of(tf.zeros([1, cfg.data.image_size, cfg.data.image_size, 3]), False)
+    logits_of(tf.zeros([1, cfg.model.image_size, cfg.model.image_size, 3]), False)
     variables = head.trainable_variables + _trainable(stages, frozen)
     _, batch_size, steps_per_epoch = _epochs(source, ecfg)
     schedule = finetune_schedule(
@@ -148,7 +148,7 @@ def finetune(setup: Setup, ecfg: EvalConfig) -> dict:
         runs.append(_finetune_once(restore_model(cfg)[0], setup, ecfg, frozen))
         if ecfg.finetune_random_init:
             keras.utils.set_random_seed(ecfg.seed + 1)
-            random_model = models.build_model(cfg.model, cfg.data.image_size)
+            random_model = models.build_model(cfg.model)
             floor.append(_finetune_once(random_model, setup, ecfg, frozen))
     n_train, batch_size, steps_per_epoch = _epochs(setup.source, ecfg)
     return {

@@ -291,7 +291,7 @@ def evaluate(ecfg: EvalConfig) -> dict:
     random_model = None
     if {"probe", "parts"} & set(s.modes):
         keras.utils.set_random_seed(ecfg.seed + 1)
-        random_model = models.build_model(cfg.model, cfg.data.image_size)
+        random_model = models.build_model(cfg.model)
     report = {
         "workdir": ecfg.workdir,
         "checkpoint_step": s.step,

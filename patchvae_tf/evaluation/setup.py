@@ -27,7 +27,7 @@ class Setup:
 
 
 def _data_config(cfg: Config, ecfg: EvalConfig) -> Config:
-    image_size = cfg.data.image_size
+    image_size = cfg.model.image_size
     if ecfg.image_size and ecfg.image_size != image_size:
         raise UserError(
             f"--image_size={ecfg.image_size} does not match the model's image size {image_size} "
@@ -50,7 +50,7 @@ def _data_config(cfg: Config, ecfg: EvalConfig) -> Config:
 
 def restore_model(cfg: Config) -> tuple[models._Autoencoder, int]:
     """The model of cfg restored from its workdir's latest checkpoint, and that step."""
-    model = models.build_model(cfg.model, cfg.data.image_size)
+    model = models.build_model(cfg.model)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     manager = restore(cfg, model, step=step)
     if not manager.latest_checkpoint:
@@ -112,7 +112,7 @@ def setup(ecfg: EvalConfig) -> Setup:
     cfg = _data_config(saved, ecfg)
     keras.utils.set_random_seed(ecfg.seed)
     model, step = restore_model(cfg)
-    source = data.get_source(cfg.data, cfg.train.seed)
+    source = data.get_source(cfg.data, cfg.model.image_size, cfg.train.seed)
     modes, skipped = _plan(ecfg, cfg, source, model)
     for mode, reason in skipped.items():
         print(f"skipping {mode}: {reason}")
