@@ -61,7 +61,7 @@ class DataConfig:
         positive=True,
         maximum=1.0,
     )
-    shuffle_buffer: int = option(10000, "Shuffle buffer (examples)", positive=True)
+    shuffle_buffer: int = option(10000, "TFDS: examples shuffled together", positive=True)
     download: bool = option(False, "TFDS: download and prepare a dataset not in --data_dir")
 
 

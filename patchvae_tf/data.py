@@ -51,6 +51,15 @@ def preprocess_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def to_rgb(image: tf.Tensor) -> tf.Tensor:
     """[h, w, 1|3|4] -> [h, w, 3]: grey is repeated, alpha dropped."""
+    # With the channels known when traced (TFDS features say them), only one branch is
+    # built: tf.case traces all, and grey's refuses a static 3-channel image.
+    static = image.shape[-1]
+    if static == 3:
+        return image
+    if static == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if static == 4:
+        return image[..., :3]
     channels = tf.shape(image)[-1]
     return tf.case(
         [
@@ -240,28 +249,20 @@ def _tfds_source(cfg: DataConfig) -> Source:
     label = features["label"] if "label" in features.keys() else None
     num_classes = getattr(label, "num_classes", None)
 
+    def convert(ex):
+        out = {"image": preprocess_image(to_rgb(ex["image"]), cfg.image_size)}
+        out["label"] = tf.cast(ex["label"], tf.int32) if "label" in ex else -1
+        return out
+
     def reader(split):
         def read(input_context=None, shuffle_seed=None, start=0):
-            if shuffle_seed is not None and start:
-                # TFDS reads files, not indices: a resumed run takes a fresh order rather
-                # than replaying the first images again (not the exact position).
-                shuffle_seed += start
-            read_config = tfds.ReadConfig(
-                input_context=input_context, shuffle_seed=shuffle_seed, try_autocache=False
-            )
-            ds = builder.as_dataset(
-                split=split, shuffle_files=shuffle_seed is not None, read_config=read_config
-            )
-
-            def convert(ex):
-                out = {"image": preprocess_image(to_rgb(ex["image"]), cfg.image_size)}
-                out["label"] = tf.cast(ex["label"], tf.int32) if "label" in ex else -1
-                return out
-
-            ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
             if shuffle_seed is not None:
-                ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed)
-            return ds
+                return _tfds_training_stream(
+                    builder, split, cfg, input_context, shuffle_seed, start
+                ).map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+            read_config = tfds.ReadConfig(input_context=input_context, try_autocache=False)
+            ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+            return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
         return read
 
@@ -276,6 +277,88 @@ def _tfds_source(cfg: DataConfig) -> Source:
         {"train": reader("train"), "test": reader(test_split)},
         sizes,
     )
+
+
+_TFDS_BLOCKS = 16  # contiguous slices of a pipeline's examples, interleaved at random
+
+
+def _tfds_training_stream(builder, split, cfg, input_context, seed, start) -> tf.data.Dataset:
+    """A TFDS split as an endless training stream, epoch e's order a function of (seed, e),
+    beginning ``start`` examples in: a resumed run continues exactly where it stopped.
+
+    Each input pipeline reads its own contiguous share of the examples, cut in up to 16
+    slices; epoch e interleaves the slices in a seeded random order (as TFDS's shuffled
+    files would be) and permutes each run of --shuffle_buffer examples, seeded by (seed, e)
+    and the run. Images
+    stay encoded until after the skip to ``start``: a resume reads the skipped records of
+    its epoch (at most one epoch) but decodes none of them.
+    """
+    import tensorflow_datasets as tfds
+
+    pid, num = 0, 1
+    if input_context is not None:
+        pid, num = input_context.input_pipeline_id, input_context.num_input_pipelines
+    read_config = tfds.ReadConfig(try_autocache=False)
+
+    def records(part):
+        return builder.as_dataset(
+            split=part,
+            shuffle_files=False,
+            read_config=read_config,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
+
+    if split in builder.info.splits.keys():
+        size = builder.info.splits[split].num_examples
+        lo, hi = pid * size // num, (pid + 1) * size // num
+    else:  # no split metadata (tfds.testing.mock_data): count the records once, undecoded
+        size = int(records(split).reduce(0, lambda n, _: n + 1))
+        lo, hi = 0, len(range(pid, size, num))
+    count = hi - lo
+    if count == 0:
+        raise UserError(
+            f"TFDS dataset {cfg.dataset!r}: its {split} split of {size} examples cannot feed "
+            f"{num} input pipelines"
+        )
+    if split in builder.info.splits.keys():
+        blocks = min(_TFDS_BLOCKS, count)
+        cuts = [lo + i * count // blocks for i in range(blocks + 1)]
+        slices = [records(f"{split}[{a}:{b}]") for a, b in zip(cuts, cuts[1:], strict=False)]
+    else:
+        blocks, cuts, slices = 1, [lo, hi], [records(split).shard(num, pid)]
+    sizes = [b - a for a, b in zip(cuts, cuts[1:], strict=False)]
+    owner = tf.repeat(tf.range(blocks, dtype=tf.int64), sizes)
+
+    keys = [k for k in ("image", "label") if k in builder.info.features.keys()]
+
+    def epoch(key):
+        order = tf.random.experimental.stateless_shuffle(owner, seed=key)
+        ds = tf.data.Dataset.choose_from_datasets(
+            slices, tf.data.Dataset.from_tensor_slices(order), stop_on_empty_dataset=False
+        )
+        ds = ds.map(lambda ex: {k: ex[k] for k in keys})
+        # Each run of --shuffle_buffer examples is permuted with a stateless seed: a
+        # shuffle buffer would take its seed from TF's global one under --deterministic.
+        mixed = key[0] * 1_000_003 + key[1]
+
+        def permute(i, window):
+            n = tf.shape(window["image"], out_type=tf.int64)[0]
+            perm = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([mixed, i]))
+            return tf.data.Dataset.from_tensor_slices(
+                {k: tf.gather(v, perm) for k, v in window.items()}
+            )
+
+        return ds.batch(cfg.shuffle_buffer).enumerate().flat_map(permute)
+
+    image = builder.info.features["image"]
+
+    def decode(ex):
+        ex = dict(ex)
+        ex["image"] = image.decode_example(ex["image"])
+        return ex
+
+    stream = positions.epochs(count, seed, start, epoch)
+    return stream.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # --- shapes -----------------------------------------------------------------
