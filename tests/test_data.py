@@ -237,7 +237,7 @@ def test_tfds_training_resumes_at_any_position_exactly(tiny_tfds):
         assert {image for image, _ in epoch} == every
     assert epochs[0] != epochs[1] != epochs[2]
     assert _tfds_stream(source, 4, 0, 37) != epochs[0]  # the seed decides the order
-    for start in (1, 20, 37, 50, 73):
+    for start in (20, 37, 50):  # mid-epoch, an epoch boundary, the next epoch
         assert _tfds_stream(source, 3, start, 20) == full[start : start + 20], start
     # Two input pipelines: disjoint shares of the examples, each resumable on its own.
     shares = []
