@@ -2,16 +2,22 @@
 
 Layout of an export dir E:
 
-    E/saved_model/<version>/         a SavedModel, with its own report in assets.extra/
-    E/history/<version>-<id>/        one export's onnx/, export_report.json, models.config
-    E/current -> history/<version>-<id>   the most recent export
+    E/saved_model/<version> -> .<version>-<id>   the versions TF Serving watches and loads
+    E/saved_model/.<version>-<id>/               a SavedModel; its assets.extra/ holds its
+                                                 report and export/ (onnx/, export_report.json,
+                                                 models.config)
+    E/history/<version>-<id>/                    an export without a SavedModel (ONNX only)
+    E/current -> saved_model/<version>/assets.extra/export  (or history/<version>-<id>)
     E/onnx, E/export_report.json, E/models.config -> current/...   fixed symlinks
 
-Readers open E/onnx/..., E/export_report.json and E/models.config; those always resolve
-into one export because a commit changes only E/current, by renaming a new symlink over
-it (as Kubernetes swaps a mounted ConfigMap). A SavedModel version appears by renaming its
-whole directory into E/saved_model/, which TF Serving watches. A journal names the commit
-under way, so an export killed half way through it is finished or undone by the next one.
+Every change a reader can see is the rename of one symlink (as Kubernetes swaps a mounted
+ConfigMap). E/current resolves through E/saved_model/<version>, so re-exporting the version
+the report describes swaps that SavedModel, its ONNX files and the report in one rename; a
+new version appears whole, with its own report, just before E/current names it. The real
+directories stay inside E/saved_model/ because a TF Serving container mounts only that folder
+(a link out of it would dangle there); TF Serving skips names that are not numbers. A journal
+names the commit under way: the next export finishes it once its directory is in place, and
+undoes it before.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ CURRENT = "current"
 JOURNAL = ".commit.json"
 POINTERS = (ONNX_DIR, REPORT, MODELS_CONFIG)  # E/<name> -> current/<name>
 REPORT_COPY = os.path.join("assets.extra", REPORT)  # inside each SavedModel version
+GROUP_IN_MODEL = os.path.join("assets.extra", "export")  # its export's onnx/, report, config
 
 
 def version_dir(root: str, version: int) -> str:
@@ -129,19 +136,54 @@ def _exchange(a: str, b: str) -> bool:
 
 
 def _replaced(path: str) -> str:
-    """Where _replace_dir parks the directory it replaces, when it cannot swap atomically."""
+    """Where _point_version parks a real version directory it replaces, when it cannot swap
+    atomically.
+    """
     return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.replaced")
 
 
-def _replace_dir(src: str, dst: str) -> None:
-    """Moves directory src to dst; an existing dst ends up at src (deleted by the caller)."""
-    if not os.path.exists(dst):
-        os.rename(src, dst)
-    elif not _exchange(src, dst):
-        # Without an atomic swap dst is absent for a moment, never half written; the old
-        # one waits beside it, where recover() puts it back if the commit is undone.
-        os.rename(dst, _replaced(dst))
-        os.rename(src, dst)
+def _point_version(export_dir: str, version: int, store: str) -> None:
+    """Makes E/saved_model/<version> the symlink store (a directory beside it) in one rename."""
+    path = version_dir(export_dir, version)
+    if os.path.islink(path) and os.readlink(path) == store:
+        return
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    os.symlink(store, tmp)
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.replace(tmp, path)
+    elif not _exchange(tmp, path):
+        # A real directory (written before versions were links) cannot be renamed over:
+        # without an atomic swap the version is absent for a moment, never half written.
+        os.rename(path, _replaced(path))
+        os.replace(tmp, path)
+    # After a swap tmp holds the old directory; _collect deletes it.
+
+
+def _delete(path: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.remove(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _collect(export_dir: str, journal: dict) -> None:
+    """Deletes what the commit replaced: the version's other directories and links under
+    E/saved_model/, and its other history entries. Only names nobody reads any more.
+    """
+    version, mine = str(journal["version"]), journal["id"]
+    models = os.path.join(export_dir, SAVED_MODEL)
+    link = os.path.join(models, version)
+    live = os.readlink(link) if os.path.islink(link) else None
+    for name in os.listdir(models) if os.path.isdir(models) else []:
+        old_store = name.startswith(f".{version}-") and name != live
+        leftover = name == f".{version}.replaced" or (
+            name.startswith(f"{version}.") and name.endswith(".tmp")
+        )
+        if old_store or leftover:
+            _delete(os.path.join(models, name))
+    for name in _history(export_dir):
+        if name.split("-")[0] == version and name != f"{version}-{mine}":
+            shutil.rmtree(os.path.join(export_dir, HISTORY, name), ignore_errors=True)
 
 
 def _point(name: str, export_dir: str) -> None:
@@ -195,22 +237,47 @@ def _adopt_legacy(export_dir: str) -> None:
     _symlink_atomic(rel, os.path.join(export_dir, CURRENT))
 
 
+def _move_current_into_model(export_dir: str) -> None:
+    """An export dir whose E/current names a history/ entry (as earlier releases wrote them)
+    while the SavedModel of that export is in place: the entry is linked into the model's
+    assets.extra/export and E/current names it there, showing the same files. From then on
+    re-exporting that version swaps the model and the report together.
+    """
+    current = os.path.join(export_dir, CURRENT)
+    if not os.path.islink(current) or not os.readlink(current).startswith(HISTORY + os.sep):
+        return
+    rep = read_json(os.path.join(current, REPORT)) or {}
+    version = rep.get("version")
+    if not isinstance(version, int) or not any(
+        rel.startswith(f"{SAVED_MODEL}/{version}/") for rel in rep.get("sha256", {})
+    ):
+        return  # an export without a SavedModel, or one too old to say
+    model = version_dir(export_dir, version)
+    own = read_json(os.path.join(model, REPORT_COPY)) or {}
+    if own.get("export_id") is None or own.get("export_id") != rep.get("export_id"):
+        return
+    inside = os.path.join(model, GROUP_IN_MODEL)
+    if not os.path.isdir(inside):
+        tmp = f"{inside}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed adoption's partial copy
+        shutil.copytree(os.path.realpath(current), tmp, copy_function=_link)
+        os.rename(tmp, inside)
+    _symlink_atomic(os.path.join(SAVED_MODEL, str(version), GROUP_IN_MODEL), current)
+
+
 def _roll_forward(export_dir: str, journal: dict) -> None:
-    """The visible part of a commit: E/current names the new export; idempotent."""
+    """The visible part of a commit: the version's link, then E/current; idempotent."""
     for name in POINTERS:
         _point(name, export_dir)
+    if journal.get("store"):
+        _point_version(export_dir, journal["version"], journal["store"])
     _symlink_atomic(journal["group"], os.path.join(export_dir, CURRENT))
-    shutil.rmtree(_replaced(version_dir(export_dir, journal["version"])), ignore_errors=True)
-    # An overwritten version's previous export goes once the new one is in place.
-    mine = os.path.basename(journal["group"])
-    for name in _history(export_dir):
-        if name != mine and name.split("-")[0] == str(journal["version"]):
-            shutil.rmtree(os.path.join(export_dir, HISTORY, name), ignore_errors=True)
+    _collect(export_dir, journal)
     os.remove(os.path.join(export_dir, JOURNAL))
 
 
 def recover(export_dir: str) -> str | None:
-    """Finishes a commit that reached its SavedModel rename, undoes an earlier one.
+    """Finishes a commit whose new directory is in place, undoes an earlier one.
 
     Returns "finished", "undone" or None (nothing was under way).
     """
@@ -220,15 +287,21 @@ def recover(export_dir: str) -> str | None:
             os.remove(os.path.join(export_dir, JOURNAL))
         return None
     group = os.path.join(export_dir, journal["group"])
-    model = version_dir(export_dir, journal["version"])
-    if not os.path.exists(model) and os.path.isdir(_replaced(model)):
-        os.rename(_replaced(model), model)  # killed between the two renames of _replace_dir
-    saved = read_json(os.path.join(model, REPORT_COPY))
-    model_in_place = not journal["saved_model"] or (saved or {}).get("export_id") == journal["id"]
-    if os.path.isdir(group) and model_in_place:
+    if "store" in journal:
+        store = journal["store"]
+        placed = os.path.isdir(os.path.join(export_dir, SAVED_MODEL, store) if store else group)
+    else:  # a journal of an earlier release, which renamed real version directories
+        model = version_dir(export_dir, journal["version"])
+        if not os.path.exists(model) and os.path.isdir(_replaced(model)):
+            os.rename(_replaced(model), model)
+        saved = read_json(os.path.join(model, REPORT_COPY)) or {}
+        in_place = not journal["saved_model"] or saved.get("export_id") == journal["id"]
+        placed = os.path.isdir(group) and in_place
+        if not placed:
+            shutil.rmtree(group, ignore_errors=True)
+    if placed:
         _roll_forward(export_dir, journal)
         return "finished"
-    shutil.rmtree(group, ignore_errors=True)
     os.remove(os.path.join(export_dir, JOURNAL))
     return "undone"
 
@@ -276,28 +349,36 @@ class Staging:
     def commit(self, overwrite: bool) -> None:
         """Makes the staged export visible; what it replaces is deleted last."""
         check_target(self.export_dir, self.version, overwrite)
-        saved_model = os.path.isdir(self.saved_model_dir())
-        if saved_model:
-            # Each version describes itself, and tells recover() which export it came from.
-            shutil.copyfile(self.group(REPORT), os.path.join(self.saved_model_dir(), REPORT_COPY))
-        journal = {
-            "id": self.id,
-            "version": self.version,
-            "group": self.group_rel,
-            "saved_model": saved_model,
-        }
+        model = self.saved_model_dir()
+        store, group_rel, staged = None, self.group_rel, self.group()
+        if os.path.isdir(model):
+            # Each version describes itself, and carries its export's other files, so that
+            # E/current can resolve through the version's link.
+            shutil.copyfile(self.group(REPORT), os.path.join(model, REPORT_COPY))
+            os.rename(self.group(), os.path.join(model, GROUP_IN_MODEL))
+            store = f".{self.version}-{self.id}"
+            staged = self.join(SAVED_MODEL, store)
+            os.rename(model, staged)
+            group_rel = os.path.join(SAVED_MODEL, str(self.version), GROUP_IN_MODEL)
+        journal = {"id": self.id, "version": self.version, "group": group_rel, "store": store}
         if not os.path.exists(self.export_dir):
             for name in POINTERS:
                 os.symlink(os.path.join(CURRENT, name), self.join(name))
-            os.symlink(self.group_rel, self.join(CURRENT))
+            if store:
+                os.symlink(store, self.saved_model_dir())
+                os.rmdir(self.join(HISTORY))  # emptied above
+            os.symlink(group_rel, self.join(CURRENT))
             os.rename(self.path, self.export_dir)
             os.makedirs(self.path)  # __exit__ removes this empty stand-in
             return
         _adopt_legacy(self.export_dir)
+        _move_current_into_model(self.export_dir)
         _write_atomic(os.path.join(self.export_dir, JOURNAL), json.dumps(journal))
-        os.makedirs(os.path.join(self.export_dir, HISTORY), exist_ok=True)
-        os.rename(self.group(), os.path.join(self.export_dir, self.group_rel))  # not yet seen
-        if saved_model:
+        # Not yet seen: a hidden name under saved_model/, or a history entry nobody names.
+        if store:
             os.makedirs(os.path.join(self.export_dir, SAVED_MODEL), exist_ok=True)
-            _replace_dir(self.saved_model_dir(), version_dir(self.export_dir, self.version))
+            os.rename(staged, os.path.join(self.export_dir, SAVED_MODEL, store))
+        else:
+            os.makedirs(os.path.join(self.export_dir, HISTORY), exist_ok=True)
+            os.rename(staged, os.path.join(self.export_dir, group_rel))
         _roll_forward(self.export_dir, journal)

@@ -82,7 +82,7 @@ class EncoderServing(tf.Module):
     def _encode_pixels(self, images):
         """Images [B, S, S, 3] float 0..255 -> the encoder outputs; no checks (the ONNX graph).
 
-        The scaling is the last step of patchvae_tf.data.preprocess_image, so served and
+        The scaling is the last step of patchvae_tf.source.preprocess_image, so served and
         training inputs match.
         """
         return self._encode_scaled(tf.clip_by_value(images, 0.0, 255.0) / 127.5 - 1.0)

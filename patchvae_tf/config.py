@@ -66,7 +66,7 @@ class DataConfig:
         "(how many kinds of shape the image shows, 1 to 3, labelled 0 to 2)",
         choices=SHAPES_LABELS,
     )
-    shuffle_buffer: int = option(10000, "Shuffle buffer (examples)", positive=True)
+    shuffle_buffer: int = option(10000, "TFDS: examples shuffled together", positive=True)
     download: bool = option(False, "TFDS: download and prepare a dataset not in --data_dir")
 
 

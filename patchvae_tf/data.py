@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,60 +11,11 @@ from absl import logging
 from patchvae_tf import positions, shapes
 from patchvae_tf.config import DataConfig
 from patchvae_tf.errors import UserError
+from patchvae_tf.source import Source, decode_image, preprocess_image
+from patchvae_tf.tfds_data import tfds_source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FOLDER_PREFIX = "folder:"
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """A resolved dataset: how to read each split, and what it holds."""
-
-    name: str
-    num_classes: int | None
-    has_masks: bool
-    # split -> callable(input_context) -> unbatched dataset of dicts with "image" (and "label").
-    readers: dict
-    sizes: dict
-    skipped: int = 0
-
-
-def preprocess_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Any-size RGB image [h, w, 3] (uint8 or float 0..255) -> [S, S, 3] float in [-1, 1].
-
-    Resizes the shorter side to S, then takes the centre S x S crop, as at serving.
-    """
-    image = tf.cast(image, tf.float32)
-    shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    ratio = float(image_size) / tf.minimum(h, w)
-    new_h = tf.maximum(image_size, tf.cast(tf.round(h * ratio), tf.int32))
-    new_w = tf.maximum(image_size, tf.cast(tf.round(w * ratio), tf.int32))
-    image = tf.image.resize(image, [new_h, new_w], method="bilinear", antialias=True)
-    top = (new_h - image_size) // 2
-    left = (new_w - image_size) // 2
-    image = image[top : top + image_size, left : left + image_size, :]
-    image = tf.ensure_shape(image, [image_size, image_size, 3])
-    return tf.clip_by_value(image, 0.0, 255.0) / 127.5 - 1.0
-
-
-def to_rgb(image: tf.Tensor) -> tf.Tensor:
-    """[h, w, 1|3|4] -> [h, w, 3]: grey is repeated, alpha dropped."""
-    channels = tf.shape(image)[-1]
-    return tf.case(
-        [
-            (tf.equal(channels, 1), lambda: tf.image.grayscale_to_rgb(image)),
-            (tf.equal(channels, 4), lambda: image[..., :3]),
-            (tf.equal(channels, 2), lambda: tf.image.grayscale_to_rgb(image[..., :1])),
-        ],
-        default=lambda: image,
-    )
-
-
-def decode_image(data: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG bytes -> uint8 [h, w, 3]; palette, grey and RGBA become RGB."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return tf.ensure_shape(image, [None, None, 3])
 
 
 # --- folders ----------------------------------------------------------------
@@ -191,93 +141,6 @@ def _folder_reader(items: list[tuple[str, int]], image_size: int):
     return read
 
 
-# --- TFDS -------------------------------------------------------------------
-
-
-def _prepare_tfds(builder, cfg: DataConfig) -> None:
-    """Downloads and prepares a TFDS dataset when --download asks; otherwise says how.
-
-    Without --download nothing touches the network: offline, TFDS's own download retries
-    for minutes before it fails.
-    """
-    where = f"--data_dir={cfg.data_dir!r}" if cfg.data_dir else "the default TFDS data_dir"
-    manual = builder.MANUAL_DOWNLOAD_INSTRUCTIONS
-    if not cfg.download:
-        how = (
-            f"put its archives in {os.path.join(builder.data_dir_root, 'downloads', 'manual')}"
-            " (see the TFDS catalogue), then pass --download to prepare it"
-            if manual
-            else "pass --download to fetch and prepare it (needs the network), or run "
-            f"`tfds build {cfg.dataset}"
-            + (f" --data_dir={cfg.data_dir}" if cfg.data_dir else "")
-            + "` where the network is reachable and copy the result"
-        )
-        raise UserError(f"TFDS dataset {cfg.dataset!r} is not prepared in {where}: {how}")
-    try:
-        builder.download_and_prepare()
-    except Exception as e:  # Network, checksum and manual-download errors alike.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"TFDS dataset {cfg.dataset!r} could not be prepared in {where}: {first}"
-        ) from None
-
-
-def _tfds_source(cfg: DataConfig, image_size: int) -> Source:
-    import tensorflow_datasets as tfds  # Slow to import; only TFDS datasets need it.
-
-    try:
-        builder = tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
-    except Exception as e:  # TFDS raises DatasetNotFoundError and others.
-        raise UserError(f"unknown --dataset {cfg.dataset!r}: {str(e).splitlines()[0]}") from None
-    if not builder.is_prepared():
-        _prepare_tfds(builder, cfg)
-    info = builder.info
-    # Split metadata is known once prepared (or from TFDS's bundled metadata); when it is
-    # not, assume the usual "train" / "test" names.
-    splits = list(info.splits.keys())
-    test_split = next((s for s in ("test", "validation") if s in splits), "test")
-    features = info.features
-    label = features["label"] if "label" in features.keys() else None
-    num_classes = getattr(label, "num_classes", None)
-
-    def reader(split):
-        def read(input_context=None, shuffle_seed=None, start=0):
-            if shuffle_seed is not None and start:
-                # TFDS reads files, not indices: a resumed run takes a fresh order rather
-                # than replaying the first images again (not the exact position).
-                shuffle_seed += start
-            read_config = tfds.ReadConfig(
-                input_context=input_context, shuffle_seed=shuffle_seed, try_autocache=False
-            )
-            ds = builder.as_dataset(
-                split=split, shuffle_files=shuffle_seed is not None, read_config=read_config
-            )
-
-            def convert(ex):
-                out = {"image": preprocess_image(to_rgb(ex["image"]), image_size)}
-                out["label"] = tf.cast(ex["label"], tf.int32) if "label" in ex else -1
-                return out
-
-            ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-            if shuffle_seed is not None:
-                ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed)
-            return ds
-
-        return read
-
-    sizes = {
-        s: info.splits[name].num_examples if name in splits else None
-        for s, name in (("train", "train"), ("test", test_split))
-    }
-    return Source(
-        cfg.dataset,
-        num_classes,
-        False,
-        {"train": reader("train"), "test": reader(test_split)},
-        sizes,
-    )
-
-
 # --- shapes -----------------------------------------------------------------
 
 
@@ -312,7 +175,7 @@ def get_source(cfg: DataConfig, image_size: int, seed: int = 0) -> Source:
         return _shapes_source(cfg, image_size, seed)
     if cfg.dataset.startswith(FOLDER_PREFIX):
         return _folder_source(cfg, image_size)
-    return _tfds_source(cfg, image_size)
+    return tfds_source(cfg, image_size)
 
 
 def input_dataset(

@@ -1,4 +1,4 @@
-"""Deterministic training order: a seeded permutation per epoch, resumable at any example."""
+"""Deterministic training order: a seeded order per epoch, resumable at any example."""
 
 from __future__ import annotations
 
@@ -25,15 +25,30 @@ def epoch_indices(
     if count == 0:
         return tf.data.Dataset.from_tensor_slices(tf.zeros([0], tf.int64))
     shard = tf.range(pid, size, num, dtype=tf.int64)
+    return epochs(
+        count,
+        seed,
+        start,
+        lambda key: tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(shard, seed=key)
+        ),
+    )
+
+
+def epochs(count: int, seed: int, start: int, epoch) -> tf.data.Dataset:
+    """Epoch after epoch of ``count`` elements each, forever, beginning ``start`` elements in.
+
+    ``epoch(key)`` builds one epoch from its key [seed, e], a stateless-random seed: an order
+    that depends on (seed, e) only. Whole epochs before ``start`` are never built; the rest
+    is skipped element by element, so a source skips cheap elements (indices, undecoded
+    records) and decodes after this.
+    """
     first, offset = divmod(start, count)
 
-    def epoch(e):
-        key = tf.stack([tf.constant(seed, tf.int64), e])
-        return tf.data.Dataset.from_tensor_slices(
-            tf.random.experimental.stateless_shuffle(shard, seed=key)
-        )
+    def one(e):
+        return epoch(tf.stack([tf.constant(seed, tf.int64), e]))
 
-    return tf.data.Dataset.range(first, 2**62).flat_map(epoch).skip(offset)
+    return tf.data.Dataset.range(first, 2**62).flat_map(one).skip(offset)
 
 
 def example_seed(seed: int, position: tf.Tensor, input_context=None) -> tf.Tensor:

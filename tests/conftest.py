@@ -57,3 +57,41 @@ def trained(tmp_path_factory):
     cfg = tiny_config(str(tmp_path_factory.mktemp("trained") / "workdir"))
     summary = training.train(cfg)
     return cfg, summary
+
+
+TINY_TFDS = "patchvae_tiny_images"  # a name no TFDS release uses
+
+
+@pytest.fixture(scope="session")
+def tiny_tfds(tmp_path_factory):
+    """A prepared TFDS dataset written here without the network: 37 distinct random 8x8 RGB
+    training images (3 classes) and 5 test images. Returns its --data_dir; TFDS reads it back
+    by name from there without this builder class.
+    """
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    class PatchvaeTinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(8, 8, 3)),
+                    "label": tfds.features.ClassLabel(num_classes=3),
+                }
+            )
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(37, 0), "test": self._generate_examples(5, 1)}
+
+        def _generate_examples(self, count, seed):
+            rng = np.random.default_rng(seed)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                yield i, {"image": pixels, "label": i % 3}
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    PatchvaeTinyImages(data_dir=data_dir).download_and_prepare()
+    return data_dir

@@ -236,6 +236,41 @@ def test_tfds_through_mock_data():
     assert -1.0 <= batch["image"].numpy().min() and batch["image"].numpy().max() <= 1.0
 
 
+def _tfds_stream(source, seed, start, n, context=None):
+    """n training examples of a pipeline resumed at ``start``, as (image bytes, label) pairs."""
+    ds = source.readers["train"](context, seed, start)
+    return [(ex["image"].tobytes(), int(ex["label"])) for ex in _take(ds, n)]
+
+
+def test_tfds_training_resumes_at_any_position_exactly(tiny_tfds):
+    """The TFDS stream resumed at position p is the uninterrupted stream from p on: every
+    epoch a new seeded order of all 37 examples, the same one when replayed.
+    """
+    from conftest import TINY_TFDS
+
+    cfg = DataConfig(dataset=TINY_TFDS, data_dir=tiny_tfds, image_size=8, shuffle_buffer=8)
+    source = data.get_source(cfg)
+    assert source.sizes == {"train": 37, "test": 5} and source.num_classes == 3
+    full = _tfds_stream(source, 3, 0, 37 * 3)
+    epochs = [full[i : i + 37] for i in (0, 37, 74)]
+    every = {ex["image"].tobytes() for ex in _take(source.readers["train"](None, None), 37)}
+    assert len(every) == 37
+    for epoch in epochs:  # each epoch: every training example once
+        assert {image for image, _ in epoch} == every
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert _tfds_stream(source, 4, 0, 37) != epochs[0]  # the seed decides the order
+    for start in (20, 37, 50):  # mid-epoch, an epoch boundary, the next epoch
+        assert _tfds_stream(source, 3, start, 20) == full[start : start + 20], start
+    # Two input pipelines: disjoint shares of the examples, each resumable on its own.
+    shares = []
+    for pid in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pid)
+        share = _tfds_stream(source, 3, 0, 30, context)
+        assert _tfds_stream(source, 3, 11, 19, context) == share[11:]
+        shares.append({image for image, _ in share})
+    assert shares[0] | shares[1] == every and not shares[0] & shares[1]
+
+
 def test_unknown_tfds_name_is_a_user_error():
     with pytest.raises(UserError, match="no_such_dataset"):
         data.get_source(DataConfig(dataset="no_such_dataset"), 32)

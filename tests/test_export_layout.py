@@ -6,6 +6,7 @@ No TensorFlow: the staged artifacts are small files with the layout of a real ex
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,15 +94,9 @@ def _export(export_dir, version, overwrite=False, formats=("saved_model", "onnx"
 def _reader(export_dir):
     """What a reader sees: the id of the one export the top-level files describe (None when
     there is no export), after checking that every file the report names is that export's
-    and that every SavedModel version is whole.
-
-    One exception: a commit killed while it overwrote the version the top-level report
-    describes (between that version's rename and the report's) leaves the new SavedModel
-    under the old report until the next export finishes the commit (its journal says so).
+    (its SavedModel included) and that every SavedModel version is whole.
     """
-    for name in os.listdir(os.path.join(export_dir, layout.SAVED_MODEL)):
-        if not name.isdigit():  # TF Serving reads numbered versions only
-            continue
+    for name in _served(export_dir):
         version = os.path.join(export_dir, layout.SAVED_MODEL, name)
         own = layout.read_json(os.path.join(version, layout.REPORT_COPY))
         assert own is not None, f"version {name} has no report: not whole"
@@ -109,17 +104,85 @@ def _reader(export_dir):
     rep = layout.read_json(os.path.join(export_dir, layout.REPORT))
     if rep is None:
         return None
-    pending = layout.read_json(os.path.join(export_dir, layout.JOURNAL))
     for rel, digest in rep["sha256"].items():
-        if pending and rel.startswith(f"saved_model/{pending['version']}/"):
-            continue
         assert _sha(os.path.join(export_dir, rel)) == digest, rel
     with open(os.path.join(export_dir, layout.MODELS_CONFIG)) as f:
         assert rep["export_id"] in f.read()
     return rep["export_id"]
 
 
-SCENARIOS = ["new_version", "overwrite", "overwrite_without_exchange", "onnx_only", "legacy_dir"]
+def _served(export_dir):
+    """The versions TF Serving sees: numbered names under saved_model/ that are directories."""
+    root = os.path.join(export_dir, layout.SAVED_MODEL)
+    names = [n for n in os.listdir(root) if n.isdigit()]
+    return sorted(n for n in names if os.path.isdir(os.path.join(root, n)))
+
+
+def _model_id(export_dir, version):
+    """The export a served version comes from, by its own report."""
+    path = os.path.join(export_dir, layout.SAVED_MODEL, str(version), layout.REPORT_COPY)
+    return (layout.read_json(path) or {}).get("export_id")
+
+
+def _to_history_layout(export_dir):
+    """The layout of the previous release: real version directories, each export's onnx/,
+    report and models.config in history/<version>-<id>, E/current naming that entry.
+    """
+    models = os.path.join(export_dir, layout.SAVED_MODEL)
+    os.makedirs(os.path.join(export_dir, layout.HISTORY), exist_ok=True)
+    current = None
+    for name in _served(export_dir):
+        store = os.readlink(os.path.join(models, name))
+        if os.readlink(os.path.join(export_dir, layout.CURRENT)).startswith(f"saved_model/{name}/"):
+            current = name
+        os.remove(os.path.join(models, name))
+        os.rename(os.path.join(models, store), os.path.join(models, name))
+        entry = os.path.join(layout.HISTORY, f"{name}-{_model_id(export_dir, name)}")
+        os.rename(
+            os.path.join(models, name, layout.GROUP_IN_MODEL), os.path.join(export_dir, entry)
+        )
+        if name == current:
+            os.remove(os.path.join(export_dir, layout.CURRENT))
+            os.symlink(entry, os.path.join(export_dir, layout.CURRENT))
+
+
+def _to_legacy_layout(export_dir):
+    """The layout of earlier releases still: real onnx/, report and models.config files."""
+    _to_history_layout(export_dir)
+    for name in layout.POINTERS:
+        path = os.path.join(export_dir, name)
+        real = os.path.realpath(path)
+        os.remove(path)
+        shutil.move(real, path)
+    shutil.rmtree(os.path.join(export_dir, layout.HISTORY))
+    os.remove(os.path.join(export_dir, layout.CURRENT))
+
+
+def _settled(export_dir):
+    """After a commit finished: no journal, and under saved_model/ only numbered versions and
+    the directories they name (nothing a killed commit left behind).
+    """
+    assert not os.path.exists(os.path.join(export_dir, layout.JOURNAL))
+    models = os.path.join(export_dir, layout.SAVED_MODEL)
+    names = set(os.listdir(models))
+    versions = {n for n in names if n.isdigit()}
+    stores = {
+        os.readlink(os.path.join(models, n))
+        for n in versions
+        if os.path.islink(os.path.join(models, n))
+    }
+    assert names == versions | stores, sorted(names - versions - stores)
+    return sorted(versions)
+
+
+SCENARIOS = [
+    "new_version",
+    "overwrite",
+    "overwrite_without_exchange",
+    "onnx_only",
+    "legacy_dir",
+    "history_layout_overwrite",
+]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -134,16 +197,12 @@ def test_a_commit_killed_at_any_step_shows_one_whole_export(tmp_path, monkeypatc
         root = tmp_path / str(crash_at)
         export_dir = root / "e"
         old = _export(export_dir, 5)
-        if scenario == "legacy_dir":  # the layout of earlier releases: real files
-            for name in layout.POINTERS:
-                path = export_dir / name
-                real = os.path.realpath(path)
-                os.remove(path)
-                shutil.move(real, path)
-            shutil.rmtree(export_dir / layout.HISTORY)
-            os.remove(export_dir / layout.CURRENT)
+        if scenario == "legacy_dir":
+            _to_legacy_layout(export_dir)
+        if scenario == "history_layout_overwrite":
+            _to_history_layout(export_dir)
         assert _reader(export_dir) == old
-        version = 5 if scenario.startswith("overwrite") else 6
+        version = 5 if "overwrite" in scenario else 6
         formats = ("onnx",) if scenario == "onnx_only" else ("saved_model", "onnx")
         with monkeypatch.context() as m:
             faults = _Faults(crash_at)
@@ -158,14 +217,70 @@ def test_a_commit_killed_at_any_step_shows_one_whole_export(tmp_path, monkeypatc
         # The next export (a third version) first finishes or undoes the killed commit.
         third = _export(export_dir, 7)
         assert _reader(export_dir) == third
-        assert not os.path.exists(export_dir / layout.JOURNAL)
-        kept = sorted(os.listdir(export_dir / layout.SAVED_MODEL))
+        kept = _settled(export_dir)
         assert kept in (["5", "7"], ["5", "6", "7"]), kept  # nothing saved before is lost
-        history = sorted(n.split("-")[0] for n in os.listdir(export_dir / layout.HISTORY))
-        assert history in (["5", "7"], ["5", "6", "7"]), history
+        history = [n.split("-")[0] for n in layout._history(str(export_dir))]
+        assert len(history) == len(set(history)) and set(history) <= {"5", "6"}, history
         crash_at += 1
-        assert crash_at < 40
+        assert crash_at < 80
     assert crash_at > 5  # the commit was cut at several points
+
+
+@pytest.mark.parametrize("start", ["links", "history_layout", "history_layout_without_exchange"])
+def test_overwriting_the_reported_version_swaps_model_and_report_together(
+    tmp_path, monkeypatch, start
+):
+    """--overwrite of the version E/export_report.json describes, killed after each change in
+    turn: at every kill point the report, the ONNX files and the SavedModel TF Serving loads
+    for that version come from one export, the old one up to one rename and the new one from
+    it on. Starting from the previous release's layout (real version directories) the first
+    commit moves the report under the version's directory first, showing the same files.
+    """
+    if start == "history_layout_without_exchange":
+        monkeypatch.setattr(layout, "_exchange", lambda a, b: False)
+    seen, crash_at, completed = [], 0, False
+    while not completed:
+        export_dir = tmp_path / str(crash_at) / "e"
+        old = _export(export_dir, 5)
+        if start != "links":
+            _to_history_layout(export_dir)
+        with monkeypatch.context() as m:
+            _install(m, _Faults(crash_at))
+            try:
+                new = _export(export_dir, 5, overwrite=True)
+                completed = True
+            except Crash:
+                new = None
+        report = _reader(export_dir)
+        if report is None:
+            # Only without an atomic swap, replacing a real version directory: the version
+            # is absent for a moment, and the report, which lives inside it, with it.
+            assert start == "history_layout_without_exchange" and _served(export_dir) == []
+            seen.append("none")
+        else:
+            assert _served(export_dir) == ["5"]
+            assert _model_id(export_dir, 5) == report  # TF Serving's model is the report's
+            seen.append("old" if report == old else "new")
+            assert report == old or new in (None, report)
+        if new is None:  # killed: the next export finishes or undoes the commit first
+            outcome = layout.recover(str(export_dir))
+            after = _reader(export_dir)
+            if outcome is None:  # killed before the journal or after the commit's end
+                assert after == report
+            elif outcome == "undone":
+                assert report == after == old
+            else:
+                assert outcome == "finished" and after not in (None, old)
+                assert report in (old, None, after)
+            assert _model_id(export_dir, 5) == after
+        _settled(export_dir)
+        crash_at += 1
+        assert crash_at < 80
+    # One switch, old -> new, at one kill point; never back.
+    text = "".join({"old": "o", "none": "x", "new": "n"}[label] for label in seen)
+    gap = "x?" if start == "history_layout_without_exchange" else ""
+    print(start, text)
+    assert re.fullmatch(f"o{{3,}}{gap}n+", text), seen
 
 
 def test_killed_commit_is_finished_once_the_model_is_in_place(tmp_path, monkeypatch):

@@ -313,10 +313,12 @@ def _float_variables(prefix):
     return out
 
 
-# Each case costs about a minute of TensorFlow start-ups on 2 cores: two cases cover both
-# datasets and both device counts (the other two pairings passed as well when added).
-@pytest.mark.parametrize(("dataset", "devices"), [("shapes", 1), ("folder", 2)])
-def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, dataset, devices):
+# Each case costs about a minute of TensorFlow start-ups on 2 cores: three cases cover the
+# three kinds of dataset and both device counts (the other pairings passed as well when added).
+@pytest.mark.parametrize(("dataset", "devices"), [("shapes", 1), ("folder", 2), ("tfds", 1)])
+def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one(
+    tmp_path, request, dataset, devices
+):
     """--deterministic: killed (SIGKILL) after a checkpoint and resumed, a run ends with the
     weights of a run that never stopped: the input order, flips and samples resume exactly.
     """
@@ -325,9 +327,13 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path, 
     import numpy as np
 
     name = _image_folder(tmp_path / "images") if dataset == "folder" else "shapes"
+    if dataset == "tfds":  # 37 training images here too
+        from conftest import TINY_TFDS
+
+        name = f"{TINY_TFDS} --data_dir={request.getfixturevalue('tiny_tfds')}"
     args = [
         *TINY_FLAGS,
-        f"--dataset={name}",
+        *f"--dataset={name}".split(),
         "--shapes_train_size=37",  # epochs end mid-batch here too
         "--batch_size=8",
         "--checkpoint_every=6",

@@ -1,0 +1,170 @@
+"""TFDS datasets as sources: offline-safe preparation and an exactly resumable training stream."""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from patchvae_tf import positions
+from patchvae_tf.config import DataConfig
+from patchvae_tf.errors import UserError
+from patchvae_tf.source import Source, preprocess_image, to_rgb
+
+
+def _prepare_tfds(builder, cfg: DataConfig) -> None:
+    """Downloads and prepares a TFDS dataset when --download asks; otherwise says how.
+
+    Without --download nothing touches the network: offline, TFDS's own download retries
+    for minutes before it fails.
+    """
+    where = f"--data_dir={cfg.data_dir!r}" if cfg.data_dir else "the default TFDS data_dir"
+    manual = builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+    if not cfg.download:
+        how = (
+            f"put its archives in {os.path.join(builder.data_dir_root, 'downloads', 'manual')}"
+            " (see the TFDS catalogue), then pass --download to prepare it"
+            if manual
+            else "pass --download to fetch and prepare it (needs the network), or run "
+            f"`tfds build {cfg.dataset}"
+            + (f" --data_dir={cfg.data_dir}" if cfg.data_dir else "")
+            + "` where the network is reachable and copy the result"
+        )
+        raise UserError(f"TFDS dataset {cfg.dataset!r} is not prepared in {where}: {how}")
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # Network, checksum and manual-download errors alike.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"TFDS dataset {cfg.dataset!r} could not be prepared in {where}: {first}"
+        ) from None
+
+
+def tfds_source(cfg: DataConfig, image_size: int) -> Source:
+    import tensorflow_datasets as tfds  # Slow to import; only TFDS datasets need it.
+
+    try:
+        builder = tfds.builder(cfg.dataset, data_dir=cfg.data_dir)
+    except Exception as e:  # TFDS raises DatasetNotFoundError and others.
+        raise UserError(f"unknown --dataset {cfg.dataset!r}: {str(e).splitlines()[0]}") from None
+    if not builder.is_prepared():
+        _prepare_tfds(builder, cfg)
+    info = builder.info
+    # Split metadata is known once prepared (or from TFDS's bundled metadata); when it is
+    # not, assume the usual "train" / "test" names.
+    splits = list(info.splits.keys())
+    test_split = next((s for s in ("test", "validation") if s in splits), "test")
+    features = info.features
+    label = features["label"] if "label" in features.keys() else None
+    num_classes = getattr(label, "num_classes", None)
+
+    def convert(ex):
+        out = {"image": preprocess_image(to_rgb(ex["image"]), image_size)}
+        out["label"] = tf.cast(ex["label"], tf.int32) if "label" in ex else -1
+        return out
+
+    def reader(split):
+        def read(input_context=None, shuffle_seed=None, start=0):
+            if shuffle_seed is not None:
+                return _tfds_training_stream(
+                    builder, split, cfg, input_context, shuffle_seed, start
+                ).map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+            read_config = tfds.ReadConfig(input_context=input_context, try_autocache=False)
+            ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+            return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+        return read
+
+    sizes = {
+        s: info.splits[name].num_examples if name in splits else None
+        for s, name in (("train", "train"), ("test", test_split))
+    }
+    return Source(
+        cfg.dataset,
+        num_classes,
+        False,
+        {"train": reader("train"), "test": reader(test_split)},
+        sizes,
+    )
+
+
+_TFDS_BLOCKS = 16  # contiguous slices of a pipeline's examples, interleaved at random
+
+
+def _tfds_training_stream(builder, split, cfg, input_context, seed, start) -> tf.data.Dataset:
+    """A TFDS split as an endless training stream, epoch e's order a function of (seed, e),
+    beginning ``start`` examples in: a resumed run continues exactly where it stopped.
+
+    Each input pipeline reads its own contiguous share of the examples, cut in up to 16
+    slices; epoch e interleaves the slices in a seeded random order (as TFDS's shuffled
+    files would be) and permutes each run of --shuffle_buffer examples, seeded by (seed, e)
+    and the run. Images
+    stay encoded until after the skip to ``start``: a resume reads the skipped records of
+    its epoch (at most one epoch) but decodes none of them.
+    """
+    import tensorflow_datasets as tfds
+
+    pid, num = 0, 1
+    if input_context is not None:
+        pid, num = input_context.input_pipeline_id, input_context.num_input_pipelines
+    read_config = tfds.ReadConfig(try_autocache=False)
+
+    def records(part):
+        return builder.as_dataset(
+            split=part,
+            shuffle_files=False,
+            read_config=read_config,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
+
+    if split in builder.info.splits.keys():
+        size = builder.info.splits[split].num_examples
+        lo, hi = pid * size // num, (pid + 1) * size // num
+    else:  # no split metadata (tfds.testing.mock_data): count the records once, undecoded
+        size = int(records(split).reduce(0, lambda n, _: n + 1))
+        lo, hi = 0, len(range(pid, size, num))
+    count = hi - lo
+    if count == 0:
+        raise UserError(
+            f"TFDS dataset {cfg.dataset!r}: its {split} split of {size} examples cannot feed "
+            f"{num} input pipelines"
+        )
+    if split in builder.info.splits.keys():
+        blocks = min(_TFDS_BLOCKS, count)
+        cuts = [lo + i * count // blocks for i in range(blocks + 1)]
+        slices = [records(f"{split}[{a}:{b}]") for a, b in zip(cuts, cuts[1:], strict=False)]
+    else:
+        blocks, cuts, slices = 1, [lo, hi], [records(split).shard(num, pid)]
+    sizes = [b - a for a, b in zip(cuts, cuts[1:], strict=False)]
+    owner = tf.repeat(tf.range(blocks, dtype=tf.int64), sizes)
+
+    keys = [k for k in ("image", "label") if k in builder.info.features.keys()]
+
+    def epoch(key):
+        order = tf.random.experimental.stateless_shuffle(owner, seed=key)
+        ds = tf.data.Dataset.choose_from_datasets(
+            slices, tf.data.Dataset.from_tensor_slices(order), stop_on_empty_dataset=False
+        )
+        ds = ds.map(lambda ex: {k: ex[k] for k in keys})
+        # Each run of --shuffle_buffer examples is permuted with a stateless seed: a
+        # shuffle buffer would take its seed from TF's global one under --deterministic.
+        mixed = key[0] * 1_000_003 + key[1]
+
+        def permute(i, window):
+            n = tf.shape(window["image"], out_type=tf.int64)[0]
+            perm = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([mixed, i]))
+            return tf.data.Dataset.from_tensor_slices(
+                {k: tf.gather(v, perm) for k, v in window.items()}
+            )
+
+        return ds.batch(cfg.shuffle_buffer).enumerate().flat_map(permute)
+
+    image = builder.info.features["image"]
+
+    def decode(ex):
+        ex = dict(ex)
+        ex["image"] = image.decode_example(ex["image"])
+        return ex
+
+    stream = positions.epochs(count, seed, start, epoch)
+    return stream.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
