@@ -248,8 +248,8 @@ def test_tfds_training_resumes_at_any_position_exactly(tiny_tfds):
     """
     from conftest import TINY_TFDS
 
-    cfg = DataConfig(dataset=TINY_TFDS, data_dir=tiny_tfds, image_size=8, shuffle_buffer=8)
-    source = data.get_source(cfg)
+    cfg = DataConfig(dataset=TINY_TFDS, data_dir=tiny_tfds, shuffle_buffer=8)
+    source = data.get_source(cfg, 8)
     assert source.sizes == {"train": 37, "test": 5} and source.num_classes == 3
     full = _tfds_stream(source, 3, 0, 37 * 3)
     epochs = [full[i : i + 37] for i in (0, 37, 74)]
