@@ -152,18 +152,20 @@ def int8_variants(bench, float_path: str, root: str, calibration, pixels, batch)
     fns = {v: encoder_bench.ort_fn(encoder_bench.ort_session(p, 2)) for v, p, _ in candidates}
     for fn in fns.values():
         fn(batch), fn(batch)
-    # Every candidate in each window, so all of them share the load of that moment.
+    # Every candidate in each window, so all of them share the load of that moment; the
+    # order rotates, so none always runs right after the reference. Three times the encoder
+    # section's windows: the differences between settings are smaller than between runtimes.
     by_threads: list = []
     theirs = bench.peer.encode(size, len(batch), s.calls_batch, by_threads) if bench.peer else None
     windows = {v: [] for v in fns}
     reference = []
-    for w in range(s.encoder_windows):
+    order = list(fns)
+    for w in range(3 * s.encoder_windows):
         if theirs and w % 2:
             reference.append(theirs())
-        for v, fn in fns.items():
-            windows[v].append(
-                len(batch) / statistics.median(encoder_bench.timings(fn, batch, s.calls_batch))
-            )
+        for v in order[w % len(order) :] + order[: w % len(order)]:
+            seconds = encoder_bench.timings(fns[v], batch, s.calls_batch)
+            windows[v].append(len(batch) / statistics.median(seconds))
         if theirs and not w % 2:
             reference.append(theirs())
     theirs_rates = [len(batch) / statistics.median(t) for t in reference] or None

@@ -17,6 +17,7 @@ VARIANTS = {
     "qdq_per_tensor": {"format": "QDQ", "per_channel": False, "reduce_range": False},
     "qdq_per_channel_reduce_range": {"format": "QDQ", "per_channel": True, "reduce_range": True},
     "qoperator_per_channel": {"format": "QOperator", "per_channel": True, "reduce_range": False},
+    "qoperator_per_tensor": {"format": "QOperator", "per_channel": False, "reduce_range": False},
 }
 DEFAULT = "qdq_per_channel"
 
