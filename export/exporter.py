@@ -182,21 +182,13 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
     if cfg.quantize == "int8":
         int8_path = stage.group(layout.ONNX_DIR, layout.ONNX_INT8_FILE)
         calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
-        tried = []
-        for variant in quantize.EXPORT_ORDER:
-            quantize.quantize_int8(path, int8_path, calibration, variant=variant)
-            int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
-            int8_out = run(int8_session, pixels)
-            agreement = parity.agreement(onnx_out, int8_out)
-            refusal = quantize.gate(agreement, cfg.int8_min_cosine)
-            tried.append({"variant": variant, "cosine": agreement["features"]["mean_cosine"]})
-            if not refusal:
-                break
+        quantize.quantize_int8(path, int8_path, calibration)
+        int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
+        int8_out = run(int8_session, pixels)
         size = report.size_bytes(int8_path)
+        agreement = parity.agreement(onnx_out, int8_out)
         rep["int8"] = {
-            "method": quantize.method(variant),
-            "variant": variant,
-            "tried": tried,
+            "method": quantize.METHOD,
             "calibration_images": int(len(calibration)),
             "evaluated_on": "the parity images (not used for calibration)",
             "size_bytes": size,
@@ -204,6 +196,7 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
             "agreement_with_float32": agreement,
             "min_cosine": cfg.int8_min_cosine,
         }
+        refusal = quantize.gate(agreement, cfg.int8_min_cosine)
         if refusal and not cfg.force_int8:
             # The float32 export goes ahead; the int8 model a user would deploy does not.
             os.remove(int8_path)

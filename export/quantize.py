@@ -19,11 +19,7 @@ VARIANTS = {
     "qoperator_per_channel": {"format": "QOperator", "per_channel": True, "reduce_range": False},
     "qoperator_per_tensor": {"format": "QOperator", "per_channel": False, "reduce_range": False},
 }
-# What export tries, in order, keeping the first that passes the cosine gate: per-tensor
-# weights ran faster than per-channel in ONNX Runtime on AVX2 (docs/performance.md), and
-# per-channel keeps more accuracy where channels' weight ranges differ widely.
-EXPORT_ORDER = ("qdq_per_tensor", "qdq_per_channel")
-DEFAULT = EXPORT_ORDER[0]
+DEFAULT = "qdq_per_channel"
 
 
 def method(variant: str = DEFAULT) -> str:
@@ -34,6 +30,9 @@ def method(variant: str = DEFAULT) -> str:
         f"{', reduced range' if v['reduce_range'] else ''}), uint8 activations, MinMax ranges "
         "calibrated on training images"
     )
+
+
+METHOD = method()
 
 
 def quantize_int8(
