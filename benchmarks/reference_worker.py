@@ -12,6 +12,8 @@ authors' code prints goes to stderr. Requests:
     {"cmd": "train_setup", "key": K, "image_size": S, "batch": B, "num_parts": N,
      "appearance_dim": L, "scale": 8, "base_channels": 64, "seed": 0}
     {"cmd": "train", "key": K, "steps": n, "threads": t} -> {"seconds": t, "loss": x}
+    {"cmd": "profile_train", "key": K, "steps": n, "threads": t}
+                          -> torch.profiler's op time per op and per phase (as op_profile.py's)
     {"cmd": "encoder_setup", "key": K, ... as train_setup, "batches": [1, 128]}
     {"cmd": "encode", "key": K, "batch": b, "calls": n, "threads": t}
                                                       -> {"seconds": [t, ...]}
@@ -21,6 +23,8 @@ authors' code prints goes to stderr. Requests:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import importlib.machinery
 import json
 import os
@@ -212,12 +216,17 @@ class Worker:
         )
         x = self._images(r, r["batch"])
 
-        def step():
-            optimizer.zero_grad()
-            recon, mu, var, vis = model(x, 1.0)
-            loss, _ = loss_fn(recon, x, mu, var, vis, categorical=False, py=1.0 / r["num_parts"])
-            loss.backward()
-            optimizer.step()
+        def step(phase=_no_phase):
+            with phase("forward"):
+                optimizer.zero_grad()
+                recon, mu, var, vis = model(x, 1.0)
+                loss, _ = loss_fn(
+                    recon, x, mu, var, vis, categorical=False, py=1.0 / r["num_parts"]
+                )
+            with phase("backward"):
+                loss.backward()
+            with phase("optimizer"):
+                optimizer.step()
             return loss.item()  # run.py reads it every step
 
         start = time.perf_counter()
@@ -239,6 +248,49 @@ class Worker:
         for _ in range(r["steps"]):
             loss = step()
         return {"seconds": time.perf_counter() - start, "loss": loss}
+
+    def profile_train(self, r):
+        """torch.profiler over `steps` train steps: self CPU time per op (summed over
+        threads) and per phase, in ms per step and share of the summed op time.
+        """
+        from torch.profiler import ProfilerActivity, profile, record_function
+
+        self._threads(r)
+        step, steps = self.cases[r["key"]], r["steps"]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(record_function)
+            seconds = time.perf_counter() - start
+        by_op, by_phase = collections.Counter(), collections.Counter()
+        for e in prof.events():
+            if e.name in ("forward", "backward", "optimizer"):
+                continue
+            by_op[e.name] += e.self_cpu_time_total
+            # An op's phase is that of the enclosing record_function range, if any.
+            parent, phase = e.cpu_parent, "other"
+            while parent is not None:
+                if parent.name in ("forward", "backward", "optimizer"):
+                    phase = parent.name
+                parent = parent.cpu_parent
+            by_phase[phase] += e.self_cpu_time_total
+        total = sum(by_op.values())
+        unit = 1e3 * steps  # microseconds -> ms per step
+
+        def table(times, top=12):
+            return [
+                {"name": n, "ms": round(t / unit, 3), "share": round(t / total, 4)}
+                for n, t in times.most_common(top)
+            ]
+
+        return {
+            "steps": steps,
+            "threads": self.torch.get_num_threads(),
+            "step_ms": round(seconds / steps * 1e3, 3),
+            "ops_ms": round(total / unit, 3),
+            "by_phase": table(by_phase),
+            "by_op_type": table(by_op),
+        }
 
     def encoder_setup(self, r):
         """The model in eval mode, model.encode (features and the three heads) under
@@ -268,6 +320,10 @@ class Worker:
             encode(r["batch"])
             out.append(time.perf_counter() - start)
         return {"seconds": out}
+
+
+def _no_phase(name):
+    return contextlib.nullcontext()
 
 
 def main(argv) -> int:

@@ -81,6 +81,11 @@ class Run:
             log=log,
         )
 
+    def section_profile(self) -> None:
+        from benchmarks import op_profile
+
+        self.results |= op_profile.section(self)
+
     def run(self) -> dict:
         self.results["matmul_gflops_start"] = round(hardware.matmul_gflops(), 2)
         log(

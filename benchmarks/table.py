@@ -238,6 +238,8 @@ def markdown(r: dict) -> str:
                 )
             )
         lines.append("")
+    if r.get("profile"):
+        lines += _profile(r["profile"])
     if r.get("flops_per_image"):
         lines += [
             _row(["model", "encoder GFLOP/image", "train step GFLOP/image"]),
@@ -257,3 +259,52 @@ def markdown(r: dict) -> str:
     for k, v in r.get("summary", {}).items():
         lines.append(f"- {k}: {v}")
     return "\n".join(lines) + "\n"
+
+
+def _profile(p: dict) -> list[str]:
+    """The profile section: int8 settings side by side, then the largest entries of each
+    per-op table (ms per image batch or per train step, and share of the summed op time).
+    """
+    lines = [
+        "int8 settings, batch images/s in the same windows (2 threads):",
+        "",
+        _row(
+            [
+                "variant",
+                "features cosine to float32",
+                "over float32",
+                "images/s",
+                "reference",
+                "ratio",
+            ]
+        ),
+        _row(["---"] * 6),
+    ]
+    for v in p["int8_variants"]:
+        fig = v["images_per_second"]
+        lines.append(
+            _row(
+                [
+                    v["variant"],
+                    v["features_mean_cosine"] or "",
+                    v["over_float32"],
+                    *_pair(fig, ".0f"),
+                ]
+            )
+        )
+    lines.append("")
+    tables = [
+        (f"ONNX Runtime {k}, batch {o['batch']}, {o['model_run_ms']} ms per run", o)
+        for k, o in p["onnxruntime"].items()
+    ]
+    tables.append((f"train step (ours, {p['train_step']['step_ms']} ms)", p["train_step"]))
+    if p.get("reference_train_step"):
+        ref = p["reference_train_step"]
+        tables.append((f"train step (reference, {ref['step_ms']} ms)", ref))
+    for title, t in tables:
+        for key in ("by_phase", "by_op_type", "top_nodes"):
+            if key in t:
+                entries = ", ".join(f"{e['name']} {e['share']:.1%}" for e in t[key][:8])
+                lines.append(f"- {title}, {key.replace('_', ' ')}: {entries}")
+    lines.append("")
+    return lines

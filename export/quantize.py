@@ -10,14 +10,39 @@ import onnx
 
 from export import serving
 
-METHOD = (
-    "onnxruntime.quantization.quantize_static, QDQ format, int8 weights (per channel), uint8 "
-    "activations, MinMax ranges calibrated on training images"
-)
+# Settings of onnxruntime's quantize_static that the benchmarks' profile section times
+# against each other (python -m benchmarks --sections=profile); DEFAULT is what export writes.
+VARIANTS = {
+    "qdq_per_channel": {"format": "QDQ", "per_channel": True, "reduce_range": False},
+    "qdq_per_tensor": {"format": "QDQ", "per_channel": False, "reduce_range": False},
+    "qdq_per_channel_reduce_range": {"format": "QDQ", "per_channel": True, "reduce_range": True},
+    "qoperator_per_channel": {"format": "QOperator", "per_channel": True, "reduce_range": False},
+    "qoperator_per_tensor": {"format": "QOperator", "per_channel": False, "reduce_range": False},
+}
+DEFAULT = "qdq_per_channel"
 
 
-def quantize_int8(float_path: str, int8_path: str, calibration: np.ndarray, batch: int = 16):
-    """Writes the int8 model of float_path to int8_path.
+def method(variant: str = DEFAULT) -> str:
+    v = VARIANTS[variant]
+    return (
+        f"onnxruntime.quantization.quantize_static, {v['format']} format, int8 weights "
+        f"({'per channel' if v['per_channel'] else 'per tensor'}"
+        f"{', reduced range' if v['reduce_range'] else ''}), uint8 activations, MinMax ranges "
+        "calibrated on training images"
+    )
+
+
+METHOD = method()
+
+
+def quantize_int8(
+    float_path: str,
+    int8_path: str,
+    calibration: np.ndarray,
+    batch: int = 16,
+    variant: str = DEFAULT,
+):
+    """Writes the int8 model of float_path to int8_path, with the settings of VARIANTS[variant].
 
     calibration: [K, S, S, 3] float 0..255 training images. Static rather than dynamic
     quantization: dynamic quantization covers MatMul/Gemm-heavy models, and this encoder is
@@ -32,6 +57,10 @@ def quantize_int8(float_path: str, int8_path: str, calibration: np.ndarray, batc
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown int8 variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    v = VARIANTS[variant]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -53,10 +82,11 @@ def quantize_int8(float_path: str, int8_path: str, calibration: np.ndarray, batc
             prepared,
             int8_path,
             Reader(),
-            quant_format=QuantFormat.QDQ,
+            quant_format=getattr(QuantFormat, v["format"]),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            per_channel=True,
+            per_channel=v["per_channel"],
+            reduce_range=v["reduce_range"],
         )
     onnx.checker.check_model(int8_path, full_check=True)
 

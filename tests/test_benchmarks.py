@@ -15,6 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     from benchmarks import image_folder
+    from export import quantize
 
     folder = tmp_path / "folder"
     assert image_folder.main([f"--out={folder}", "--images=40", "--test_images=10"]) == 0
@@ -27,7 +28,7 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
             "benchmarks",
             "--quick",
             f"--out={out}",
-            "--sections=flops,train,encoder,memory",
+            "--sections=flops,train,encoder,memory,profile",
             f"--memory_folder={folder}",
         ],
         cwd=REPO,
@@ -68,6 +69,28 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     summary = r["summary"]
     for name in ("train_cifar_default", "onnxruntime_int8_batch", "saved_model_batch"):
         assert summary[name]["ratio"] is None and summary[name]["met"] is None
+
+    # The profile: each per-op table adds up to the op time it divides, which is within the
+    # time of the runs it comes from.
+    prof = r["profile"]
+    for name, o in prof["onnxruntime"].items():
+        kinds = {e["name"] for e in o["by_op_type"]}
+        assert ("QLinearConv" if name == "int8" else "Conv") in kinds, kinds
+        assert sum(e["ms"] for e in o["by_op_type"]) == pytest.approx(o["kernels_ms"], abs=0.01)
+        assert sum(e["share"] for e in o["by_op_type"]) == pytest.approx(1, abs=0.01)
+        assert 0 < o["kernels_ms"] <= o["model_run_ms"]
+        assert o["top_nodes"][0]["ms"] >= o["top_nodes"][-1]["ms"] > 0
+    step = prof["train_step"]
+    assert {e["name"] for e in step["by_phase"]} == {"forward", "backward", "optimizer"}
+    assert sum(e["ms"] for e in step["by_phase"]) == pytest.approx(step["ops_ms"], rel=0.01)
+    assert any("Conv2DBackpropFilter" in e["name"] for e in step["by_op_type"])
+    # Summed over the executor's threads (at most one per core), the ops fit in the wall time.
+    assert 0 < step["ops_ms"] <= os.cpu_count() * step["step_ms"] * 1.05
+    variants = {v["variant"]: v for v in prof["int8_variants"]}
+    assert set(variants) == {"float32", *quantize.VARIANTS}
+    assert variants["float32"]["over_float32"] == 1.0
+    assert all(v["features_mean_cosine"] > 0.9 for k, v in variants.items() if k != "float32")
+    assert "int8 settings" in table
 
     runs = r["memory"]["runs"]
     assert [x["dataset_size"] for x in runs] == [16, 64, 16, 40]

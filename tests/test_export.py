@@ -486,3 +486,45 @@ def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_pa
         assert on_disk["refused"] == int8["refused"]
         assert "int8 model not written: int8 features' mean cosine" in exporter.summary(ecfg, rep)
     assert ("onnx/encoder.int8.onnx" in rep["sha256"]) == force
+
+
+@pytest.mark.parametrize(
+    "source, value, folded", [("Relu", 0.0, 1), ("Sigmoid", 0.0, 0), ("Relu", 1.0, 0)]
+)
+def test_zero_pad_after_relu_folds_into_max_pool_with_the_same_outputs(source, value, folded):
+    """The stem's Pad + MaxPool becomes one padded MaxPool only where that is exact: after a
+    Relu (values >= 0) and with a zero border.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export import onnx_export
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(source, ["x"], ["act"]),
+            helper.make_node("Pad", ["act", "pads", "value"], ["padded"]),
+            helper.make_node("MaxPool", ["padded"], ["y"], kernel_shape=[3, 3], strides=[2, 2]),
+        ],
+        "stem",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4, 4])],
+        [
+            numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+            numpy_helper.from_array(np.array(value, np.float32), "value"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString()).run(None, {"x": x})[0]
+
+    want = run(model)
+    assert onnx_export.fold_pad_into_max_pool(model) == folded
+    onnx.checker.check_model(model, full_check=True)
+    kinds = [n.op_type for n in model.graph.node]
+    assert kinds == [source, "MaxPool"] if folded else [source, "Pad", "MaxPool"]
+    assert want.shape == (2, 3, 4, 4)
+    np.testing.assert_array_equal(run(model), want)
