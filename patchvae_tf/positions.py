@@ -5,6 +5,13 @@ from __future__ import annotations
 import tensorflow as tf
 
 
+def pipeline(input_context: tf.distribute.InputContext | None) -> tuple[int, int]:
+    """The input pipeline's id and the number of pipelines: (0, 1) without a strategy."""
+    if input_context is None:
+        return 0, 1
+    return input_context.input_pipeline_id, input_context.num_input_pipelines
+
+
 def epoch_indices(
     size: int,
     seed: int,
@@ -18,9 +25,7 @@ def epoch_indices(
     its pipeline consumed (the checkpoint does) continues exactly where it stopped. Skipping
     acts on indices, which costs nothing, never on decoded images.
     """
-    pid, num = 0, 1
-    if input_context is not None:
-        pid, num = input_context.input_pipeline_id, input_context.num_input_pipelines
+    pid, num = pipeline(input_context)
     count = len(range(pid, size, num))
     if count == 0:
         return tf.data.Dataset.from_tensor_slices(tf.zeros([0], tf.int64))
@@ -55,7 +60,5 @@ def example_seed(seed: int, position: tf.Tensor, input_context=None) -> tf.Tenso
     """A stateless-random seed [2] for the example at ``position`` of this pipeline's stream:
     per-example randomness (flips) that a resumed run draws again identically.
     """
-    pid, num = 0, 1
-    if input_context is not None:
-        pid, num = input_context.input_pipeline_id, input_context.num_input_pipelines
+    pid, num = pipeline(input_context)
     return tf.stack([tf.constant(seed, tf.int64), position * num + pid])

@@ -104,9 +104,7 @@ def _tfds_training_stream(builder, split, cfg, input_context, seed, start) -> tf
     """
     import tensorflow_datasets as tfds
 
-    pid, num = 0, 1
-    if input_context is not None:
-        pid, num = input_context.input_pipeline_id, input_context.num_input_pipelines
+    pid, num = positions.pipeline(input_context)
     read_config = tfds.ReadConfig(try_autocache=False)
 
     def records(part):
@@ -117,7 +115,8 @@ def _tfds_training_stream(builder, split, cfg, input_context, seed, start) -> tf
             decoders={"image": tfds.decode.SkipDecoding()},
         )
 
-    if split in builder.info.splits.keys():
+    known = split in builder.info.splits.keys()
+    if known:
         size = builder.info.splits[split].num_examples
         lo, hi = pid * size // num, (pid + 1) * size // num
     else:  # no split metadata (tfds.testing.mock_data): count the records once, undecoded
@@ -129,7 +128,7 @@ def _tfds_training_stream(builder, split, cfg, input_context, seed, start) -> tf
             f"TFDS dataset {cfg.dataset!r}: its {split} split of {size} examples cannot feed "
             f"{num} input pipelines"
         )
-    if split in builder.info.splits.keys():
+    if known:
         blocks = min(_TFDS_BLOCKS, count)
         cuts = [lo + i * count // blocks for i in range(blocks + 1)]
         slices = [records(f"{split}[{a}:{b}]") for a, b in zip(cuts, cuts[1:], strict=False)]
