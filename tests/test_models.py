@@ -19,19 +19,19 @@ def _grads(model, x):
     )
 
 
+def _tiny_pyramid(**overrides) -> ModelConfig:
+    """A pyramid model small enough to build and run in a test: 16 px, grid 4 x 4."""
+    fields = dict(
+        encoder="pyramid", image_size=16, base_channels=8, scale=4, num_parts=4, appearance_dim=2
+    )
+    return ModelConfig(**{**fields, **overrides})
+
+
 @pytest.mark.parametrize(
     "variant", [{}, {"categorical": True}, {"hard": True}, {"categorical": True, "hard": True}]
 )
 def test_gradients_reach_every_head_and_both_networks(variant):
-    cfg = ModelConfig(
-        encoder="pyramid",
-        image_size=16,
-        base_channels=8,
-        scale=4,
-        num_parts=4,
-        appearance_dim=3,
-        **variant,
-    )
+    cfg = _tiny_pyramid(appearance_dim=3, **variant)
     model = models.build_model(cfg)
     x = tf.random.uniform([2, 16, 16, 3], -1, 1, seed=0)
     out, grads = _grads(model, x)
@@ -114,15 +114,7 @@ def test_reference_initialization_and_batch_norm_constants():
 def test_imagenet_normalization_is_applied_inside_the_model():
     from patchvae_tf import normalization
 
-    cfg = ModelConfig(
-        encoder="pyramid",
-        image_size=16,
-        base_channels=8,
-        scale=4,
-        num_parts=4,
-        appearance_dim=2,
-        normalization="imagenet",
-    )
+    cfg = _tiny_pyramid(normalization="imagenet")
     model = models.build_model(cfg)
     x = tf.random.uniform([2, 16, 16, 3], -1, 1, seed=5)
     by_hand = ((x.numpy() + 1) / 2 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
@@ -145,17 +137,7 @@ def test_imagenet_normalization_is_applied_inside_the_model():
 
 
 def test_vae_baseline_trains_its_latent():
-    model = models.build_model(
-        ModelConfig(
-            arch="vae",
-            encoder="pyramid",
-            image_size=16,
-            base_channels=8,
-            scale=4,
-            num_parts=4,
-            appearance_dim=2,
-        )
-    )
+    model = models.build_model(_tiny_pyramid(arch="vae"))
     x = tf.random.uniform([2, 16, 16, 3], -1, 1, seed=4)
     out, grads = _grads(model, x)
     assert out["appearance_mean"].shape == (2, 8)
@@ -174,17 +156,7 @@ def test_vae_baseline_trains_its_latent():
 
 
 def test_get_config_round_trip():
-    model = models.build_model(
-        ModelConfig(
-            encoder="pyramid",
-            image_size=16,
-            base_channels=8,
-            scale=4,
-            num_parts=3,
-            appearance_dim=2,
-            hard=True,
-        )
-    )
+    model = models.build_model(_tiny_pyramid(num_parts=3, hard=True))
     config = model.get_config()
     assert config["num_parts"] == 3 and config["hard"] is True and config["scale"] == 4
     clone = models.PatchVAE.from_config(config)
