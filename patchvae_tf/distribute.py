@@ -113,7 +113,7 @@ def create_strategy(cfg: DistributeConfig) -> tf.distribute.Strategy:
         if tf_config is None:
             raise UserError(
                 "--strategy=multi_worker needs TF_CONFIG naming the cluster and this task; "
-                "see README, Scaling out"
+                "see docs/distributed.md, Two hosts"
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":

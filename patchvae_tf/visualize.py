@@ -65,7 +65,7 @@ def save_png(image: tf.Tensor | np.ndarray, path: str) -> None:
     write_bytes_atomic(path, tf.io.encode_png(pixels).numpy())
 
 
-# --- part galleries ----------------------------------------------------------
+# --- receptive fields ----------------------------------------------------------
 
 
 def _conv_chain(layer) -> list[tuple[int, int]]:

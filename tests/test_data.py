@@ -97,7 +97,8 @@ def test_shapes_pipeline_shards_and_batches():
 
 def _write(path, mode, size=(40, 30)):
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    # Seeded from the path's bytes: hash() of a str changes from one run to the next.
+    rng = np.random.default_rng(list(str(path).encode()))
     channels = {"L": 1, "RGB": 3, "RGBA": 4, "P": 1}[mode]
     arr = rng.integers(0, 255, size=(size[1], size[0], channels), dtype=np.uint8)
     img = Image.fromarray(

@@ -61,8 +61,10 @@ def test_report_has_every_key(evaluated):
         assert set(report[key]) >= {"top1", "top5", "train_examples", "test_examples"}
         assert report[key]["test_examples"] == 256
         assert 0.0 <= report[key]["top1"] <= report[key]["top5"] <= 1.0
-    # Three classes: every test label is among the top five.
-    assert report["linear_probe"]["top5"] == 1.0
+    # The probe on the fixture's codes reads the label better than always guessing the most
+    # common one (top-5 of three classes is 1 by construction, so it says nothing here).
+    probe = report["linear_probe"]
+    assert probe["top1"] > probe["majority_top1"]
     ft = report["finetune"]
     assert ft["encoder_stages"] == 2 and [r["frozen_stages"] for r in ft["runs"]] == [2]
     assert [r["frozen_stages"] for r in ft["random"]] == [2]
@@ -269,11 +271,13 @@ def test_linear_probe_separates_and_topk():
     from patchvae_tf import evaluation
 
     rng = np.random.default_rng(0)
-    centres = rng.normal(size=[4, 6]) * 4
-    y = rng.integers(0, 4, 400)
+    # Eight classes, so that top-5 can miss: well-separated centres put every label in it.
+    centres = rng.normal(size=[8, 6]) * 4
+    y = rng.integers(0, 8, 400)
     x = centres[y] + rng.normal(size=[400, 6])
-    result = evaluation.linear_probe(x[:300], y[:300], x[300:], y[300:], 4, 200, 0.05)
-    assert result["top1"] > 0.95 and result["top5"] == 1.0
+    result = evaluation.linear_probe(x[:300], y[:300], x[300:], y[300:], 8, 200, 0.05)
+    assert result["top1"] > 0.9
+    assert result["top5"] == 1.0
     logits = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
     assert evaluation.topk_accuracy(logits, np.array([0, 1]), 1) == 0.5
     assert evaluation.topk_accuracy(logits, np.array([1, 0]), 2) == 0.5

@@ -525,6 +525,6 @@ def test_zero_pad_after_relu_folds_into_max_pool_with_the_same_outputs(source, v
     assert onnx_export.fold_pad_into_max_pool(model) == folded
     onnx.checker.check_model(model, full_check=True)
     kinds = [n.op_type for n in model.graph.node]
-    assert kinds == [source, "MaxPool"] if folded else [source, "Pad", "MaxPool"]
+    assert kinds == ([source, "MaxPool"] if folded else [source, "Pad", "MaxPool"])
     assert want.shape == (2, 3, 4, 4)
     np.testing.assert_array_equal(run(model), want)

@@ -122,8 +122,9 @@ def test_fused_false_runs_keras_ops_for_both():
 
 
 def test_adam_checkpoints_are_interchangeable_with_keras_adam(tmp_path):
-    """A checkpoint written with keras.optimizers.Adam (session 1's runs) restores into
-    FusedAdam: the same slot variables under the same names."""
+    """A checkpoint written with keras.optimizers.Adam (what train.py used before FusedAdam,
+    so older workdirs hold one) restores into FusedAdam: the same slot variables under the
+    same names."""
     variables = [tf.Variable([1.0, -2.0, 3.0])]
     keras_adam = keras.optimizers.Adam(learning_rate=0.1)
     for g in ([0.5, -1.0, 2.0], [1.0, 1.0, -1.0]):

@@ -75,7 +75,7 @@ def test_categorical_occurrences_sum_to_one():
     np.testing.assert_allclose(tf.reduce_sum(q, -1).numpy(), 1.0, rtol=1e-5)
 
 
-def test_relaxed_bernoulli_mean_follows_probability_at_high_temperature_limit():
+def test_relaxed_bernoulli_is_nearly_binary_with_sigmoid_odds_at_low_temperature():
     # At a low temperature relaxed samples are nearly binary with P(z > 0.5) = sigmoid(l).
     logits = tf.fill([20000], 1.0)
     z = latents.sample_occurrence(logits, 0.05).numpy()
