@@ -13,6 +13,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     from benchmarks import image_folder
     from export import quantize

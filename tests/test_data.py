@@ -243,6 +243,7 @@ def _tfds_stream(source, seed, start, n, context=None):
     return [(ex["image"].tobytes(), int(ex["label"])) for ex in _take(ds, n)]
 
 
+@pytest.mark.slow
 def test_tfds_training_resumes_at_any_position_exactly(tiny_tfds):
     """The TFDS stream resumed at position p is the uninterrupted stream from p on: every
     epoch a new seeded order of all 37 examples, the same one when replayed.

@@ -89,6 +89,7 @@ def _latest_step(checkpoint_dir):
 # --- bad input: one line, exit 2, before anything trains ------------------------------
 
 
+@pytest.mark.slow
 def test_bad_input_exits_2(tmp_path):
     base = [PYTHON, "train.py", "--dataset=shapes", "--shapes_train_size=64"]
     cases = {
@@ -145,6 +146,7 @@ def test_parse_tf_config():
 # --- strategies and workers agree ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mirrored_matches_default_and_deterministic_repeats(tmp_path):
     """Same weights and global batch: same loss and updated weights under the default
     strategy and MirroredStrategy over 2 logical CPUs (latents fixed to their means,
@@ -190,6 +192,7 @@ def test_mirrored_matches_default_and_deterministic_repeats(tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=k)
 
 
+@pytest.mark.slow
 def test_multi_worker_preempted_then_resumed(tmp_path):
     """Two MultiWorkerMirroredStrategy workers on 127.0.0.1. SIGTERM to the non-chief makes
     both save at one agreed step and exit 42; rerun, both resume there and end with identical
@@ -249,6 +252,7 @@ def test_multi_worker_preempted_then_resumed(tmp_path):
     assert len(glob.glob(str(workdir / "logs" / "events.out.tfevents.*"))) == 2
 
 
+@pytest.mark.slow
 def test_sigkill_resumes_at_checkpoint(tmp_path):
     """A SIGKILL at any moment after the first checkpoint leaves a readable checkpoint; the
     rerun resumes at its step with the optimizer state (Adam's step count) restored.

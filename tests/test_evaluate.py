@@ -283,6 +283,7 @@ def test_linear_probe_separates_and_topk():
     assert evaluation.topk_accuracy(logits, np.array([1, 0]), 2) == 0.5
 
 
+@pytest.mark.slow
 def test_finetuning_learns(trained, tmp_path):
     """The authors' protocol on shapes, nothing frozen: the training loss falls epoch by epoch
     and the classifier beats chance (1/3) by a clear margin.
@@ -337,6 +338,7 @@ def _write_folder(root, classes, per_class, size=32):
     return f"folder:{root}"
 
 
+@pytest.mark.slow
 def test_folder_dataset_gets_probe_numbers(trained, tmp_path):
     from patchvae_tf import evaluation
 
@@ -385,6 +387,7 @@ def _run(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_workdir_without_checkpoint_exits_2(trained, tmp_path):
     cfg, _ = trained
     workdir = tmp_path / "empty"
@@ -404,6 +407,7 @@ def test_cli_bad_flag_exits_2():
     assert result.stderr.strip().splitlines()[-1].startswith("error: unknown --mode 'bogus'")
 
 
+@pytest.mark.slow
 def test_a_later_partial_run_keeps_the_earlier_sections(evaluated, tmp_path):
     """--mode=parts after --mode=all replaces the part scores and keeps the rest."""
     from patchvae_tf import evaluation
@@ -426,6 +430,7 @@ def test_a_later_partial_run_keeps_the_earlier_sections(evaluated, tmp_path):
     assert other["from_earlier_run"] == [] and other["finetune"] is None
 
 
+@pytest.mark.slow
 def test_compare_puts_patchvae_vae_and_random_init_side_by_side(evaluated, tmp_path):
     """A tiny VAE trained and evaluated beside the fixture's PatchVAE, through the CLI."""
     from patchvae_tf import comparison, evaluation, training
@@ -482,6 +487,7 @@ def test_compare_names_the_leader_of_each_probe():
     ]
 
 
+@pytest.mark.slow
 def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_path):
     """Indoor67's layout: the model trains on every image TestImages.txt does not list,
     recognition on TrainImages.txt; ImageNet normalisation travels into the exported encoder,

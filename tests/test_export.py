@@ -123,6 +123,7 @@ def test_saved_model_holds_the_encoder_only(exported):
     assert any("moving_mean" in k for k in weights)  # BatchNorm statistics are exported
 
 
+@pytest.mark.slow
 def test_fresh_process_without_our_code_serves_both_signatures(exported, tmp_path):
     ecfg, rep = exported
     script = textwrap.dedent(
@@ -170,6 +171,7 @@ def test_fresh_process_without_our_code_serves_both_signatures(exported, tmp_pat
     }
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_both_signatures(exported):
     ecfg, rep = exported
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -338,6 +340,7 @@ def test_second_export_of_a_version_is_refused(exported):
     assert os.stat(report).st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_failed_check_leaves_no_directory(trained, tmp_path, monkeypatch):
     from export import exporter, parity
 
@@ -377,6 +380,7 @@ def _served(root):
     return sorted(n for n in os.listdir(f"{root}/saved_model") if n.isdigit())
 
 
+@pytest.mark.slow
 def test_vae_exports_its_outputs(trained, tmp_path):
     import tensorflow as tf
 

@@ -175,6 +175,7 @@ def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_bad_data_exits_2_and_writes_nothing(tmp_path):
     workdir = tmp_path / "w"
     result = _run([f"--dataset=folder:{tmp_path / 'nowhere'}", f"--workdir={workdir}"])
@@ -250,6 +251,7 @@ def _wait_for(path, proc, timeout=240):
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_at_that_step_exits_42_and_resumes_there(tmp_path):
     import re
     import signal
@@ -315,6 +317,7 @@ def _float_variables(prefix):
 
 # Each case costs about a minute of TensorFlow start-ups on 2 cores: three cases cover the
 # three kinds of dataset and both device counts (the other pairings passed as well when added).
+@pytest.mark.slow
 @pytest.mark.parametrize(("dataset", "devices"), [("shapes", 1), ("folder", 2), ("tfds", 1)])
 def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one(
     tmp_path, request, dataset, devices
@@ -387,6 +390,7 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one(
     assert position == steps * 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "deleted", "all"])
 def test_unreadable_checkpoint_falls_back_to_an_older_one(trained, tmp_path, capsys, damage):
     cfg, _ = trained
@@ -413,6 +417,7 @@ def test_unreadable_checkpoint_falls_back_to_an_older_one(trained, tmp_path, cap
     assert "resuming from step 200" in out and summary["step"] == 301
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalization", ["unit", "imagenet"])
 def test_cifar_recipe_trains_on_shapes_without_nan(tmp_path, normalization):
     """configs/cifar100.cfg (ResNet cut at 1/8, N=16, the authors' initialization and
