@@ -14,7 +14,7 @@ def main(argv):
     if cfg.version:  # known without the checkpoint: refuse before TensorFlow loads
         from export import layout
 
-        layout.check_target(cfg.export_dir, cfg.version, cfg.overwrite)
+        layout.check_target(cfg.export_dir, cfg.version)
     from export import exporter, onnx_export, parity  # TensorFlow: after the flags are good
 
     try:

@@ -47,10 +47,10 @@ def export(cfg: ExportConfig) -> dict:
     model_cfg = load_config(os.path.join(cfg.workdir, CONFIG_FILE))
     path = checkpoint.find_checkpoint(cfg.workdir, cfg.checkpoint)
     step = checkpoint.checkpoint_step(path)
-    version = cfg.version or step
+    version = cfg.version or layout.next_version(cfg.export_dir, step)
     if version <= 0:
         raise UserError(f"checkpoint {path!r} is at step {step}; pass --version=N (N >= 1)")
-    layout.check_target(cfg.export_dir, version, cfg.overwrite)
+    layout.check_target(cfg.export_dir, version)
 
     model = models.build_model(model_cfg.model)
     restored = checkpoint.restore_encoder(model, path)
@@ -106,7 +106,7 @@ def export(cfg: ExportConfig) -> dict:
         staged[pb] = stage.join(pb)
         rep["sha256"] = {rel: _sha256(p) for rel, p in staged.items() if os.path.isfile(p)}
         report.write_json(stage.group(layout.REPORT), rep)
-        stage.commit(cfg.overwrite)
+        stage.commit()
     return rep
 
 

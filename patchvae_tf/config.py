@@ -285,12 +285,16 @@ class ExportConfig:
 
     workdir: str = option("", "Training workdir: config.json and checkpoints")
     export_dir: str = option("", "Export base directory (saved_model/, onnx/, report)")
-    version: int = option(0, "SavedModel version; 0 means the checkpoint's step", minimum=0)
+    version: int = option(
+        0,
+        "Version to publish, above every version in --export_dir (published versions never "
+        "change); 0 means the checkpoint's step, or the next number when that is taken",
+        minimum=0,
+    )
     formats: tuple[str, ...] = option(
         EXPORT_FORMATS, "Comma-separated: saved_model,onnx", choices=EXPORT_FORMATS
     )
     quantize: str = option("", "int8: also write an int8 ONNX model", choices=QUANTIZE_MODES)
-    overwrite: bool = option(False, "Replace an existing export of --version")
     checkpoint: str = option("", "Checkpoint prefix to export instead of the latest")
     model_name: str = option("patchvae", "TF Serving model name in models.config")
     opset: int = option(

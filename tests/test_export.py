@@ -100,12 +100,12 @@ def test_layout_report_and_parity(trained, exported):
     # The default int8 bound (0.99) passes this model, and the report says so.
     assert on_disk["int8"]["written"] and on_disk["int8"]["min_cosine"] == 0.99
     # The top-level names are fixed symlinks into the current export; each file is the one
-    # the report's checksums describe, and the SavedModel carries its own copy of the report.
+    # the report's checksums describe, and the SavedModel carries its own report.
     assert os.path.realpath(f"{root}/onnx") == os.path.realpath(f"{root}/current/onnx")
     for rel, digest in on_disk["sha256"].items():
         with open(os.path.join(root, rel), "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == digest, rel
-    with open(f"{root}/saved_model/300/assets.extra/export_report.json") as f:
+    with open(f"{root}/saved_model/300/assets.extra/export/export_report.json") as f:
         assert json.load(f)["export_id"] == on_disk["export_id"]
     # Nothing but the export dir itself next to it: the staging directory is gone.
     assert os.listdir(os.path.dirname(root)) == ["patchvae"]
@@ -312,9 +312,9 @@ def test_second_export_of_a_version_is_refused(exported):
     ecfg, _ = exported
     report = os.path.join(ecfg.export_dir, "export_report.json")
     before = os.stat(report).st_mtime_ns
-    # The default version is the checkpoint's step, which the first export used.
+    # The checkpoint's step, which the first export used, is published and never replaced.
     with pytest.raises(UserError, match="version 300 already exists"):
-        exporter.export(ecfg)
+        exporter.export(dataclasses.replace(ecfg, version=300))
     # The command line: one line, exit status 2 (an explicit --version is refused before
     # TensorFlow is even imported).
     proc = subprocess.run(
@@ -334,8 +334,8 @@ def test_second_export_of_a_version_is_refused(exported):
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        f"error: version 300 already exists in {ecfg.export_dir!r}; pass --overwrite to "
-        "replace it or --version to pick another"
+        f"error: version 300 already exists in {ecfg.export_dir!r} (newest 300); published "
+        "versions never change: leave --version unset for 301 or pass a larger one"
     ]
     assert os.stat(report).st_mtime_ns == before
 
@@ -415,13 +415,15 @@ def test_vae_exports_its_outputs(trained, tmp_path):
     again = dataclasses.replace(ecfg, version=8, formats=("saved_model",), parity_images=4)
     assert exporter.export(again)["version"] == 8
     assert _served(root) == ["7", "8"]
-    # ... and --overwrite replaces only what it exports.
-    redo = dataclasses.replace(ecfg, version=7, formats=("onnx",), overwrite=True, parity_images=4)
-    assert exporter.export(redo)["version"] == 7
+    # ... and a re-export of the same checkpoint gets the next number; this one writes ONNX
+    # only, so it lands in history/ and TF Serving's versions stay as they were.
+    redo = dataclasses.replace(ecfg, formats=("onnx",), parity_images=4)
+    assert exporter.export(redo)["version"] == 9
     assert os.stat(f"{root}/onnx/encoder.onnx").st_mtime_ns != onnx_before
     assert _served(root) == ["7", "8"]
+    assert os.path.realpath(f"{root}/current") == os.path.realpath(f"{root}/history/9")
     with open(f"{root}/export_report.json") as f:
-        assert json.load(f)["version"] == 7
+        assert json.load(f)["version"] == 9
     assert sorted(os.listdir(tmp_path)) == ["e", "vae"]  # no staging directory left over
 
 
