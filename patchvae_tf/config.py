@@ -19,6 +19,8 @@ TRAIN_SPLITS = ("listed", "all_but_test")
 SHAPES_LABELS = ("largest", "kinds")
 # ResNet-18 reaches 1/4 after its stem, then halves per stage.
 RESNET_SCALES = (4, 8, 16, 32)
+# Shapes with texture: the share of the shape's colour that each class's dark pattern removes.
+TEXTURE_CONTRAST = 0.65
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 EVAL_MODES = ("all", "probe", "finetune", "parts", "visualize")
@@ -57,7 +59,7 @@ class DataConfig:
         "checkerboard, square vertical stripes), a local pattern repeated over the shape",
     )
     shapes_texture_contrast: float = option(
-        0.65,
+        TEXTURE_CONTRAST,
         "Shapes with --shapes_texture: the share of a shape's colour its dark pattern removes",
         positive=True,
         maximum=1.0,

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from patchvae_tf import latents, losses, networks, normalization
-from patchvae_tf.config import ModelConfig
+from patchvae_tf.config import NORMALIZATIONS, ModelConfig
 from patchvae_tf.fused import FusedBatchNorm
 
 
@@ -37,9 +37,10 @@ class _Autoencoder(keras.Model):
                 f"`image_size` must be a positive multiple of scale={scale}. "
                 f"Received: image_size={image_size!r}"
             )
-        if input_space not in ("unit", "imagenet"):
+        if input_space not in NORMALIZATIONS:
             raise ValueError(
-                f"`input_space` must be 'unit' or 'imagenet'. Received: input_space={input_space!r}"
+                f"`input_space` must be one of {NORMALIZATIONS}. "
+                f"Received: input_space={input_space!r}"
             )
         self.input_space = input_space
         self.style = {

@@ -7,10 +7,10 @@ import math
 import keras
 from keras import layers
 
+from patchvae_tf.config import INITIALIZATIONS, RESNET_SCALES
 from patchvae_tf.fused import FusedBatchNorm
 
 _LEAK = 0.2
-INITIALIZATIONS = ("reference", "glorot")
 
 
 def conv_initializer(initialization: str):
@@ -196,7 +196,7 @@ class ResNetEncoder(_StagedEncoder):
 
     def __init__(self, scale: int = 8, **kwargs):
         super().__init__(**kwargs)
-        _check_scale(scale, allowed=(4, 8, 16, 32))
+        _check_scale(scale, allowed=RESNET_SCALES)
         self.scale = scale
         stem = keras.Sequential(
             [

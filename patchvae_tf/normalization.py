@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from patchvae_tf.config import NORMALIZATIONS
+
 # torchvision's ImageNet statistics, on pixels in [0, 1]: the authors' --inet.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _check(name: str) -> None:
-    if name not in ("unit", "imagenet"):
+    if name not in NORMALIZATIONS:
         raise ValueError(
-            f"`normalization` must be 'unit' or 'imagenet'. Received: normalization={name!r}"
+            f"`normalization` must be one of {NORMALIZATIONS}. Received: normalization={name!r}"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from patchvae_tf import positions
+from patchvae_tf.config import TEXTURE_CONTRAST
 
 CLASSES = ("circle", "triangle", "square")
 # A kind counts as shown when its visible pixels cover at least this share of the image:
@@ -16,8 +17,6 @@ _SPLIT_OFFSET = {"train": 0, "test": 1_000_003}
 # Per slot: present, class, centre y, centre x, radius, rgb.
 _DRAWS_PER_SLOT = 8
 _DRAWS = 3 + MAX_SHAPES * _DRAWS_PER_SLOT
-# With texture, the share of the shape's colour that each class's dark pattern removes.
-TEXTURE_CONTRAST = 0.65
 # Examples drawn together: one set of ops per chunk instead of per image keeps the input
 # pipeline from taking CPU time from training.
 _CHUNK = 64
