@@ -544,3 +544,19 @@ def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_
     expected = model.encode(tf.constant(pixels / 127.5 - 1.0))
     np.testing.assert_allclose(out["occurrence"], expected["occurrence"], atol=1e-4)
     np.testing.assert_allclose(out["features"], expected["features"], atol=1e-4)
+
+
+def test_finetuning_trains_every_conv_after_the_frozen_stages_and_no_batch_norm_scale():
+    import tensorflow as tf
+
+    from patchvae_tf import networks
+    from patchvae_tf.evaluation import finetune
+
+    encoder = networks.make_encoder("resnet", 8)
+    encoder(tf.zeros([1, 32, 32, 3]))
+    # ResNet-18 to 1/8: the stem's conv, then two blocks of two convs, the second stage's
+    # first block with its 1x1 projection.
+    counts = [len(finetune._trainable(encoder.stages, k)) for k in range(3)]
+    assert counts == [1 + 4 + 5, 4 + 5, 5]
+    names = [v.path for v in finetune._trainable(encoder.stages, 0)]
+    assert all(n.endswith("/kernel") for n in names), names

@@ -28,9 +28,15 @@ def _trainable(stages, frozen: int) -> list:
     """
     out = []
     for stage in stages[frozen:]:
-        for layer in stage._flatten_layers(include_self=False):
-            if not isinstance(layer, keras.layers.BatchNormalization):
-                out += layer._trainable_variables
+        # TrackableView walks every object a stage holds (TF's public checkpoint graph), so
+        # nested blocks' BatchNorms are found without Keras's private layer walk.
+        batch_norms = [
+            obj
+            for obj in tf.train.TrackableView(stage).descendants()
+            if isinstance(obj, keras.layers.BatchNormalization)
+        ]
+        fixed = {id(v) for bn in batch_norms for v in bn.trainable_variables}
+        out += [v for v in stage.trainable_variables if id(v) not in fixed]
     return out
 
 
