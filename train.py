@@ -1,6 +1,10 @@
 """Trains PatchVAE or a VAE baseline: python train.py --flagfile=configs/shapes.cfg."""
 
-from patchvae_tf import cli
+import os
+
+# Checks the flags before TensorFlow loads (see patchvae_tf/__init__.py).
+os.environ["PATCHVAE_TF_COMMAND"] = "1"
+from patchvae_tf import cli  # noqa: E402
 
 cli.define_train()
 

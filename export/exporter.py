@@ -53,7 +53,7 @@ def export(cfg: ExportConfig) -> dict:
     layout.check_target(cfg.export_dir, version, cfg.overwrite)
 
     model = models.build_model(model_cfg.model)
-    restored = checkpoint.restore_encoder(model, path)
+    restored = checkpoint.restore_encoder(model, path, cfg.workdir)
     module = serving.EncoderServing(model)
     n = cfg.parity_images
     calib = cfg.calibration_images if cfg.quantize else 0
