@@ -10,7 +10,17 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from export import checkpoint, layout, onnx_export, parity, quantize, report, serving, warmup
+from export import (
+    checkpoint,
+    keras_export,
+    layout,
+    onnx_export,
+    parity,
+    quantize,
+    report,
+    serving,
+    warmup,
+)
 from patchvae_tf import data, models
 from patchvae_tf.config import ExportConfig, load_config
 from patchvae_tf.errors import UserError
@@ -97,11 +107,15 @@ def export(cfg: ExportConfig) -> dict:
             sm_out = _saved_model(cfg, module, stage, pixels, keras_out, rep)
         if "onnx" in cfg.formats:
             _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep)
+        if "keras" in cfg.formats:
+            keras_export.write(model, stage, pixels, keras_out, rep)
         # What a reader checks to know the files it sees are the ones this report describes.
         staged = {
             os.path.join(layout.ONNX_DIR, f): stage.group(layout.ONNX_DIR, f)
             for f in (layout.ONNX_FILE, layout.ONNX_INT8_FILE)
         }
+        keras_file = os.path.join(layout.KERAS_DIR, layout.KERAS_FILE)
+        staged[keras_file] = stage.group(keras_file)
         pb = os.path.join(layout.SAVED_MODEL, str(version), "saved_model.pb")
         staged[pb] = stage.join(pb)
         rep["sha256"] = {rel: _sha256(p) for rel, p in staged.items() if os.path.isfile(p)}

@@ -23,7 +23,8 @@ RESNET_SCALES = (4, 8, 16, 32)
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 EVAL_MODES = ("all", "probe", "finetune", "parts", "visualize")
-EXPORT_FORMATS = ("saved_model", "onnx")
+# keras: encoder.keras, the deterministic encoder for keras.saving.load_model.
+EXPORT_FORMATS = ("saved_model", "onnx", "keras")
 QUANTIZE_MODES = ("", "int8")
 MIN_ONNX_OPSET = 17
 MAX_ONNX_OPSET = 18  # the newest opset tf2onnx 1.17 converts to
@@ -354,7 +355,7 @@ class ExportConfig(Checked):
     export_dir: str = option("", "Export base directory (saved_model/, onnx/, report)")
     version: int = option(0, "SavedModel version; 0 means the checkpoint's step", minimum=0)
     formats: tuple[str, ...] = option(
-        EXPORT_FORMATS, "Comma-separated: saved_model,onnx", choices=EXPORT_FORMATS
+        EXPORT_FORMATS, "Comma-separated: " + ",".join(EXPORT_FORMATS), choices=EXPORT_FORMATS
     )
     quantize: str = option("", "int8: also write an int8 ONNX model", choices=QUANTIZE_MODES)
     overwrite: bool = option(False, "Replace an existing export of --version")
