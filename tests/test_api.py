@@ -327,3 +327,22 @@ def test_encoder_keras_loads_alone_and_trains_under_a_new_head(exported, labelle
     assert last < 0.7 * first, (first, last)
     majority = np.bincount(labels[384:]).max() / len(labels[384:])
     assert accuracy > majority + 0.1, (accuracy, majority)
+
+
+def test_docs_api_md_runs_as_written(trained, exported, tmp_path, monkeypatch):
+    """Every python block of docs/api.md, in order, against the session model and its export."""
+    import re
+
+    with open(os.path.join(ROOT, "docs", "api.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    assert len(blocks) >= 3
+    code = "\n".join(blocks)
+    assert 'patchvae_tf.load("runs/shapes")' in code and "exports/shapes/keras" in code
+    code = code.replace("runs/shapes", trained[0].train.workdir)
+    code = code.replace("exports/shapes", exported[0].export_dir)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "docs/api.md", "exec"), namespace)  # noqa: S102
+    assert namespace["codes"]["features"].shape == (4, 32)
+    assert namespace["reconstructions"].shape == (4, 32, 32, 3)
+    assert namespace["classifier"].count_params() == namespace["encoder"].count_params() + 99
