@@ -264,8 +264,9 @@ import sys
 import keras
 import numpy as np
 
-import patchvae_tf  # noqa: F401  (registers the layers: nothing else of the repository)
+import patchvae_tf  # registers the layers: nothing else of the repository is importable here
 
+assert patchvae_tf.__file__.startswith(sys.argv[3]), patchvae_tf.__file__
 path, arrays = sys.argv[1], np.load(sys.argv[2])
 encoder = keras.saving.load_model(path)
 out = encoder(arrays["served_pixels"].astype("float32"))
@@ -287,7 +288,9 @@ print(f"RESULT {worst} {loss[0]} {loss[-1]} {test['accuracy']}")
 """
 
 
-def test_encoder_keras_loads_alone_and_trains_under_a_new_head(exported, labelled, tmp_path):
+def test_installed_package_loads_encoder_keras_and_trains_it_under_a_new_head(
+    exported, labelled, tmp_path
+):
     import tensorflow as tf
 
     ecfg, rep = exported
@@ -307,12 +310,25 @@ def test_encoder_keras_loads_alone_and_trains_under_a_new_head(exported, labelle
     )
     script = tmp_path / "head.py"
     script.write_text(_HEAD)
-    # Run from an empty directory with only the package on the path: no tests/, no export/.
-    package = tmp_path / "site"
-    shutil.copytree(os.path.join(ROOT, "patchvae_tf"), package / "patchvae_tf")
-    env = dict(os.environ, PYTHONPATH=str(package), TF_CPP_MIN_LOG_LEVEL="2")
+    # pip install of a copy of the clone (the build writes build/ and *.egg-info beside its
+    # sources), then run from an empty directory with only what pip installed on the path.
+    clone, site = tmp_path / "clone", tmp_path / "site"
+    for name in ("pyproject.toml", "README.md", "requirements.txt"):
+        os.makedirs(clone, exist_ok=True)
+        shutil.copy(os.path.join(ROOT, name), clone)
+    for name in ("patchvae_tf", "configs"):
+        shutil.copytree(
+            os.path.join(ROOT, name), clone / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "--target", str(site), str(clone)], check=True, capture_output=True)
+    assert (site / "patchvae_tf" / "configs" / "eval" / "shapes.cfg").is_file()
+    for command in ("train", "evaluate"):
+        script_text = (site / "bin" / f"patchvae-{command}").read_text()
+        assert f"from patchvae_tf.commands import {command}" in script_text
+    env = dict(os.environ, PYTHONPATH=str(site), TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
-        [sys.executable, str(script), path, str(arrays)],
+        [sys.executable, str(script), path, str(arrays), str(site)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
