@@ -14,6 +14,7 @@ from export import (
     checkpoint,
     keras_export,
     layout,
+    model_card,
     onnx_export,
     parity,
     quantize,
@@ -119,6 +120,9 @@ def export(cfg: ExportConfig) -> dict:
         pb = os.path.join(layout.SAVED_MODEL, str(version), "saved_model.pb")
         staged[pb] = stage.join(pb)
         rep["sha256"] = {rel: _sha256(p) for rel, p in staged.items() if os.path.isfile(p)}
+        rep["model_card"] = model_card.card(model_cfg, rep, cfg.workdir)
+        with open(stage.group(layout.MODEL_CARD), "w") as f:
+            f.write(model_card.markdown(rep["model_card"]))
         report.write_json(stage.group(layout.REPORT), rep)
         stage.commit(cfg.overwrite)
     return rep

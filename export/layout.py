@@ -8,7 +8,8 @@ Layout of an export dir E:
                                                  models.config)
     E/history/<version>-<id>/                    an export without a SavedModel (ONNX only)
     E/current -> saved_model/<version>/assets.extra/export  (or history/<version>-<id>)
-    E/onnx, E/keras, E/export_report.json, E/models.config -> current/...   fixed symlinks
+    E/onnx, E/keras, E/export_report.json, E/MODEL_CARD.md, E/models.config -> current/...
+                                                 fixed symlinks
 
 Every change a reader can see is the rename of one symlink (as Kubernetes swaps a mounted
 ConfigMap). E/current resolves through E/saved_model/<version>, so re-exporting the version
@@ -37,12 +38,13 @@ ONNX_FILE = "encoder.onnx"
 ONNX_INT8_FILE = "encoder.int8.onnx"
 KERAS_DIR = "keras"
 KERAS_FILE = "encoder.keras"
+MODEL_CARD = "MODEL_CARD.md"
 REPORT = "export_report.json"
 MODELS_CONFIG = "models.config"
 HISTORY = "history"
 CURRENT = "current"
 JOURNAL = ".commit.json"
-POINTERS = (ONNX_DIR, KERAS_DIR, REPORT, MODELS_CONFIG)  # E/<name> -> current/<name>
+POINTERS = (ONNX_DIR, KERAS_DIR, REPORT, MODEL_CARD, MODELS_CONFIG)  # E/<name> -> current/<name>
 REPORT_COPY = os.path.join("assets.extra", REPORT)  # inside each SavedModel version
 GROUP_IN_MODEL = os.path.join("assets.extra", "export")  # its export's onnx/, report, config
 

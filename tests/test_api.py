@@ -362,3 +362,45 @@ def test_docs_api_md_runs_as_written(trained, exported, tmp_path, monkeypatch):
     assert namespace["codes"]["features"].shape == (4, 32)
     assert namespace["reconstructions"].shape == (4, 32, 32, 3)
     assert namespace["classifier"].count_params() == namespace["encoder"].count_params() + 99
+
+
+def test_every_export_has_a_model_card(trained, exported, tmp_path):
+    from export import model_card
+
+    cfg, _ = trained
+    ecfg, rep = exported
+    card = rep["model_card"]
+    with open(os.path.join(ecfg.export_dir, "export_report.json")) as f:
+        assert json.load(f)["model_card"] == card
+    assert card["steps"] == 300 and card["data"]["dataset"] == "shapes"
+    assert card["recipe"]["train_steps"] == 300 and card["recipe"]["beta_occ"] == 1.0
+    assert card["outputs"]["occurrence"]["shape"] == [None, 8, 8, 8]
+    assert card["parity_max_abs"]["keras_file_vs_keras"] <= 1e-5
+    assert card["evaluation"] is None and card["int8"] is None  # not evaluated, no int8
+    with open(os.path.join(ecfg.export_dir, "MODEL_CARD.md")) as f:
+        text = f.read()
+    assert text.startswith("# Model card: PatchVAE encoder (pyramid, scale 4, 8 parts x 4")
+    assert "- output `occurrence` [batch, 8, 8, 8]: [0, 1]" in text
+    assert "## Not for" in text and "Not evaluated: run `evaluate.py" in text
+    assert any("keras.saving.load_model" in line for line in card["use"])
+    assert not any("ONNX" in line for line in card["use"])  # this export wrote no ONNX
+    # With an evaluation report in the workdir, its figures go in, and a step that differs
+    # from the exported one is said.
+    workdir = tmp_path / "w"
+    os.makedirs(workdir / "eval")
+    evaluation = {
+        "checkpoint_step": 200,
+        "dataset": "shapes",
+        "chance_top1": 1 / 3,
+        "linear_probe": {"top1": 0.625},
+        "part_code_probe": {"top1": 0.875},
+        "finetune": {"runs": [{"frozen_stages": -1, "top1": 0.75}]},
+        "part_discovery": {"mean_auroc": 0.9, "classes_detected": 2, "active_parts": 7},
+    }
+    (workdir / "eval" / "report.json").write_text(json.dumps(evaluation))
+    fields = model_card.card(cfg, rep, str(workdir))
+    assert fields["evaluation"]["part_code_probe_top1"] == 0.875
+    assert fields["evaluation"]["finetune_top1"] == {"-1": 0.75}
+    assert fields["evaluation"]["note"] == "evaluated at step 200, exported at 300"
+    text = model_card.markdown(fields)
+    assert "- part_discovery_mean_auroc: 0.9" in text and "- linear_probe_top1: 0.625" in text
