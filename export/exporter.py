@@ -7,6 +7,7 @@ import hashlib
 import os
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -99,6 +100,17 @@ def export(cfg: ExportConfig) -> dict:
         "parity": {"images": int(len(pixels)), "tolerance": parity.TOLERANCE},
         "latency_ms_batch1": {},
     }
+    sections = [*cfg.formats, *(["int8"] if cfg.quantize else [])]
+    print(
+        f"export: step {step} as version {version}: {', '.join(sections)}, each checked on "
+        f"{len(pixels)} training images" + (f", int8 calibrated on {calib}" if calib else ""),
+        flush=True,
+    )
+    started = time.perf_counter()
+
+    def done(name: str) -> None:
+        print(f"export: {name} written and checked, {time.perf_counter() - started:.1f} s")
+
     with layout.Staging(cfg.export_dir, version) as stage:
         rep["export_id"] = stage.id
         # Always written, so E/models.config never points into an export without one.
@@ -106,10 +118,13 @@ def export(cfg: ExportConfig) -> dict:
         sm_out = None
         if "saved_model" in cfg.formats:
             sm_out = _saved_model(cfg, module, stage, pixels, keras_out, rep)
+            done("saved_model")
         if "onnx" in cfg.formats:
             _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep)
+            done("onnx" + (" and int8" if cfg.quantize else ""))
         if "keras" in cfg.formats:
             keras_export.write(model, stage, pixels, keras_out, rep)
+            done("keras")
         # What a reader checks to know the files it sees are the ones this report describes.
         staged = {
             os.path.join(layout.ONNX_DIR, f): stage.group(layout.ONNX_DIR, f)
@@ -200,7 +215,9 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
     if cfg.quantize == "int8":
         int8_path = stage.group(layout.ONNX_DIR, layout.ONNX_INT8_FILE)
         calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
-        quantize.quantize_int8(path, int8_path, calibration)
+        print(f"export: int8 calibration on {len(calibration)} training images", flush=True)
+        bar = keras.utils.Progbar(len(calibration), interval=0.5)
+        quantize.quantize_int8(path, int8_path, calibration, progress=bar.update)
         int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
         int8_out = run(int8_session, pixels)
         size = report.size_bytes(int8_path)
