@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -20,7 +21,7 @@ _SERVING = "serving_default"
 _CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: as the training pipeline reads files (source.to_rgb)
 EXPECTED = (
     "a batch [batch, height, width, 1 | 3 | 4] of uint8 pixels or float pixels in [0, 255], "
-    "a list of such images (any sizes), or a list of JPEG / PNG file paths"
+    "a list (or other iterable) of such images of any sizes, or of JPEG / PNG file paths"
 )
 
 
@@ -136,10 +137,12 @@ class Pretrained:
         """Float32 pixels [b, S, S, 3] in [0, 255], resized and centre-cropped as in training,
         batch_size images at a time (file paths are read one chunk at a time).
         """
-        items = _items(images)
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
+        items, start = iter(_items(images)), 0
+        while chunk := list(itertools.islice(items, self.batch_size)):
             yield tf.stack([self._prepare(item, start + i) for i, item in enumerate(chunk)])
+            start += len(chunk)
+        if not start:
+            raise ValueError(f"expected {EXPECTED}; got an empty batch")
 
     def _prepare(self, item, index: int) -> tf.Tensor:
         if isinstance(item, (str, os.PathLike)):
@@ -159,7 +162,8 @@ class Pretrained:
 
         images: a NumPy array or tensor [B, H, W, C] (C = 1, 3 or 4) of uint8 pixels or
         float pixels in [0, 255], a list of such images [H, W, C] of any sizes, or a list
-        of JPEG / PNG file paths. Each image is resized (shorter side to S) and centre-cropped
+        of JPEG / PNG file paths; any iterable of those (a generator of paths, say) is read
+        batch_size at a time. Each image is resized (shorter side to S) and centre-cropped
         as in training. Raises ValueError naming what was received and what is expected.
         """
         parts = [
@@ -217,25 +221,19 @@ def _to_pixels(unit: tf.Tensor) -> np.ndarray:
     return np.clip((unit.numpy() + 1.0) * 127.5, 0.0, 255.0).astype(np.float32)
 
 
-def _items(images) -> Sequence:
-    """The images of a batch or list, one per entry; refuses what encode cannot take."""
-    if isinstance(images, (str, os.PathLike)):
-        raise ValueError(
-            f"expected {EXPECTED}; got one path {os.fspath(images)!r} (wrap it in a list)"
-        )
+def _items(images) -> Iterable:
+    """The images of a batch, list or other iterable, one per entry (read lazily from an
+    iterator); refuses what encode cannot take.
+    """
+    if isinstance(images, (str, bytes, os.PathLike)):
+        raise ValueError(f"expected {EXPECTED}; got one path {images!r} (wrap it in a list)")
     if isinstance(images, tf.Tensor):
         images = images.numpy()
-    if isinstance(images, np.ndarray):
-        if images.ndim != 4:
-            raise ValueError(f"expected {EXPECTED}; got an array of shape {images.shape}")
-        items = images
-    elif isinstance(images, (list, tuple)):
-        items = images
-    else:
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ValueError(f"expected {EXPECTED}; got an array of shape {images.shape}")
+    if not isinstance(images, Iterable):
         raise ValueError(f"expected {EXPECTED}; got a {type(images).__name__}")
-    if len(items) == 0:
-        raise ValueError(f"expected {EXPECTED}; got an empty batch")
-    return items
+    return images
 
 
 def _read_file(path: str) -> np.ndarray:

@@ -85,6 +85,8 @@ def test_load_encodes_as_the_saved_model_serves(trained, exported, labelled, tmp
         Image.fromarray(pixels[i]).resize((64, 64), Image.NEAREST).save(path)
         paths.append(str(path))
     from_files = model.encode(paths)
+    from_generator = model.encode(p for p in paths)  # read batch_size at a time
+    np.testing.assert_array_equal(from_generator["features"], from_files["features"])
     assert (
         np.abs(from_files["features"] - codes["features"][:3]).max()
         < 0.25 * np.abs(codes["features"][:3]).max()
@@ -119,6 +121,7 @@ def test_reconstruct_and_sample_from_a_workdir(trained, exported, labelled):
         (np.zeros((32, 32, 3), np.uint8), "got an array of shape (32, 32, 3)"),
         (np.zeros((0, 32, 32, 3), np.uint8), "got an empty batch"),
         ([], "got an empty batch"),
+        (iter([]), "got an empty batch"),
         (np.zeros((2, 32, 32, 2), np.uint8), "image 0 has shape (32, 32, 2)"),
         (np.zeros((2, 32, 32, 3), np.int32), "image 0 has dtype int32"),
         (np.full((1, 8, 8, 3), 300.0, np.float32), "image 0 has values in [300.0, 300.0]"),
