@@ -58,6 +58,11 @@ def _saved_model_dir(path: str) -> tuple[str, dict]:
             f"an export directory (no {_SAVED_MODEL}/<version>/saved_model.pb)"
         )
     version_dir = os.path.join(root, str(version))
+    if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
+        raise ValueError(
+            f"patchvae_tf.load: export {path!r} has no SavedModel for version {version} "
+            "(exported without saved_model in --formats?)"
+        )
     return version_dir, report or _read_json(os.path.join(version_dir, "assets.extra", _REPORT))
 
 

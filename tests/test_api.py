@@ -113,6 +113,10 @@ def test_reconstruct_and_sample_from_a_workdir(trained, exported, labelled):
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="reconstruct needs the decoder: load a training"):
         patchvae_tf.load(exported[0].export_dir).reconstruct(pixels)
+    with pytest.raises(ValueError, match="is neither a training workdir .* nor an export"):
+        patchvae_tf.load(os.path.join(cfg.train.workdir, "checkpoints"))
+    with pytest.raises(ValueError, match="is not a directory"):
+        patchvae_tf.load(os.path.join(cfg.train.workdir, "config.json"))
 
 
 @pytest.mark.parametrize(
