@@ -36,10 +36,12 @@ def _evaluation(workdir: str, step: int) -> dict | None:
             out[f"{key}_top1"] = report[key]["top1"]
     if report.get("chance_top1") is not None:
         out["chance_top1"] = report["chance_top1"]
-    if report.get("finetune"):
-        out["finetune_top1"] = {
-            str(r["frozen_stages"]): r["top1"] for r in report["finetune"].get("runs", [])
-        }
+    if (report.get("linear_probe") or {}).get("majority_top1") is not None:
+        out["majority_top1"] = report["linear_probe"]["majority_top1"]
+    for key, name in (("runs", "finetune_top1"), ("random", "finetune_random_init_top1")):
+        runs = (report.get("finetune") or {}).get(key) or []
+        if runs:
+            out[name] = {f"{r['frozen_stages']} frozen": r["top1"] for r in runs}
     if report.get("part_discovery"):
         pd = report["part_discovery"]
         for key in ("mean_auroc", "classes_detected", "active_parts", "distinct_coverage"):

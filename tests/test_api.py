@@ -401,13 +401,17 @@ def test_every_export_has_a_model_card(trained, exported, tmp_path):
         "chance_top1": 1 / 3,
         "linear_probe": {"top1": 0.625},
         "part_code_probe": {"top1": 0.875},
-        "finetune": {"runs": [{"frozen_stages": -1, "top1": 0.75}]},
+        "finetune": {
+            "runs": [{"frozen_stages": 2, "top1": 0.75}],
+            "random": [{"frozen_stages": 2, "top1": 0.5}],
+        },
         "part_discovery": {"mean_auroc": 0.9, "classes_detected": 2, "active_parts": 7},
     }
     (workdir / "eval" / "report.json").write_text(json.dumps(evaluation))
     fields = model_card.card(cfg, rep, str(workdir))
     assert fields["evaluation"]["part_code_probe_top1"] == 0.875
-    assert fields["evaluation"]["finetune_top1"] == {"-1": 0.75}
+    assert fields["evaluation"]["finetune_top1"] == {"2 frozen": 0.75}
+    assert fields["evaluation"]["finetune_random_init_top1"] == {"2 frozen": 0.5}
     assert fields["evaluation"]["note"] == "evaluated at step 200, exported at 300"
     text = model_card.markdown(fields)
     assert "- part_discovery_mean_auroc: 0.9" in text and "- linear_probe_top1: 0.625" in text
