@@ -1,6 +1,10 @@
 """Runs the benchmarks: python -m benchmarks --out=benchmarks/results/run.json [--quick]."""
 
-from patchvae_tf import cli
+import os
+
+# Checks the flags before TensorFlow loads (see patchvae_tf/__init__.py).
+os.environ["PATCHVAE_TF_COMMAND"] = "1"
+from patchvae_tf import cli  # noqa: E402
 
 cli.define_bench()
 

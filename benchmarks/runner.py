@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
 
 from benchmarks import hardware, table
 from benchmarks.progress import log
@@ -94,9 +95,17 @@ class Run:
             f"{self.results['auto_precision']['policy']}; reference: "
             + (f"torch {self.reference.info['torch']}" if self.reference else "none")
         )
-        for section in self.cfg.sections:
-            log(f"section {section}")
+        sections = self.cfg.sections
+        log(f"plan: {len(sections)} sections, {', '.join(sections)}, each timed as it ends")
+        start = time.perf_counter()
+        for i, section in enumerate(sections):
+            log(f"section {section} ({i + 1} of {len(sections)})")
+            began = time.perf_counter()
             getattr(self, f"section_{section}")()
+            log(
+                f"section {section} took {time.perf_counter() - began:.0f} s; "
+                f"{time.perf_counter() - start:.0f} s so far, {len(sections) - i - 1} to go"
+            )
         self.results["matmul_gflops_end"] = round(hardware.matmul_gflops(), 2)
         self.results["flops_per_image"] = self.flops
         self.results["summary"] = table.summary(self.results)

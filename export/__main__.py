@@ -1,8 +1,11 @@
 """Exports a trained encoder: python -m export --workdir=W --export_dir=E [--quantize=int8]."""
 
+import os
 import sys
 
-from patchvae_tf import cli
+# Checks the flags before TensorFlow loads (see patchvae_tf/__init__.py).
+os.environ["PATCHVAE_TF_COMMAND"] = "1"
+from patchvae_tf import cli  # noqa: E402
 
 cli.define_export()
 

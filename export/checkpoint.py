@@ -8,6 +8,7 @@ import re
 import tensorflow as tf
 
 from export import serving
+from patchvae_tf import restore as strict
 from patchvae_tf.errors import UserError
 from patchvae_tf.workdir import CHECKPOINT_DIR
 
@@ -47,23 +48,15 @@ class _EncoderView(tf.Module):
             setattr(self, name, layer)
 
 
-def restore_encoder(model, path: str) -> int:
+def restore_encoder(model, path: str, workdir: str = "") -> int:
     """Restores every encoder variable of model from the checkpoint at path.
 
-    Returns how many variables were restored. Raises UserError when the checkpoint misses
-    one (a different model, or a checkpoint written before encoder stages were saved):
-    exporting random weights would pass every later check.
+    Returns how many variables were restored. Raises restore.CheckpointMismatch naming the
+    workdir and the first variable the checkpoint misses (a different model, or a checkpoint
+    written before encoder stages were saved): exporting random weights would pass every
+    later check.
     """
     view = _EncoderView(serving.encoder_parts(model))
-    try:
-        status = tf.train.Checkpoint(model=view).restore(path)
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        first = " ".join(str(e).split())[:300]
-        raise UserError(
-            f"checkpoint {path!r} does not hold every encoder variable: {first}"
-        ) from None
-    except (tf.errors.OpError, ValueError) as e:
-        raise UserError(f"cannot restore {path!r}: {str(e).splitlines()[0]}") from None
-    status.expect_partial()  # the decoder and optimizer are not exported
+    # The decoder and optimizer are not exported: only the view's variables must match.
+    strict.restore(path, workdir or os.path.dirname(os.path.dirname(path)), model=view)
     return sum(len(layer.variables) for layer in serving.encoder_parts(model).values())

@@ -7,10 +7,22 @@ import hashlib
 import os
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from export import checkpoint, layout, onnx_export, parity, quantize, report, serving, warmup
+from export import (
+    checkpoint,
+    keras_export,
+    layout,
+    model_card,
+    onnx_export,
+    parity,
+    quantize,
+    report,
+    serving,
+    warmup,
+)
 from patchvae_tf import data, models
 from patchvae_tf.config import ExportConfig, load_config
 from patchvae_tf.errors import UserError
@@ -53,7 +65,7 @@ def export(cfg: ExportConfig) -> dict:
     layout.check_target(cfg.export_dir, version)
 
     model = models.build_model(model_cfg.model)
-    restored = checkpoint.restore_encoder(model, path)
+    restored = checkpoint.restore_encoder(model, path, cfg.workdir)
     module = serving.EncoderServing(model)
     n = cfg.parity_images
     calib = cfg.calibration_images if cfg.quantize else 0
@@ -88,6 +100,17 @@ def export(cfg: ExportConfig) -> dict:
         "parity": {"images": int(len(pixels)), "tolerance": parity.TOLERANCE},
         "latency_ms_batch1": {},
     }
+    sections = [*cfg.formats, *(["int8"] if cfg.quantize else [])]
+    print(
+        f"export: step {step} as version {version}: {', '.join(sections)}, each checked on "
+        f"{len(pixels)} training images" + (f", int8 calibrated on {calib}" if calib else ""),
+        flush=True,
+    )
+    started = time.perf_counter()
+
+    def done(name: str) -> None:
+        print(f"export: {name} written and checked, {time.perf_counter() - started:.1f} s")
+
     with layout.Staging(cfg.export_dir, version) as stage:
         rep["export_id"] = stage.id
         # Always written, so E/models.config never points into an export without one.
@@ -95,16 +118,26 @@ def export(cfg: ExportConfig) -> dict:
         sm_out = None
         if "saved_model" in cfg.formats:
             sm_out = _saved_model(cfg, module, stage, pixels, keras_out, rep)
+            done("saved_model")
         if "onnx" in cfg.formats:
             _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep)
+            done("onnx" + (" and int8" if cfg.quantize else ""))
+        if "keras" in cfg.formats:
+            keras_export.write(model, stage, pixels, keras_out, rep)
+            done("keras")
         # What a reader checks to know the files it sees are the ones this report describes.
         staged = {
             os.path.join(layout.ONNX_DIR, f): stage.group(layout.ONNX_DIR, f)
             for f in (layout.ONNX_FILE, layout.ONNX_INT8_FILE)
         }
+        keras_file = os.path.join(layout.KERAS_DIR, layout.KERAS_FILE)
+        staged[keras_file] = stage.group(keras_file)
         pb = os.path.join(layout.SAVED_MODEL, str(version), "saved_model.pb")
         staged[pb] = stage.join(pb)
         rep["sha256"] = {rel: _sha256(p) for rel, p in staged.items() if os.path.isfile(p)}
+        rep["model_card"] = model_card.card(model_cfg, rep, cfg.workdir)
+        with open(stage.group(layout.MODEL_CARD), "w") as f:
+            f.write(model_card.markdown(rep["model_card"]))
         report.write_json(stage.group(layout.REPORT), rep)
         stage.commit()
     return rep
@@ -182,7 +215,9 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
     if cfg.quantize == "int8":
         int8_path = stage.group(layout.ONNX_DIR, layout.ONNX_INT8_FILE)
         calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
-        quantize.quantize_int8(path, int8_path, calibration)
+        print(f"export: int8 calibration on {len(calibration)} training images", flush=True)
+        bar = keras.utils.Progbar(len(calibration), interval=0.5)
+        quantize.quantize_int8(path, int8_path, calibration, progress=bar.update)
         int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
         int8_out = run(int8_session, pixels)
         size = report.size_bytes(int8_path)

@@ -4,10 +4,12 @@ Layout of an export dir E:
 
     E/saved_model/<version>/                   a SavedModel, the versions TF Serving watches;
                                                assets.extra/export/ holds that export's onnx/,
-                                               export_report.json and models.config
-    E/history/<version>/                       an export without a SavedModel (ONNX only)
+                                               keras/, export_report.json, MODEL_CARD.md and
+                                               models.config
+    E/history/<version>/                       an export without a SavedModel
     E/current -> saved_model/<version>/assets.extra/export  (or history/<version>)
-    E/onnx, E/export_report.json, E/models.config -> current/...   fixed symlinks
+    E/onnx, E/keras, E/export_report.json, E/MODEL_CARD.md, E/models.config -> current/...
+                                               fixed symlinks
 
 A version, once published, is never changed: an export writes a new one, with a number
 above every version in E, into a staging directory next to E, and renames it into place
@@ -33,11 +35,14 @@ SAVED_MODEL = "saved_model"
 ONNX_DIR = "onnx"
 ONNX_FILE = "encoder.onnx"
 ONNX_INT8_FILE = "encoder.int8.onnx"
+KERAS_DIR = "keras"
+KERAS_FILE = "encoder.keras"
+MODEL_CARD = "MODEL_CARD.md"
 REPORT = "export_report.json"
 MODELS_CONFIG = "models.config"
 HISTORY = "history"
 CURRENT = "current"
-POINTERS = (ONNX_DIR, REPORT, MODELS_CONFIG)  # E/<name> -> current/<name>
+POINTERS = (ONNX_DIR, KERAS_DIR, REPORT, MODEL_CARD, MODELS_CONFIG)  # E/<name> -> current/<name>
 GROUP_IN_MODEL = os.path.join("assets.extra", "export")  # its export's onnx/, report, config
 # What a killed commit of the previous release (which could replace a version) left.
 _OLD_JOURNAL = ".commit.json"

@@ -41,6 +41,7 @@ def quantize_int8(
     calibration: np.ndarray,
     batch: int = 16,
     variant: str = DEFAULT,
+    progress=None,
 ):
     """Writes the int8 model of float_path to int8_path, with the settings of VARIANTS[variant].
 
@@ -48,7 +49,8 @@ def quantize_int8(
     quantization: dynamic quantization covers MatMul/Gemm-heavy models, and this encoder is
     almost all Conv, which only static quantization turns into int8 kernels. Activations are
     uint8 (U8S8): on x86 CPUs without VNNI, ONNX Runtime's S8S8 kernels were slower than
-    float32 for this encoder, and U8S8 faster.
+    float32 for this encoder, and U8S8 faster. progress: called with the number of
+    calibration images handed to ONNX Runtime so far.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -71,8 +73,14 @@ def quantize_int8(
                 ]
             )
 
+            self.seen = 0
+
         def get_next(self):
-            return next(self.batches, None)
+            item = next(self.batches, None)
+            if item is not None and progress is not None:
+                self.seen += len(item[serving.IMAGES])
+                progress(self.seen)
+            return item
 
     with tempfile.TemporaryDirectory(dir=os.path.dirname(int8_path)) as tmp:
         # Shape inference and graph clean-up first, as onnxruntime recommends for quantization.

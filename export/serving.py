@@ -18,14 +18,8 @@ def encoder_parts(model) -> dict:
 
     The decoder is left out: recognition deployments never run it.
     """
-    if isinstance(model, models.PatchVAE):
-        return {"encoder": model.encoder, "heads": model.heads}
-    if isinstance(model, models.VAE):
-        return {
-            "encoder": model.encoder,
-            "reduce": model.reduce,
-            "posterior_mean": model.posterior_mean,
-        }
+    if isinstance(model, (models.PatchVAE, models.VAE)):
+        return model.encoder_parts()
     raise TypeError(f"`model` must be a PatchVAE or a VAE. Received: {type(model).__name__}")
 
 

@@ -5,6 +5,7 @@ entry point whose user mistakes end in one line and exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 
@@ -12,6 +13,9 @@ from absl import app, flags, logging
 
 from patchvae_tf import config, validation
 from patchvae_tf.errors import UserError
+
+# Set by the command scripts for the package's import only; their children import it whole.
+os.environ.pop("PATCHVAE_TF_COMMAND", None)
 
 # A field's annotation (a string under `from __future__ import annotations`) -> absl kind.
 _KINDS = {
@@ -42,7 +46,9 @@ def define(*sections) -> None:
 
 
 def read(section, values: flags.FlagValues | None = None):
-    """An instance of the dataclass section from parsed flags; lists become tuples."""
+    """An instance of the dataclass section from parsed flags, which checks them (UserError);
+    lists become tuples.
+    """
     values = values or flags.FLAGS
     kwargs = {}
     for f in dataclasses.fields(section):
@@ -57,6 +63,10 @@ def read(section, values: flags.FlagValues | None = None):
                         f"--{f.name} must be comma-separated integers, got {','.join(items)!r}"
                     ) from None
             value = tuple(items)
+        elif f.type == "str" and value is None:
+            # A string flag left unset reads back as None where another command defined it
+            # first (with a None default).
+            value = ""
         kwargs[f.name] = value
     return section(**kwargs)
 
@@ -84,10 +94,7 @@ def define_export() -> None:
 
 
 def export_config(values: flags.FlagValues | None = None) -> config.ExportConfig:
-    raw = read(config.ExportConfig, values)
-    # A string flag left unset reads back as None where another command defined it first.
-    fix = {f: getattr(raw, f) or "" for f in ("workdir", "export_dir", "quantize", "checkpoint")}
-    return validation.validate_export(dataclasses.replace(raw, **fix))
+    return validation.validate_export(read(config.ExportConfig, values))
 
 
 def define_bench() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
 from patchvae_tf.errors import UserError
-from patchvae_tf.options import option
+from patchvae_tf.options import Checked, option
 
 ARCHS = ("patchvae", "vae")
 ENCODERS = ("resnet", "pyramid")
@@ -24,7 +25,8 @@ TEXTURE_CONTRAST = 0.65
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 EVAL_MODES = ("all", "probe", "finetune", "parts", "visualize")
-EXPORT_FORMATS = ("saved_model", "onnx")
+# keras: encoder.keras, the deterministic encoder for keras.saving.load_model.
+EXPORT_FORMATS = ("saved_model", "onnx", "keras")
 QUANTIZE_MODES = ("", "int8")
 MIN_ONNX_OPSET = 17
 MAX_ONNX_OPSET = 18  # the newest opset tf2onnx 1.17 converts to
@@ -37,7 +39,7 @@ DEFAULT_BENCH_SECTIONS = BENCH_SECTIONS[:-1]
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     """Where the images come from and how they are read."""
 
     dataset: str = option("shapes", "shapes | a TFDS name (cifar100, mnist, ...) | folder:PATH")
@@ -73,9 +75,15 @@ class DataConfig:
     shuffle_buffer: int = option(10000, "TFDS: examples shuffled together", positive=True)
     download: bool = option(False, "TFDS: download and prepare a dataset not in --data_dir")
 
+    def check(self) -> None:
+        if self.train_split == "all_but_test" and not self.test_split_file:
+            raise UserError(
+                "--train_split=all_but_test needs --test_split_file (the images to leave out)"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     """The model: PatchVAE or the VAE baseline, its networks, latents and loss weights."""
 
     arch: str = option("patchvae", "patchvae | vae (beta-VAE through --beta_app)", choices=ARCHS)
@@ -121,6 +129,21 @@ class ModelConfig:
     )
     batch_norm_epsilon: float = option(1e-5, "BatchNorm epsilon", positive=True)
 
+    def check(self) -> None:
+        if self.scale & (self.scale - 1) or self.scale < 2:
+            raise UserError(f"--scale must be a power of two >= 2, got {self.scale}")
+        if self.encoder == "resnet" and self.scale not in RESNET_SCALES:
+            raise UserError(
+                f"--scale={self.scale} is not reachable by the resnet encoder; use one of "
+                f"{RESNET_SCALES}"
+            )
+        if self.image_size % self.scale:
+            raise UserError(
+                f"--image_size={self.image_size} is not divisible by --scale={self.scale}"
+            )
+        if not (math.isfinite(self.tau_init) and self.tau_min <= self.tau_init):
+            raise UserError(f"--tau_min={self.tau_min} must not exceed --tau_init={self.tau_init}")
+
     @property
     def prior(self) -> float:
         """The Bernoulli occurrence prior p, 1 / N unless set."""
@@ -128,7 +151,7 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Checked):
     """The optimisation and what the run writes."""
 
     workdir: str = option("runs/shapes", "Checkpoints, logs and config go here")
@@ -142,7 +165,7 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DistributeConfig:
+class DistributeConfig(Checked):
     """How training is spread over devices and hosts, its precision and compilation."""
 
     strategy: str = option(
@@ -173,16 +196,34 @@ class DistributeConfig:
         False, "BatchNorm statistics over the global batch instead of each replica's share"
     )
 
+    def check(self) -> None:
+        # TF_CONFIG and the devices are checked when the strategy is made.
+        if self.tpu and self.strategy != "tpu":
+            raise UserError(
+                f"--tpu={self.tpu!r} needs --strategy=tpu (got --strategy={self.strategy})"
+            )
+
 
 TRAIN_SECTIONS = (DataConfig, ModelConfig, TrainConfig, DistributeConfig)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """A training run: its data, model, optimisation and distribution, each checked when built."""
+
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     distribute: DistributeConfig = DistributeConfig()
+
+    def __post_init__(self) -> None:
+        # Each section checked itself when it was built; what is left is that each is one.
+        for f, cls in zip(dataclasses.fields(self), TRAIN_SECTIONS, strict=True):
+            value = getattr(self, f.name)
+            if not isinstance(value, cls):
+                raise UserError(
+                    f"Config.{f.name} must be a {cls.__name__}, got {type(value).__name__}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -192,24 +233,42 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        data, model = dict(d.get("data", {})), dict(d.get("model", {}))
+        """The Config of a dict such as config.json's; every value is checked, and a key
+        that names no section or field is refused (a typo would silently keep the default).
+        """
+        if not isinstance(d, dict):
+            raise UserError(f"a config must be a dict of sections, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise UserError(
+                f"unknown config section {unknown[0]!r}; expected some of {', '.join(names)}"
+            )
+        sections = {name: dict(d.get(name) or {}) for name in names}
         # Workdirs written before image_size moved to the model keep it under "data".
-        if "image_size" in data:
-            model.setdefault("image_size", data.pop("image_size"))
+        if "image_size" in sections["data"]:
+            sections["model"].setdefault("image_size", sections["data"].pop("image_size"))
         return cls(
-            data=_build(DataConfig, data),
-            model=_build(ModelConfig, model),
-            train=_build(TrainConfig, d.get("train", {})),
-            distribute=_build(DistributeConfig, d.get("distribute", {})),
+            **{
+                name: from_dict(section, sections[name])
+                for name, section in zip(names, TRAIN_SECTIONS, strict=True)
+            }
         )
 
     def replace(self, **sections: Any) -> Config:
         return dataclasses.replace(self, **sections)
 
 
-def _build(cls, values: dict[str, Any]):
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in known})
+def from_dict(section, values: dict[str, Any]):
+    """An instance of the config dataclass section from a dict of its fields, checked.
+
+    Raises UserError for a key that is not one of its fields, or any value its checks refuse.
+    """
+    known = [f.name for f in dataclasses.fields(section)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"unknown {section.__name__} field {unknown[0]!r}")
+    return section(**values)
 
 
 def load_config(path: str) -> Config:
@@ -221,13 +280,15 @@ def load_config(path: str) -> Config:
             return Config.from_dict(json.load(f))
     except (ValueError, TypeError) as e:
         raise UserError(f"config {path!r} is not a valid config JSON: {e}") from None
+    except UserError as e:
+        raise UserError(f"config {path!r}: {e}") from None
 
 
 # --- evaluation (evaluate.py) ----------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Checked):
     """What evaluate.py measures; the model itself comes from WORKDIR/config.json."""
 
     workdir: str = option("runs/shapes", "Training workdir: config.json and checkpoints")
@@ -270,6 +331,13 @@ class EvalConfig:
     )
     compare_dir: str = option("runs/comparison", "Where --compare writes report.json/.md")
 
+    def check(self) -> None:
+        if any(k < -1 for k in self.freeze_stages):
+            raise UserError(
+                f"--freeze_stages must list depths >= 0 (or -1 for all), got "
+                f"{','.join(map(str, self.freeze_stages))}"
+            )
+
     def modes(self) -> tuple[str, ...]:
         """The sections to run: every one for "all"."""
         return EVAL_MODES[1:] if self.mode == "all" else (self.mode,)
@@ -282,7 +350,7 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Checked):
     """What the export stage writes; the model itself comes from WORKDIR/config.json."""
 
     workdir: str = option("", "Training workdir: config.json and checkpoints")
@@ -294,7 +362,7 @@ class ExportConfig:
         minimum=0,
     )
     formats: tuple[str, ...] = option(
-        EXPORT_FORMATS, "Comma-separated: saved_model,onnx", choices=EXPORT_FORMATS
+        EXPORT_FORMATS, "Comma-separated: " + ",".join(EXPORT_FORMATS), choices=EXPORT_FORMATS
     )
     quantize: str = option("", "int8: also write an int8 ONNX model", choices=QUANTIZE_MODES)
     checkpoint: str = option("", "Checkpoint prefix to export instead of the latest")
@@ -312,6 +380,24 @@ class ExportConfig:
     )
     force_int8: bool = option(False, "Write the int8 model below --int8_min_cosine")
 
+    def check(self) -> None:
+        for name in ("workdir", "export_dir"):
+            if not getattr(self, name):
+                raise UserError(f"--{name} is required")
+        if os.path.abspath(self.export_dir) == os.path.abspath(self.workdir):
+            raise UserError(f"--export_dir={self.export_dir!r} must differ from --workdir")
+        if not self.formats:
+            raise UserError(f"--formats is empty; expected some of {', '.join(EXPORT_FORMATS)}")
+        if len(set(self.formats)) != len(self.formats):
+            raise UserError(f"--formats={','.join(self.formats)} names a format twice")
+        if self.quantize and "onnx" not in self.formats:
+            raise UserError(
+                f"--quantize={self.quantize} needs the ONNX model: add onnx to --formats"
+            )
+        name = self.model_name
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise UserError(f"--model_name must be letters, digits, - or _, got {name!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -320,7 +406,7 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(Checked):
     """What the benchmark command measures, and the reference it measures against."""
 
     out: str = option(
@@ -360,6 +446,21 @@ class BenchConfig:
         minimum=0,
     )
     precision_seeds: int = option(2, "Seeds per precision (a spread needs 2)", minimum=2)
+
+    def check(self) -> None:
+        # Whether --reference and --memory_folder exist is checked when the command runs
+        # (validation.validate_bench): a config may be built on another machine.
+        if not self.out:
+            raise UserError("--out is required: the JSON file the results go to")
+        if not self.sections:
+            raise UserError(f"--sections is empty; expected some of {', '.join(BENCH_SECTIONS)}")
+        if (self.reference_python or self.reference_setup or self.reference_venv) and not (
+            self.reference
+        ):
+            raise UserError(
+                "--reference_python, --reference_setup and --reference_venv need "
+                "--reference=PATH (a checkout of kampta/PatchVAE)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

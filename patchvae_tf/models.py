@@ -100,6 +100,7 @@ class _Autoencoder(keras.Model):
         }
 
 
+@keras.saving.register_keras_serializable(package="patchvae_tf")
 class PatchVAE(_Autoencoder):
     """PatchVAE: per part, where it occurs (relaxed Bernoulli) and what it looks like (Gaussian).
 
@@ -134,6 +135,10 @@ class PatchVAE(_Autoencoder):
         q = latents.occurrence_probs(logits, self.categorical)
         mu_app, _ = latents.pool_appearance(mean, logvar, q, self.num_parts, self.appearance_dim)
         return {"occurrence": q, "appearance": mu_app, "features": pooled}
+
+    def encoder_parts(self) -> dict:
+        """The layers ``encode`` runs, by attribute name (the decoder is not one of them)."""
+        return {"encoder": self.encoder, "heads": self.heads}
 
     def decode(self, z_hat, training=False):
         """z_hat [B, h, w, N*L] -> x_hat [B, H, W, 3]."""
@@ -193,6 +198,7 @@ class PatchVAE(_Autoencoder):
         }
 
 
+@keras.saving.register_keras_serializable(package="patchvae_tf")
 class VAE(_Autoencoder):
     """VAE / beta-VAE baseline, built as the authors' (the paper's baseline).
 
@@ -249,6 +255,14 @@ class VAE(_Autoencoder):
         f, pooled = self.features(x, training)
         mean = self._code(self.posterior_mean, self.reduce(f, training=training))
         return {"appearance": mean, "features": pooled}
+
+    def encoder_parts(self) -> dict:
+        """The layers ``encode`` runs, by attribute name (the decoder is not one of them)."""
+        return {
+            "encoder": self.encoder,
+            "reduce": self.reduce,
+            "posterior_mean": self.posterior_mean,
+        }
 
     def decode(self, z, training=False):
         """Z [B, N*L] -> the decoder's output [B, H, W, 3] in the model's space."""

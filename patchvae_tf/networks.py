@@ -140,6 +140,7 @@ def _track_stages(layer: layers.Layer) -> None:
         setattr(layer, f"stage_{i}", stage)
 
 
+@keras.saving.register_keras_serializable(package="patchvae_tf")
 class ResidualBlock(_Styled):
     """ResNet basic block: two 3x3 convs with BN and ReLU, plus a (projected) shortcut."""
 
@@ -185,6 +186,7 @@ class _StagedEncoder(_Styled):
         return x
 
 
+@keras.saving.register_keras_serializable(package="patchvae_tf")
 class ResNetEncoder(_StagedEncoder):
     """ResNet-18 up to the stage that reaches 1/scale: [B, H, W, C] -> [B, H/s, W/s, D].
 
@@ -232,6 +234,7 @@ class ResNetEncoder(_StagedEncoder):
         return {**super().get_config(), "scale": self.scale}
 
 
+@keras.saving.register_keras_serializable(package="patchvae_tf")
 class PyramidEncoder(_StagedEncoder):
     """DCGAN-style: log2(scale) 4x4 stride-2 convs doubling channels, BN, LeakyReLU 0.2."""
 
@@ -255,6 +258,7 @@ class PyramidEncoder(_StagedEncoder):
         return {**super().get_config(), "scale": self.scale, "base_channels": self.base_channels}
 
 
+@keras.saving.register_keras_serializable(package="patchvae_tf")
 class PyramidDecoder(_Styled):
     """[B, h, w, K] -> [B, h*s, w*s, C] in [-1, 1].
 
@@ -294,6 +298,7 @@ class PyramidDecoder(_Styled):
         }
 
 
+@keras.saving.register_keras_serializable(package="patchvae_tf")
 class PatchHeads(_Styled):
     """Three 3x3 conv heads on f [B, h, w, D].
 

@@ -1,8 +1,11 @@
-"""Config fields that carry their flag's help text and the checks their values must pass."""
+"""Config fields that carry their flag's help text and the checks their values must pass, and
+the base of the config sections, which makes those checks when a section is built.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 from patchvae_tf.errors import UserError
@@ -30,6 +33,60 @@ def option(
         "below": below,  # an exclusive upper bound
     }
     return dataclasses.field(default=default, metadata={"help": help, **checks})
+
+
+# A field's annotation (a string under `from __future__ import annotations`) -> the Python
+# types its value may have, and how a message names them.
+_TYPES = {
+    "str": ((str,), "a string"),
+    "str | None": ((str, type(None)), "a string or None"),
+    "int": ((numbers.Integral,), "an integer"),
+    "float": ((numbers.Real,), "a number"),
+    "bool": ((bool,), "True or False"),
+    "bool | None": ((bool, type(None)), "True, False or None"),
+    "tuple[str, ...]": ((str,), "a list of strings"),
+    "tuple[int, ...]": ((numbers.Integral,), "a list of integers"),
+}
+
+
+def check_types(section) -> None:
+    """Raises UserError naming the first field whose value has the wrong type.
+
+    Lists become tuples and integers of float fields floats (as read from JSON), in place.
+    """
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        types, kind = _TYPES[f.type]
+        many = f.type.startswith("tuple")
+        if many and isinstance(value, list):
+            value = tuple(value)
+        items = value if many and isinstance(value, tuple) else None if many else (value,)
+        bad = items is None or any(
+            not isinstance(v, types) or (isinstance(v, bool) and bool not in types) for v in items
+        )
+        if bad:
+            raise UserError(f"--{f.name} must be {kind}, got {value!r}")
+        if f.type in ("int", "float"):  # NumPy scalars too, as plain Python numbers
+            value = int(value) if f.type == "int" else float(value)
+        elif f.type == "tuple[int, ...]":
+            value = tuple(int(v) for v in value)
+        # Frozen dataclasses: the normalised value replaces the given one before anyone reads it.
+        object.__setattr__(section, f.name, value)
+
+
+class Checked:
+    """Base of the config dataclasses: building one (directly, by dataclasses.replace, or
+    from a dict) checks each field's type and options, then the section's own ``check``, and
+    raises UserError with the command line's one-line message naming the first bad value.
+    """
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_options(self)
+        self.check()
+
+    def check(self) -> None:
+        """Checks across this section's fields; raises UserError. None by default."""
 
 
 def check_options(section) -> None:

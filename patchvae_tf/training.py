@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from patchvae_tf import data, distribute, latents, models, precision, visualize
+from patchvae_tf import restore as strict
 from patchvae_tf.config import Config
 from patchvae_tf.errors import UserError
 from patchvae_tf.fused import FusedAdam
@@ -199,13 +200,14 @@ def make_train_step(
     return train_step
 
 
-def _restore_readable(checkpoint_dir, checkpoint, parts, position, step, batch_size):
+def _restore_readable(checkpoint_dir, parts, position, step, batch_size):
     """Restores the newest checkpoint that reads back whole; returns its path (None: none).
 
     A checkpoint whose files were truncated or deleted is passed over for the one before,
     with a warning, and nothing is deleted. Checkpoints written before the input position
     was saved resume it as one global batch per step.
     """
+    workdir = os.path.dirname(checkpoint_dir)
     state = tf.train.get_checkpoint_state(checkpoint_dir)
     candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
     failures = []
@@ -213,10 +215,12 @@ def _restore_readable(checkpoint_dir, checkpoint, parts, position, step, batch_s
         try:
             names = {name for name, _ in tf.train.list_variables(path)}
             if any(n.startswith("input_position/") for n in names):
-                checkpoint.restore(path).assert_existing_objects_matched()
+                strict.restore(path, workdir, **parts, input_position=position)
             else:
-                tf.train.Checkpoint(**parts).restore(path).assert_existing_objects_matched()
+                strict.restore(path, workdir, **parts)
                 position.assign(step * batch_size)
+        except strict.CheckpointMismatch:
+            raise  # another model's checkpoint: an older one of the same run will not fit either
         except Exception as e:  # noqa: BLE001  TF raises OpError, IndexError, ValueError...
             reason = " ".join(str(e).split())[:200]
             print(f"warning: checkpoint {path} is unreadable ({reason}); trying an older one")
@@ -305,7 +309,7 @@ def train(cfg: Config) -> dict:
     parts = dict(model=model, optimizer=precision.inner_optimizer(optimizer), step=step)
     checkpoint = tf.train.Checkpoint(**parts, input_position=position)
     # Every worker restores the chief's latest checkpoint: all start at the same step.
-    latest = _restore_readable(checkpoint_dir, checkpoint, parts, position, step, t.batch_size)
+    latest = _restore_readable(checkpoint_dir, parts, position, step, t.batch_size)
     _check_same_step(strategy, step)
     distribute.remove_worker_dir(checkpoint_dir, strategy)  # a killed run's leftovers
     manager = tf.train.CheckpointManager(

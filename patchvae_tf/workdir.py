@@ -15,10 +15,13 @@ def restore(cfg, model, step=None):
     """Restores the latest checkpoint of cfg's workdir into model (and step), for reading;
     returns the tf.train.CheckpointManager (its latest_checkpoint is None when there is none).
 
+    Every variable of model must be in the checkpoint (restore.CheckpointMismatch otherwise).
     Training restores its own checkpoint (with the optimizer) in training.train().
     """
     # Imported here: comparison.py reads this module's names without paying for TensorFlow.
     import tensorflow as tf
+
+    from patchvae_tf import restore as strict
 
     parts = {"model": model} if step is None else {"model": model, "step": step}
     checkpoint = tf.train.Checkpoint(**parts)
@@ -26,7 +29,7 @@ def restore(cfg, model, step=None):
         checkpoint, os.path.join(cfg.train.workdir, CHECKPOINT_DIR), max_to_keep=3
     )
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        strict.restore(manager.latest_checkpoint, cfg.train.workdir, **parts)
     return manager
 
 

@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -58,6 +59,8 @@ def test_resnet_encoder_channels_and_grid():
 
 
 def test_encode_is_deterministic_and_consistent():
+    # Seeded: an unlucky kaiming draw can saturate a sigmoid to exactly 0 or 1 in float32.
+    keras.utils.set_random_seed(0)
     model = models.build_model(
         ModelConfig(encoder="resnet", image_size=32, scale=8, num_parts=5, appearance_dim=2)
     )

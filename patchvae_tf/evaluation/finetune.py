@@ -11,7 +11,7 @@ import tensorflow as tf
 from patchvae_tf import data, models
 from patchvae_tf.config import EvalConfig
 from patchvae_tf.evaluation.probes import WEIGHT_DECAY, topk_accuracy
-from patchvae_tf.evaluation.setup import Setup, batches, restore_model
+from patchvae_tf.evaluation.setup import Setup, batches, duration, progbar, restore_model
 
 
 def _freeze_depths(ecfg: EvalConfig, num_stages: int) -> list[int]:
@@ -40,14 +40,13 @@ def _trainable(stages, frozen: int) -> list:
     return out
 
 
-def _finetune_once(model, setup: Setup, ecfg: EvalConfig, frozen: int) -> dict:
-    """The authors' classifier.py on ``model``'s phi(x) with the first ``frozen`` stages fixed.
+def _classifier(model, setup: Setup, ecfg: EvalConfig, frozen: int):
+    """(train_step(images, labels) -> cross-entropy, logits_of(images, training)) of the
+    authors' classifier on ``model``'s phi(x) with the first ``frozen`` stages fixed.
 
     flatten -> dropout -> dense 512 -> ReLU -> dense classes (normal(0, 0.01) weights, zero
     biases); SGD with momentum 0.9 and weight decay 1e-4 added to the gradient (PyTorch's
-    coupled form), the rate divided by 10 every --finetune_lr_step_epochs epochs. An epoch is
-    one pass over the labelled training split. As under PyTorch's model.train(), BatchNorm
-    normalises with batch statistics and updates its moving averages in frozen stages too.
+    coupled form), the rate divided by 10 every --finetune_lr_step_epochs epochs.
     """
     cfg, source = setup.cfg, setup.source
     stages = model.encoder.stages
@@ -93,12 +92,45 @@ def _finetune_once(model, setup: Setup, ecfg: EvalConfig, frozen: int) -> dict:
         optimizer.apply_gradients(zip(tape.gradient(total, variables), variables, strict=True))
         return ce
 
+    return train_step, logits_of
+
+
+def step_seconds(setup: Setup, ecfg: EvalConfig) -> float:
+    """Seconds of one finetuning step (nothing frozen) at its batch size, timed on a fresh
+    model: the evaluated one's weights and BatchNorm statistics stay as they are.
+    """
+    train_step, _ = _classifier(models.build_model(setup.cfg.model), setup, ecfg, 0)
+    _, batch_size, _ = _epochs(setup.source, ecfg)
+    size = setup.cfg.model.image_size
+    images, labels = tf.zeros([batch_size, size, size, 3]), tf.zeros([batch_size], tf.int32)
+    float(train_step(images, labels))
+    start, calls = time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - start < 0.3:
+        float(train_step(images, labels))
+        calls += 1
+    return (time.perf_counter() - start) / calls
+
+
+def _finetune_once(model, setup: Setup, ecfg: EvalConfig, frozen: int, title: str = "") -> dict:
+    """The authors' classifier.py on ``model``'s phi(x) with the first ``frozen`` stages fixed
+    (_classifier). An epoch is one pass over the labelled training split. As under PyTorch's
+    model.train(), BatchNorm normalises with batch statistics and updates its moving
+    averages in frozen stages too.
+    """
+    cfg, source = setup.cfg, setup.source
+    train_step, logits_of = _classifier(model, setup, ecfg, frozen)
+    _, batch_size, steps_per_epoch = _epochs(source, ecfg)
     flip = cfg.data.random_flip
     ds = data.input_dataset(source, "train", batch_size, training=True, seed=ecfg.seed, flip=flip)
     iterator = iter(ds)
+    bar = progbar(ecfg.finetune_epochs * steps_per_epoch, title) if title else None
     start, epoch_losses = time.perf_counter(), []
-    for _ in range(ecfg.finetune_epochs):
-        losses = [float(train_step(*_image_label(next(iterator)))) for _ in range(steps_per_epoch)]
+    for epoch in range(ecfg.finetune_epochs):
+        losses = []
+        for i in range(steps_per_epoch):
+            losses.append(float(train_step(*_image_label(next(iterator)))))
+            if bar is not None:
+                bar.update(epoch * steps_per_epoch + i + 1, [("loss", losses[-1])])
         epoch_losses.append(float(np.mean(losses)))
     seconds = time.perf_counter() - start
 
@@ -149,13 +181,24 @@ def finetune(setup: Setup, ecfg: EvalConfig) -> dict:
     cfg = setup.cfg
     depths = _freeze_depths(ecfg, len(setup.model.encoder.stages))
     runs, floor = [], []
+    count = len(depths) * (2 if ecfg.finetune_random_init else 1)
+    start = time.perf_counter()
+
+    def once(model, frozen, kind):
+        done = len(runs) + len(floor)
+        title = f"finetune run {done + 1} of {count}: {kind}, {frozen} stages frozen"
+        result = _finetune_once(model, setup, ecfg, frozen, title)
+        left = (time.perf_counter() - start) / (done + 1) * (count - done - 1)
+        rest = f"; the other {count - done - 1} about {duration(left)}" if done + 1 < count else ""
+        print(f"  top-1 {result['top1']:.3f} in {duration(result['seconds'])}{rest}", flush=True)
+        return result
+
     for frozen in depths:
         keras.utils.set_random_seed(ecfg.seed)
-        runs.append(_finetune_once(restore_model(cfg)[0], setup, ecfg, frozen))
+        runs.append(once(restore_model(cfg)[0], frozen, "trained"))
         if ecfg.finetune_random_init:
             keras.utils.set_random_seed(ecfg.seed + 1)
-            random_model = models.build_model(cfg.model)
-            floor.append(_finetune_once(random_model, setup, ecfg, frozen))
+            floor.append(once(models.build_model(cfg.model), frozen, "random-init"))
     n_train, batch_size, steps_per_epoch = _epochs(setup.source, ecfg)
     return {
         "encoder_stages": len(setup.model.encoder.stages),

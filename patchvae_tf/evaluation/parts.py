@@ -125,7 +125,7 @@ def part_scores(q_occ: np.ndarray, cells: np.ndarray, regions, classes, prior: f
     }
 
 
-def _occurrence_and_cells(model, setup: Setup, ecfg: EvalConfig):
+def _occurrence_and_cells(model, setup: Setup, ecfg: EvalConfig, title: str = ""):
     """q_occ [n, h, w, N] and one-hot ground-truth cells [n, h, w, C + 1] on the test split.
 
     Each cell belongs to the region covering most of it; the last region is the background.
@@ -133,7 +133,7 @@ def _occurrence_and_cells(model, setup: Setup, ecfg: EvalConfig):
     encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
     scale = setup.cfg.model.scale
     qs, cells, labels = [], [], []
-    for batch in batches(setup.source, "test", ecfg.eval_examples, ecfg.batch_size):
+    for batch in batches(setup.source, "test", ecfg.eval_examples, ecfg.batch_size, title):
         qs.append(encode(tf.constant(batch["image"]))["occurrence"].numpy())
         labels.append(batch["label"])
         # The fraction of each scale x scale cell a class covers. Masks are disjoint (later
@@ -168,9 +168,9 @@ def part_discovery(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict:
     """
     regions = (*SHAPE_CLASSES, "background")
     prior = setup.cfg.model.prior
-    q, cells, labels = _occurrence_and_cells(model, setup, ecfg)
+    q, cells, labels = _occurrence_and_cells(model, setup, ecfg, "parts: trained test")
     result = part_scores(q, cells, regions, SHAPE_CLASSES, prior)
-    q_random, _, _ = _occurrence_and_cells(random_model, setup, ecfg)
+    q_random, _, _ = _occurrence_and_cells(random_model, setup, ecfg, "parts: random test")
     floor = part_scores(q_random, cells, regions, SHAPE_CLASSES, prior)
     keys = (
         "matched",

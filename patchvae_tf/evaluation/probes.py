@@ -20,11 +20,15 @@ def _codes(encoded: dict) -> tf.Tensor:
     return tf.concat([tf.reduce_max(encoded["occurrence"], axis=[1, 2]), appearance], axis=-1)
 
 
-def encode_split(model, source, split: str, limit: int, batch_size: int) -> dict[str, np.ndarray]:
-    """Features [n, D], part codes [n, C] and labels [n] of up to ``limit`` examples."""
+def encode_split(
+    model, source, split: str, limit: int, batch_size: int, title: str = ""
+) -> dict[str, np.ndarray]:
+    """Features [n, D], part codes [n, C] and labels [n] of up to ``limit`` examples (under
+    a progress bar when given a title).
+    """
     encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
     out = {"features": [], "codes": [], "labels": []}
-    for batch in batches(source, split, limit, batch_size):
+    for batch in batches(source, split, limit, batch_size, title):
         encoded = encode(tf.constant(batch["image"]))
         out["features"].append(encoded["features"].numpy())
         out["codes"].append(_codes(encoded).numpy())
@@ -91,8 +95,10 @@ def run_probes(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict[str,
         ("random", "codes"): "random_part_code_probe",
     }
     for which, m in (("trained", model), ("random", random_model)):
-        train = encode_split(m, setup.source, "train", n, ecfg.batch_size)
-        test = encode_split(m, setup.source, "test", n, ecfg.batch_size)
+        train, test = (
+            encode_split(m, setup.source, split, n, ecfg.batch_size, f"probe: {which} {split}")
+            for split in ("train", "test")
+        )
         for key in ("features", "codes"):
             results[names[which, key]] = linear_probe(
                 train[key],

@@ -13,8 +13,9 @@ import tensorflow as tf
 
 from patchvae_tf import models, visualize
 from patchvae_tf.config import EvalConfig
+from patchvae_tf.evaluation import plan
 from patchvae_tf.evaluation.figures import figures, reconstruction_error
-from patchvae_tf.evaluation.finetune import finetune
+from patchvae_tf.evaluation.finetune import finetune, step_seconds
 from patchvae_tf.evaluation.parts import ACTIVE_RATE, DETECTED_AUROC, part_discovery
 from patchvae_tf.evaluation.probes import run_probes
 from patchvae_tf.evaluation.setup import setup
@@ -288,6 +289,9 @@ def evaluate(ecfg: EvalConfig) -> dict:
     """Runs the sections ecfg asks for and writes WORKDIR/eval/; returns the report."""
     s = setup(ecfg)
     model, cfg = s.model, s.cfg
+    rate = plan.measure_rate(model, cfg.model.image_size, ecfg.batch_size)
+    step = step_seconds(s, ecfg) if "finetune" in s.modes else 0.0
+    print("\n".join(plan.plan(s, ecfg, rate, step)), flush=True)
     random_model = None
     if {"probe", "parts"} & set(s.modes):
         keras.utils.set_random_seed(ecfg.seed + 1)

@@ -119,12 +119,33 @@ def setup(ecfg: EvalConfig) -> Setup:
     return Setup(cfg, source, model, step, modes, skipped)
 
 
-def batches(source: data.Source, split: str, limit: int, batch_size: int):
-    """Up to ``limit`` examples of a split, in order, as dicts of numpy arrays."""
+def duration(seconds: float) -> str:
+    """1 s (the least it says), 12 s, 4 min 10 s, 2 h 05 min."""
+    seconds = max(1, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def progbar(total: int, title: str) -> keras.utils.Progbar:
+    """A Keras progress bar (with its ETA) under a line that says what it counts."""
+    print(title, flush=True)
+    return keras.utils.Progbar(max(int(total), 1), interval=0.5, stateful_metrics=["loss"])
+
+
+def batches(source: data.Source, split: str, limit: int, batch_size: int, title: str = ""):
+    """Up to ``limit`` examples of a split, in order, as dicts of numpy arrays; with a title,
+    under a progress bar of the images read.
+    """
     seen = 0
+    bar = progbar(min(limit, source.sizes.get(split) or limit), title) if title else None
     ds = data.input_dataset(source, split, batch_size, training=False)
     for batch in ds.take(-(-limit // batch_size)):
         batch = {k: v.numpy() for k, v in batch.items()}
         batch = {k: v[: limit - seen] for k, v in batch.items()}
         seen += len(batch["image"])
         yield batch
+        if bar is not None:
+            bar.update(seen)

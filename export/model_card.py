@@ -1,0 +1,174 @@
+"""MODEL_CARD.md: what an export is, what it was trained on, how well it does, what not to use
+it for; the same fields go into export_report.json under "model_card".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from patchvae_tf.workdir import EVAL_DIR
+
+NOT_FOR = (
+    "Not a classifier: it gives part maps, part codes and features for a model of your own "
+    "to read.",
+    "Not checked beyond the data it was trained on: images unlike them (another domain, "
+    "size or content) give codes nobody has measured.",
+    "Not for decisions about people: the recipes here were trained and measured on shapes, "
+    "object and scene benchmarks only, with no audit of bias.",
+    "Deterministic: occurrence probabilities and appearance means, no sampling; the decoder "
+    "is not exported, so it neither reconstructs nor generates images.",
+)
+
+
+def _evaluation(workdir: str, step: int) -> dict | None:
+    """The headline figures of WORKDIR/eval/report.json, or None when there is none."""
+    try:
+        with open(os.path.join(workdir, EVAL_DIR, "report.json")) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return None
+    out = {"checkpoint_step": report.get("checkpoint_step"), "dataset": report.get("dataset")}
+    if report.get("checkpoint_step") != step:
+        out["note"] = f"evaluated at step {report.get('checkpoint_step')}, exported at {step}"
+    for key in ("linear_probe", "part_code_probe", "random_probe", "random_part_code_probe"):
+        if report.get(key):
+            out[f"{key}_top1"] = report[key]["top1"]
+    if report.get("chance_top1") is not None:
+        out["chance_top1"] = report["chance_top1"]
+    if (report.get("linear_probe") or {}).get("majority_top1") is not None:
+        out["majority_top1"] = report["linear_probe"]["majority_top1"]
+    for key, name in (("runs", "finetune_top1"), ("random", "finetune_random_init_top1")):
+        runs = (report.get("finetune") or {}).get(key) or []
+        if runs:
+            out[name] = {f"{r['frozen_stages']} frozen": r["top1"] for r in runs}
+    if report.get("part_discovery"):
+        pd = report["part_discovery"]
+        for key in ("mean_auroc", "classes_detected", "active_parts", "distinct_coverage"):
+            if key in pd:
+                out[f"part_discovery_{key}"] = pd[key]
+    if report.get("reconstruction"):
+        out["reconstruction_mse"] = report["reconstruction"].get("mse")
+    return out
+
+
+def card(cfg, rep: dict, workdir: str) -> dict:
+    """The model card's fields from the training Config, the export report so far and the
+    workdir's evaluation report (when it has one).
+    """
+    d, m, t = cfg.data, cfg.model, cfg.train
+    worst = {
+        name: max(diffs.values())
+        for name, diffs in rep["parity"].items()
+        if isinstance(diffs, dict) and diffs
+    }
+    size = m.image_size
+    out = {
+        "model": (
+            f"{'PatchVAE' if m.arch == 'patchvae' else 'VAE'} encoder ({m.encoder}, scale "
+            f"{m.scale}, {m.num_parts} parts x {m.appearance_dim} appearance dims"
+            f"{', categorical' if m.categorical else ''}{', hard' if m.hard else ''})"
+        ),
+        "data": {
+            "dataset": d.dataset,
+            "train_split": d.train_split,
+            "image_size": size,
+            "normalization": m.normalization,
+        },
+        "recipe": {
+            "beta_app": m.beta_app,
+            "beta_occ": m.beta_occ,
+            "tau": f"{m.tau_init} -> {m.tau_min} ({m.anneal_schedule}, rate {m.anneal_rate})",
+            "optimizer": f"Adam lr {t.learning_rate}, batch {t.batch_size}",
+            "train_steps": t.train_steps,
+            "seed": t.seed,
+        },
+        "steps": rep["step"],
+        "inputs": {
+            "images": f"float32 [batch, {size}, {size}, 3], RGB pixels in [0, 255]",
+            "image_bytes": "string [batch] of JPEG or PNG files of any size, resized (shorter "
+            f"side to {size}) and centre-cropped as in training",
+        },
+        "outputs": {
+            name: {"shape": shape, "range": _RANGES.get(name, "")}
+            for name, shape in rep["outputs"].items()
+        },
+        "evaluation": _evaluation(workdir, rep["step"]),
+        "parity_max_abs": worst,
+        "int8": _int8(rep.get("int8")),
+        "use": _use(rep),
+        "not_for": list(NOT_FOR),
+    }
+    if m.arch == "vae":
+        out["outputs"]["appearance"]["range"] = "posterior mean of the global code, unbounded"
+    return out
+
+
+_RANGES = {
+    "occurrence": "[0, 1]: q_occ, the probability each part occurs in each cell",
+    "appearance": "posterior mean appearance code of each part, unbounded (prior N(0, 1))",
+    "features": "encoder features averaged over the image, unbounded",
+}
+
+
+def _use(rep: dict) -> list[str]:
+    """How to open each file this export wrote (paths relative to the export directory)."""
+    files = " ".join(rep["files"])
+    out = ['Python: `patchvae_tf.load("EXPORT_DIR").encode(images)` (docs/api.md)']
+    if "saved_model" in files:
+        out.append("TF Serving: `--model_base_path=EXPORT_DIR/saved_model` (docs/serving.md)")
+    if "onnx/" in files:
+        out.append("ONNX Runtime: `onnx/encoder.onnx`, input `images`")
+    if "keras/" in files:
+        out.append("Keras: `import patchvae_tf; keras.saving.load_model('keras/encoder.keras')`")
+    return out
+
+
+def _int8(int8: dict | None) -> dict | None:
+    if not int8:
+        return None
+    return {
+        "written": int8.get("written"),
+        "size_vs_float32": int8.get("size_vs_float32"),
+        "mean_cosine": {k: v["mean_cosine"] for k, v in int8["agreement_with_float32"].items()},
+        "refused": int8.get("refused"),
+    }
+
+
+def markdown(fields: dict) -> str:
+    """MODEL_CARD.md from the card's fields."""
+    lines = [f"# Model card: {fields['model']}", ""]
+    lines += ["## Training", ""]
+    for key, value in {**fields["data"], **fields["recipe"]}.items():
+        lines.append(f"- {key}: {value}")
+    lines += [f"- steps trained (this checkpoint): {fields['steps']}", ""]
+    lines += ["## Inputs and outputs", ""]
+    lines += [f"- input `{k}`: {v}" for k, v in fields["inputs"].items()]
+    for name, out in fields["outputs"].items():
+        shape = "[" + ", ".join("batch" if s is None else str(s) for s in out["shape"]) + "]"
+        lines.append(f"- output `{name}` {shape}: {out['range']}")
+    lines += ["", "## Evaluation", ""]
+    ev = fields["evaluation"]
+    if ev is None:
+        lines.append("Not evaluated: run `evaluate.py --workdir=W` before exporting.")
+    else:
+        lines += [f"- {k}: {_number(v)}" for k, v in ev.items()]
+    lines += ["", "## Agreement of the exported files", ""]
+    lines += [
+        f"- max abs difference {k}: {v:.2e}" for k, v in sorted(fields["parity_max_abs"].items())
+    ]
+    if fields["int8"]:
+        lines += [f"- int8: {k}: {_number(v)}" for k, v in fields["int8"].items() if v is not None]
+    lines += ["", "## Use", ""]
+    lines += [f"- {line}" for line in fields["use"]]
+    lines += ["", "## Not for", ""]
+    lines += [f"- {line}" for line in fields["not_for"]]
+    return "\n".join(lines) + "\n"
+
+
+def _number(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_number(v)}" for k, v in value.items())
+    return str(value)

@@ -1,0 +1,46 @@
+"""The train and evaluate commands: train.py, evaluate.py and the installed console scripts."""
+
+from __future__ import annotations
+
+from patchvae_tf import cli
+
+
+def _no_arguments(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
+
+
+def train_main(argv: list[str]) -> None:
+    """Trains PatchVAE or a VAE baseline from the parsed flags."""
+    _no_arguments(argv)
+    cfg = cli.train_config()
+    from patchvae_tf import training  # imports TensorFlow: after flags are known to be good
+
+    training.train(cfg)
+
+
+def evaluate_main(argv: list[str]) -> None:
+    """Evaluates a trained workdir (or compares evaluated ones) from the parsed flags."""
+    _no_arguments(argv)
+    ecfg = cli.eval_config()
+    if ecfg.compare:
+        from patchvae_tf import comparison
+
+        path = comparison.write(comparison.compare(ecfg.compare), ecfg.compare_dir)
+        print(f"wrote {path}")
+        return
+    from patchvae_tf import evaluation  # imports TensorFlow: after flags are known to be good
+
+    print(evaluation.summary_line(evaluation.evaluate(ecfg)))
+
+
+def train() -> None:
+    """Console script patchvae-train: python train.py's flags and behaviour."""
+    cli.define_train()
+    cli.run(train_main)
+
+
+def evaluate() -> None:
+    """Console script patchvae-evaluate: python evaluate.py's flags and behaviour."""
+    cli.define_eval()
+    cli.run(evaluate_main)

@@ -1,0 +1,270 @@
+"""patchvae_tf.load(): a trained workdir or an export directory as one object that encodes."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from patchvae_tf import source
+from patchvae_tf.errors import UserError
+from patchvae_tf.workdir import CONFIG_FILE
+
+_REPORT = "export_report.json"  # export/layout.py's REPORT, read without the export package
+_SAVED_MODEL = "saved_model"
+_SERVING = "serving_default"
+_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: as the training pipeline reads files (source.to_rgb)
+EXPECTED = (
+    "a batch [batch, height, width, 1 | 3 | 4] of uint8 pixels or float pixels in [0, 255], "
+    "a list (or other iterable) of such images of any sizes, or of JPEG / PNG file paths"
+)
+
+
+def load(path: str, batch_size: int = 64) -> Pretrained:
+    """The model at path: a training workdir (its config.json and latest checkpoint) or an
+    export directory of ``python -m export`` (or one SavedModel version inside it).
+
+    From a workdir, ``encode``, ``reconstruct`` and ``sample`` run the Keras model; from an
+    export directory, ``encode`` runs the SavedModel and needs neither the training data nor
+    the checkpoint. ``batch_size`` images are preprocessed and encoded at a time.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"patchvae_tf.load: {path!r} is not a directory")
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        return Pretrained.from_workdir(path, batch_size)
+    return Pretrained.from_export(path, batch_size)
+
+
+def _saved_model_dir(path: str) -> tuple[str, dict]:
+    """(SavedModel directory, its export report) of an export dir or a version directory."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        report = os.path.join(path, "assets.extra", _REPORT)
+        return path, _read_json(report)
+    report = _read_json(os.path.join(path, _REPORT))
+    root = os.path.join(path, _SAVED_MODEL)
+    versions = (
+        sorted(int(v) for v in os.listdir(root) if v.isdigit()) if os.path.isdir(root) else []
+    )
+    version = report.get("version") or (versions[-1] if versions else None)
+    if version is None:
+        raise ValueError(
+            f"patchvae_tf.load: {path!r} is neither a training workdir (no {CONFIG_FILE}) nor "
+            f"an export directory (no {_SAVED_MODEL}/<version>/saved_model.pb)"
+        )
+    version_dir = os.path.join(root, str(version))
+    if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
+        raise ValueError(
+            f"patchvae_tf.load: export {path!r} has no SavedModel for version {version} "
+            "(exported without saved_model in --formats?)"
+        )
+    return version_dir, report or _read_json(os.path.join(version_dir, "assets.extra", _REPORT))
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+class Pretrained:
+    """A trained PatchVAE (or VAE) ready to encode images; build it with ``load``.
+
+    Attributes: ``image_size`` (the model's input side S), ``outputs`` (name -> shape with
+    batch None), ``config`` and ``model`` (a workdir's Config and restored Keras model;
+    None from an export), ``step`` (the checkpoint's training step).
+    """
+
+    def __init__(self, encode_fn, image_size, outputs, *, batch_size, config=None, model=None,
+                 step=None, path=""):  # fmt: skip
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
+        self._encode_fn = encode_fn
+        self.image_size, self.outputs, self.batch_size = image_size, outputs, batch_size
+        self.config, self.model, self.step, self.path = config, model, step, path
+
+    @classmethod
+    def from_workdir(cls, workdir: str, batch_size: int = 64) -> Pretrained:
+        from patchvae_tf.config import load_config
+        from patchvae_tf.evaluation.setup import restore_model
+
+        try:
+            cfg = load_config(os.path.join(workdir, CONFIG_FILE))
+            # config.json records where the run was trained; the workdir may have moved since.
+            cfg = cfg.replace(train=dataclasses.replace(cfg.train, workdir=workdir))
+            model, step = restore_model(cfg)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
+        outputs = {k: [None, *v.shape[1:]] for k, v in encode(_blank(model.image_size)).items()}
+        return cls(
+            lambda pixels: encode(pixels / 127.5 - 1.0),
+            model.image_size,
+            outputs,
+            batch_size=batch_size,
+            config=cfg,
+            model=model,
+            step=step,
+            path=workdir,
+        )
+
+    @classmethod
+    def from_export(cls, export_dir: str, batch_size: int = 64) -> Pretrained:
+        saved_model, report = _saved_model_dir(export_dir)
+        loaded = tf.saved_model.load(saved_model)
+        serve = loaded.signatures[_SERVING]
+        size = (report.get("model") or {}).get("image_size")
+        if not size:
+            raise ValueError(
+                f"patchvae_tf.load: {saved_model!r} has no {_REPORT} naming its image size"
+            )
+        outputs = {k: [None, *v.shape[1:]] for k, v in serve(images=_blank(size)).items()}
+
+        def encode(pixels):
+            return serve(images=pixels)
+
+        pretrained = cls(
+            encode, size, outputs, batch_size=batch_size, step=report.get("step"), path=saved_model
+        )
+        pretrained._loaded = loaded  # the signature's variables live as long as the module
+        return pretrained
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def _chunks(self, images) -> Iterator[tf.Tensor]:
+        """Float32 pixels [b, S, S, 3] in [0, 255], resized and centre-cropped as in training,
+        batch_size images at a time (file paths are read one chunk at a time).
+        """
+        items, start = iter(_items(images)), 0
+        while chunk := list(itertools.islice(items, self.batch_size)):
+            yield tf.stack([self._prepare(item, start + i) for i, item in enumerate(chunk)])
+            start += len(chunk)
+        if not start:
+            raise ValueError(f"expected {EXPECTED}; got an empty batch")
+
+    def _prepare(self, item, index: int) -> tf.Tensor:
+        if isinstance(item, (str, os.PathLike)):
+            item = _read_file(os.fspath(item))
+        image = _check_image(item, index)
+        # source.preprocess_image scales to [-1, 1]; the encoders take 0..255 pixels, as the
+        # SavedModel does, so both kinds of model see the same numbers.
+        unit = source.preprocess_image(source.to_rgb(tf.constant(image)), self.image_size)
+        return (unit + 1.0) * 127.5
+
+    # --- what a researcher calls ----------------------------------------------------------
+
+    def encode(self, images) -> dict[str, np.ndarray]:
+        """Images -> {"occurrence" [B, h, w, N] (q_occ), "appearance" [B, N, L] (posterior
+        means), "features" [B, D] (pooled encoder features)} as NumPy arrays; a VAE gives
+        "appearance" [B, N*L] and "features".
+
+        images: a NumPy array or tensor [B, H, W, C] (C = 1, 3 or 4) of uint8 pixels or
+        float pixels in [0, 255], a list of such images [H, W, C] of any sizes, or a list
+        of JPEG / PNG file paths; any iterable of those (a generator of paths, say) is read
+        batch_size at a time. Each image is resized (shorter side to S) and centre-cropped
+        as in training. Raises ValueError naming what was received and what is expected.
+        """
+        parts = [
+            {k: v.numpy() for k, v in self._encode_fn(c).items()} for c in self._chunks(images)
+        ]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _workdir_model(self, what: str):
+        if self.model is None:
+            raise ValueError(
+                f"{what} needs the decoder: load a training workdir, not the export {self.path!r}"
+            )
+        return self.model
+
+    def reconstruct(self, images, seed: int = 0) -> np.ndarray:
+        """Images (as ``encode`` takes them) -> reconstructions [B, S, S, 3] float32 pixels in
+        [0, 255]; the latents are sampled at the smallest temperature, from ``seed``.
+        """
+        model = self._workdir_model("reconstruct")
+        out = []
+        for i, chunk in enumerate(self._chunks(images)):
+            seeds = tf.constant([seed, i], tf.int32)
+            decoded = model(chunk / 127.5 - 1.0, training=False, seed=seeds)["reconstruction"]
+            out.append(_to_pixels(decoded))
+        return np.concatenate(out)
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """N images [n, S, S, 3] float32 pixels in [0, 255] decoded from the prior; seed
+        (when given) sets Keras's global random seed first, for repeatable samples.
+        """
+        model = self._workdir_model("sample")
+        if not isinstance(n, int) or n <= 0:
+            raise ValueError(f"`n` must be a positive integer. Received: n={n!r}")
+        if seed is not None:
+            import keras
+
+            keras.utils.set_random_seed(seed)
+        return np.concatenate(
+            [
+                _to_pixels(model.sample(min(self.batch_size, n - i)))
+                for i in range(0, n, self.batch_size)
+            ]
+        )
+
+    def __repr__(self) -> str:
+        kind = "workdir" if self.model is not None else "export"
+        return f"Pretrained({kind} {self.path!r}, image_size={self.image_size}, step={self.step})"
+
+
+def _blank(size: int) -> tf.Tensor:
+    return tf.zeros([1, size, size, 3])
+
+
+def _to_pixels(unit: tf.Tensor) -> np.ndarray:
+    return np.clip((unit.numpy() + 1.0) * 127.5, 0.0, 255.0).astype(np.float32)
+
+
+def _items(images) -> Iterable:
+    """The images of a batch, list or other iterable, one per entry (read lazily from an
+    iterator); refuses what encode cannot take.
+    """
+    if isinstance(images, (str, bytes, os.PathLike)):
+        raise ValueError(f"expected {EXPECTED}; got one path {images!r} (wrap it in a list)")
+    if isinstance(images, tf.Tensor):
+        images = images.numpy()
+    if isinstance(images, np.ndarray) and images.ndim != 4:
+        raise ValueError(f"expected {EXPECTED}; got an array of shape {images.shape}")
+    if not isinstance(images, Iterable):
+        raise ValueError(f"expected {EXPECTED}; got a {type(images).__name__}")
+    return images
+
+
+def _read_file(path: str) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+        return tf.io.decode_image(blob, expand_animations=False).numpy()
+    except (OSError, tf.errors.OpError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise ValueError(
+            f"cannot read image file {path!r} ({reason}); expected a JPEG or PNG"
+        ) from None
+
+
+def _check_image(image, index: int) -> np.ndarray:
+    """One image [H, W, C] as a NumPy array, or ValueError naming image index and the fault."""
+    array = np.asarray(image.numpy() if isinstance(image, tf.Tensor) else image)
+    where = f"image {index}"
+    if array.ndim != 3 or array.shape[-1] not in _CHANNELS or 0 in array.shape:
+        raise ValueError(f"expected {EXPECTED}; {where} has shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"expected {EXPECTED}; {where} has dtype {array.dtype}")
+    if not np.all(np.isfinite(array)) or array.min() < 0.0 or array.max() > 255.0:
+        raise ValueError(
+            f"expected {EXPECTED}; {where} has values in [{array.min()}, {array.max()}]"
+        )
+    return array.astype(np.float32)

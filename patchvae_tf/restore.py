@@ -1,0 +1,94 @@
+"""Strict checkpoint restores: every variable of the objects restored must come from the file."""
+
+from __future__ import annotations
+
+import collections
+
+import keras
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from patchvae_tf.errors import UserError
+
+_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+
+class CheckpointMismatch(UserError):
+    """A checkpoint that does not hold every variable of the model it is restored into."""
+
+
+def _is_variable(obj) -> bool:
+    return isinstance(obj, (tf.Variable, keras.Variable))
+
+
+def first_unmatched(path: str, objects: dict) -> str | None:
+    """The first variable of objects (by path from the checkpoint's root) that the checkpoint
+    at path does not hold with the same shape, described in a few words; None when all match.
+
+    Walks the checkpoint's object graph beside the Python one, edge name by edge name, as a
+    restore does: a variable counts as matched when some path to it reaches a saved value.
+    """
+    reader = tf.train.load_checkpoint(path)
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor(_GRAPH_KEY))
+    shapes = reader.get_variable_to_shape_map()
+    root = tf.train.Checkpoint(**objects)
+    found, names, order = {}, {}, []
+    queue, seen = collections.deque([(root, 0, ())]), set()
+    while queue:
+        obj, node, trail = queue.popleft()
+        if (id(obj), node) in seen:
+            continue
+        seen.add((id(obj), node))
+        if _is_variable(obj):
+            if id(obj) not in names:
+                names[id(obj)] = "/".join(trail)
+                order.append(obj)
+            if node is not None:
+                keys = [a.checkpoint_key for a in graph.nodes[node].attributes]
+                saved = shapes.get(keys[0]) if keys else None
+                found.setdefault(id(obj), saved)
+                if saved is not None and list(saved) == list(obj.shape):
+                    found[id(obj)] = saved
+            continue
+        saved_children = graph.nodes[node].children if node is not None else ()
+        edges = {c.local_name: c.node_id for c in saved_children}
+        for name, child in tf.train.TrackableView.children(obj).items():
+            queue.append((child, edges.get(name), (*trail, name)))
+    for var in order:
+        saved = found.get(id(var))
+        if saved is None:
+            return f"{names[id(var)]} is not in it"
+        if list(saved) != list(var.shape):
+            return f"{names[id(var)]} has shape {list(var.shape)} there {list(saved)}"
+    return None
+
+
+def restore(path: str, workdir: str, **objects) -> None:
+    """Restores objects (name -> model, layer or variable, as in tf.train.Checkpoint) from
+    the checkpoint prefix path, asserting that each of their variables was matched.
+
+    Raises CheckpointMismatch naming the workdir and the first unmatched variable (another
+    architecture, a renamed layer), and UserError for a file that cannot be read. Values of
+    the checkpoint that objects do not ask for (the optimizer, the decoder) are ignored.
+    """
+    try:
+        unmatched = first_unmatched(path, objects)
+    except (tf.errors.OpError, ValueError) as e:
+        raise UserError(f"cannot read checkpoint {path!r}: {str(e).splitlines()[0]}") from None
+    if unmatched:
+        raise CheckpointMismatch(
+            f"checkpoint {path!r} of workdir {workdir!r} does not fit the model: {unmatched} "
+            "(was it trained with another config?)"
+        )
+    try:
+        status = tf.train.Checkpoint(**objects).restore(path)
+        status.assert_existing_objects_matched()
+    except AssertionError as e:  # a case the walk above missed; still one line
+        first = " ".join(str(e).split())[:300]
+        raise CheckpointMismatch(
+            f"checkpoint {path!r} of workdir {workdir!r} does not fit the model: {first}"
+        ) from None
+    except (tf.errors.OpError, ValueError) as e:
+        raise UserError(f"cannot restore {path!r}: {str(e).splitlines()[0]}") from None
+    status.expect_partial()

@@ -1,0 +1,91 @@
+"""evaluate.py says what it will run and how long, then shows its progress."""
+
+import dataclasses
+import shutil
+
+import pytest
+
+from patchvae_tf.config import EvalConfig
+
+
+@pytest.fixture(scope="module")
+def set_up(trained, tmp_path_factory):
+    from patchvae_tf import evaluation
+
+    cfg, _ = trained
+    workdir = tmp_path_factory.mktemp("plan") / "w"
+    shutil.copytree(cfg.train.workdir, workdir)
+    return evaluation.setup(EvalConfig(workdir=str(workdir))), str(workdir)
+
+
+def test_plan_counts_every_run_and_scales_the_measured_rates(set_up):
+    from patchvae_tf.evaluation import plan
+
+    s, workdir = set_up
+    ecfg = EvalConfig(workdir=workdir)  # mode all: the authors' 90 epochs at every depth
+    lines = plan.plan(s, ecfg, rate=1000.0, step_time=0.05)
+    # 2,048 training images at batch 256: 8 steps an epoch; 3 depths, trained and random-init;
+    # 4,320 steps at 50 ms, and 6 x 256 test images at 1,000 images/s.
+    assert lines[3] == (
+        "  finetune: 6 runs (frozen stages 0,1,2, trained and random-init) x 90 epochs x 8 "
+        "steps of 256 images = 4,320 steps: about 3 min 38 s"
+    )
+    # Probes: 2 encoders x (2,048 + 256) images at 1,000 images/s; parts: 2 x 256.
+    assert lines[1].endswith("4 linear probes of 500 steps: about 5 s")
+    assert lines[2].endswith("trained and random-init: about 1 s")
+    assert lines[0].startswith(f"plan for {workdir} (step 300): about 3 min 43 s at the rates")
+    assert "1,000 images/s encoding, 50 ms per finetuning step" in lines[0]
+    assert lines[-1].startswith("note: finetuning runs 14x the 300 training steps")
+    assert lines[-1].endswith(
+        "evaluate.py --flagfile=configs/eval/shapes.cfg runs a shortened protocol in minutes"
+    )
+    # configs/eval/shapes.cfg's settings: 2 depths x 2 encoders x 4 epochs x 8 = 128 steps.
+    quick = dataclasses.replace(
+        ecfg, finetune_epochs=4, finetune_lr_step_epochs=2, freeze_stages=(0, -1)
+    )
+    lines = plan.plan(s, quick, rate=1000.0, step_time=0.05)
+    assert "= 128 steps: about 7 s" in lines[3] and not lines[-1].startswith("note:")
+
+
+def test_evaluate_prints_the_plan_then_progress_bars(set_up, monkeypatch, capsys):
+    from patchvae_tf import evaluation
+    from patchvae_tf.evaluation import finetune
+
+    s, workdir = set_up
+
+    class Enough(Exception):
+        pass
+
+    real = finetune.progbar
+
+    def stop_after_a_few(total, title):
+        bar = real(total, title)
+        update = bar.update
+
+        def counted(current, values=None):
+            update(current, values)
+            if current >= 5:
+                raise Enough
+
+        bar.update = counted
+        return bar
+
+    monkeypatch.setattr(finetune, "progbar", stop_after_a_few)
+    fast = dict(eval_examples=128, batch_size=64, probe_steps=20)
+    with pytest.raises(Enough):
+        evaluation.evaluate(EvalConfig(workdir=workdir, **fast))
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith(f"plan for {workdir} (step 300): about ")
+    assert "finetune: 6 runs (frozen stages 0,1,2, trained and random-init) x 90 epochs" in out
+    titles = [ln for ln in lines if ln.startswith(("probe: ", "parts: ", "finetune run"))]
+    assert titles == [
+        "probe: trained train",
+        "probe: trained test",
+        "probe: random train",
+        "probe: random test",
+        "parts: trained test",
+        "parts: random test",
+        "finetune run 1 of 6: trained, 0 stages frozen",
+    ]
+    assert "128/128" in out and "/720" in out and "loss:" in out  # Keras bars, with ETA
