@@ -9,9 +9,7 @@ from patchvae_tf import cli  # noqa: E402
 cli.define_bench()
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
+def main():
     cfg = cli.bench_config()
     from benchmarks import runner  # imports TensorFlow: after the flags are known to be good
 

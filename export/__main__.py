@@ -10,9 +10,7 @@ from patchvae_tf import cli  # noqa: E402
 cli.define_export()
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
+def main():
     cfg = cli.export_config()
     if cfg.version:  # known without the checkpoint: refuse before TensorFlow loads
         from export import layout

@@ -118,13 +118,17 @@ def _parse(argv: list[str]) -> list[str]:
     return []
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """Like ``absl.app.run``, but a bad flag or a UserError prints one line and exits 2."""
+def run(main: Callable[[], None]) -> None:
+    """Like ``absl.app.run``, but a bad flag, a positional argument or a UserError prints one
+    line and exits 2. ``main`` reads its config from the parsed flags.
+    """
 
     def guarded(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
         try:
-            main(argv)
+            if len(argv) > 1:
+                raise UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
+            main()
         except UserError as e:
             _fail(str(e))
 

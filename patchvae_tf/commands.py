@@ -5,23 +5,16 @@ from __future__ import annotations
 from patchvae_tf import cli
 
 
-def _no_arguments(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
-
-
-def train_main(argv: list[str]) -> None:
+def train_main() -> None:
     """Trains PatchVAE or a VAE baseline from the parsed flags."""
-    _no_arguments(argv)
     cfg = cli.train_config()
     from patchvae_tf import training  # imports TensorFlow: after flags are known to be good
 
     training.train(cfg)
 
 
-def evaluate_main(argv: list[str]) -> None:
+def evaluate_main() -> None:
     """Evaluates a trained workdir (or compares evaluated ones) from the parsed flags."""
-    _no_arguments(argv)
     ecfg = cli.eval_config()
     if ecfg.compare:
         from patchvae_tf import comparison
