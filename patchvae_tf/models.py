@@ -28,7 +28,6 @@ class _Autoencoder(keras.Model):
         initialization: str = "reference",
         batch_norm_momentum: float = 0.9,
         batch_norm_epsilon: float = 1e-5,
-        fused: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -47,7 +46,6 @@ class _Autoencoder(keras.Model):
             "initialization": initialization,
             "batch_norm_momentum": batch_norm_momentum,
             "batch_norm_epsilon": batch_norm_epsilon,
-            "fused": fused,
         }
         self.image_size, self.encoder_name, self.scale = image_size, encoder, scale
         self.base_channels, self.num_parts, self.appearance_dim = (
@@ -212,9 +210,7 @@ class VAE(_Autoencoder):
         super().__init__(**kwargs)
         c, init = self.base_channels, self.style["initialization"]
         bn = dict(
-            momentum=self.style["batch_norm_momentum"],
-            epsilon=self.style["batch_norm_epsilon"],
-            fused=self.style["fused"],
+            momentum=self.style["batch_norm_momentum"], epsilon=self.style["batch_norm_epsilon"]
         )
         self.reduce = keras.Sequential(
             [
@@ -305,12 +301,10 @@ _SHARED_FIELDS = (
 )
 
 
-def build_model(cfg: ModelConfig, fused: bool = True) -> _Autoencoder:
-    """The model a config describes, with its variables created; fused=False trains with
-    Keras's own BatchNorm ops instead of TF's fused kernel (for side-by-side benchmarks).
-    """
+def build_model(cfg: ModelConfig) -> _Autoencoder:
+    """The model a config describes, with its variables created."""
     common = {name: getattr(cfg, name) for name in _SHARED_FIELDS} | dict(
-        input_space=cfg.normalization, fused=fused
+        input_space=cfg.normalization
     )
     if cfg.arch == "patchvae":
         model = PatchVAE(

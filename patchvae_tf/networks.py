@@ -63,8 +63,8 @@ def conv2d_transpose(
 class _Styled(layers.Layer):
     """A layer built of convolutions and BatchNorms that share one initialization and one
     set of BatchNorm constants (``initialization``, ``batch_norm_momentum`` and
-    ``batch_norm_epsilon``; defaults are the authors' PyTorch ones). ``fused`` picks
-    TF's fused BatchNorm kernel in training (fused.FusedBatchNorm) over Keras's ops.
+    ``batch_norm_epsilon``; defaults are the authors' PyTorch ones). Its BatchNorms run on
+    TF's fused kernel in training (fused.FusedBatchNorm).
     """
 
     def __init__(
@@ -72,7 +72,6 @@ class _Styled(layers.Layer):
         initialization: str = "reference",
         batch_norm_momentum: float = 0.9,
         batch_norm_epsilon: float = 1e-5,
-        fused: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -88,7 +87,6 @@ class _Styled(layers.Layer):
             )
         self.initialization = initialization
         self.batch_norm_momentum, self.batch_norm_epsilon = batch_norm_momentum, batch_norm_epsilon
-        self.fused = fused
 
     def style(self) -> dict:
         """The constructor arguments of this base, to hand on to sub-layers."""
@@ -96,13 +94,10 @@ class _Styled(layers.Layer):
             "initialization": self.initialization,
             "batch_norm_momentum": self.batch_norm_momentum,
             "batch_norm_epsilon": self.batch_norm_epsilon,
-            "fused": self.fused,
         }
 
     def _bn(self) -> FusedBatchNorm:
-        return FusedBatchNorm(
-            momentum=self.batch_norm_momentum, epsilon=self.batch_norm_epsilon, fused=self.fused
-        )
+        return FusedBatchNorm(momentum=self.batch_norm_momentum, epsilon=self.batch_norm_epsilon)
 
     def _conv(self, filters, kernel, strides=1, **kwargs) -> layers.Conv2D:
         return conv2d(filters, kernel, strides, initialization=self.initialization, **kwargs)

@@ -104,7 +104,7 @@ def policy_scope(name: str):
         keras.config.set_dtype_policy(previous)
 
 
-def build_model(model_cfg, name: str, fused: bool = True):
+def build_model(model_cfg, name: str):
     """models.build_model with its networks under policy name; the model's own call keeps
     float32 arguments, so the temperature reaches the TFP sampling in float32 (each network
     casts its own inputs to its compute dtype).
@@ -112,7 +112,7 @@ def build_model(model_cfg, name: str, fused: bool = True):
     from patchvae_tf import models
 
     with policy_scope(name):
-        model = models.build_model(model_cfg, fused)
+        model = models.build_model(model_cfg)
     model.dtype_policy = "float32"
     return model
 

@@ -53,10 +53,10 @@ def _check_workdir(cfg: Config) -> Config | None:
     return saved
 
 
-def make_optimizer(cfg: Config, fused: bool = True) -> keras.optimizers.Optimizer:
-    # The reference recipe's Adam, on TF's fused kernel (FusedAdam) unless fused=False.
+def make_optimizer(cfg: Config) -> keras.optimizers.Optimizer:
+    # The reference recipe's Adam, on TF's fused kernel (FusedAdam).
     t = cfg.train
-    return FusedAdam(t.learning_rate, beta_1=0.5, beta_2=0.999, epsilon=t.adam_epsilon, fused=fused)
+    return FusedAdam(t.learning_rate, beta_1=0.5, beta_2=0.999, epsilon=t.adam_epsilon)
 
 
 def create_strategy(cfg: Config) -> tf.distribute.Strategy:
@@ -131,12 +131,10 @@ def make_train_step(
     optimizer: keras.optimizers.Optimizer,
     step: tf.Variable,
     jit_compile: bool = False,
-    steps_per_loop: int = 1,
     position: tf.Variable | None = None,
 ):
-    """A tf.function taking a distributed iterator: steps_per_loop optimizer steps, each on
-    each replica's share of the next global batch; returns the global-batch means of the
-    loss terms of the last step.
+    """A tf.function taking a distributed iterator: one optimizer step on each replica's
+    share of the next global batch; returns the global-batch means of the loss terms.
 
     With jit_compile the forward and backward pass of each replica is compiled
     by XLA; the gradient all-reduce and the update stay outside it, where every strategy
@@ -188,16 +186,7 @@ def make_train_step(
         tf.summary.scalar("temperature", metrics["temperature"], step=step)
         return metrics
 
-    @tf.function
-    def train_step(iterator):
-        metrics = one_step(iterator)
-        if steps_per_loop > 1:
-            # Several steps per call: one Python dispatch and host sync per loop.
-            for _ in tf.range(steps_per_loop - 1):
-                metrics = one_step(iterator)
-        return metrics
-
-    return train_step
+    return tf.function(one_step)
 
 
 def _restore_readable(checkpoint_dir, parts, position, step, batch_size):
