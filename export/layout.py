@@ -4,11 +4,11 @@ Layout of an export dir E:
 
     E/saved_model/<version> -> .<version>-<id>   the versions TF Serving watches and loads
     E/saved_model/.<version>-<id>/               a SavedModel; its assets.extra/ holds its
-                                                 report and export/ (onnx/, export_report.json,
-                                                 models.config)
+                                                 report and export/ (onnx/, litert/,
+                                                 export_report.json, models.config)
     E/history/<version>-<id>/                    an export without a SavedModel (ONNX only)
     E/current -> saved_model/<version>/assets.extra/export  (or history/<version>-<id>)
-    E/onnx, E/export_report.json, E/models.config -> current/...   fixed symlinks
+    E/onnx, E/litert, E/export_report.json, E/models.config -> current/...   fixed symlinks
 
 Every change a reader can see is the rename of one symlink (as Kubernetes swaps a mounted
 ConfigMap). E/current resolves through E/saved_model/<version>, so re-exporting the version
@@ -35,12 +35,15 @@ SAVED_MODEL = "saved_model"
 ONNX_DIR = "onnx"
 ONNX_FILE = "encoder.onnx"
 ONNX_INT8_FILE = "encoder.int8.onnx"
+LITERT_DIR = "litert"
+LITERT_FILE = "encoder.tflite"
+LITERT_INT8_FILE = "encoder.int8.tflite"
 REPORT = "export_report.json"
 MODELS_CONFIG = "models.config"
 HISTORY = "history"
 CURRENT = "current"
 JOURNAL = ".commit.json"
-POINTERS = (ONNX_DIR, REPORT, MODELS_CONFIG)  # E/<name> -> current/<name>
+POINTERS = (ONNX_DIR, LITERT_DIR, REPORT, MODELS_CONFIG)  # E/<name> -> current/<name>
 REPORT_COPY = os.path.join("assets.extra", REPORT)  # inside each SavedModel version
 GROUP_IN_MODEL = os.path.join("assets.extra", "export")  # its export's onnx/, report, config
 

@@ -22,7 +22,9 @@ RESNET_SCALES = (4, 8, 16, 32)
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 EVAL_MODES = ("all", "probe", "finetune", "parts", "visualize")
-EXPORT_FORMATS = ("saved_model", "onnx")
+EXPORT_FORMATS = ("saved_model", "onnx", "litert")
+# litert is written when asked for (--formats=saved_model,onnx,litert).
+DEFAULT_EXPORT_FORMATS = ("saved_model", "onnx")
 QUANTIZE_MODES = ("", "int8")
 MIN_ONNX_OPSET = 17
 MAX_ONNX_OPSET = 18  # the newest opset tf2onnx 1.17 converts to
@@ -287,9 +289,13 @@ class ExportConfig:
     export_dir: str = option("", "Export base directory (saved_model/, onnx/, report)")
     version: int = option(0, "SavedModel version; 0 means the checkpoint's step", minimum=0)
     formats: tuple[str, ...] = option(
-        EXPORT_FORMATS, "Comma-separated: saved_model,onnx", choices=EXPORT_FORMATS
+        DEFAULT_EXPORT_FORMATS,
+        "Comma-separated, of " + ",".join(EXPORT_FORMATS),
+        choices=EXPORT_FORMATS,
     )
-    quantize: str = option("", "int8: also write an int8 ONNX model", choices=QUANTIZE_MODES)
+    quantize: str = option(
+        "", "int8: also write the int8 ONNX and LiteRT models", choices=QUANTIZE_MODES
+    )
     overwrite: bool = option(False, "Replace an existing export of --version")
     checkpoint: str = option("", "Checkpoint prefix to export instead of the latest")
     model_name: str = option("patchvae", "TF Serving model name in models.config")

@@ -75,8 +75,11 @@ def validate_export(cfg: ExportConfig) -> ExportConfig:
     check_options(cfg)
     if len(set(cfg.formats)) != len(cfg.formats):
         raise UserError(f"--formats={','.join(cfg.formats)} names a format twice")
-    if cfg.quantize and "onnx" not in cfg.formats:
-        raise UserError(f"--quantize={cfg.quantize} needs the ONNX model: add onnx to --formats")
+    if cfg.quantize and not {"onnx", "litert"} & set(cfg.formats):
+        raise UserError(
+            f"--quantize={cfg.quantize} quantizes the ONNX or LiteRT model: add onnx or litert "
+            "to --formats"
+        )
     if not cfg.model_name or not cfg.model_name.replace("_", "").replace("-", "").isalnum():
         raise UserError(f"--model_name must be letters, digits, - or _, got {cfg.model_name!r}")
     return cfg

@@ -21,22 +21,6 @@ GRID, PARTS, APP_DIM, CHANNELS = 8, 8, 4, 32  # its scale 4, N, L and encoder wi
 
 
 @pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    """(ExportConfig, report) of one export of the session's tiny PatchVAE, with int8."""
-    from export import exporter
-
-    cfg, _ = trained
-    ecfg = ExportConfig(
-        workdir=cfg.train.workdir,
-        export_dir=str(tmp_path_factory.mktemp("export") / "patchvae"),
-        quantize="int8",
-        parity_images=16,
-        calibration_images=32,
-    )
-    return ecfg, exporter.export(validate_export(ecfg))
-
-
-@pytest.fixture(scope="module")
 def loaded(exported):
     import tensorflow as tf
 
@@ -426,7 +410,7 @@ def test_vae_exports_its_outputs(trained, tmp_path):
     [
         ({"workdir": ""}, "--workdir is required"),
         ({"formats": ("saved_model", "tflite")}, "--formats"),
-        ({"formats": ("saved_model",), "quantize": "int8"}, "add onnx to --formats"),
+        ({"formats": ("saved_model",), "quantize": "int8"}, "add onnx or litert to --formats"),
         ({"quantize": "int4"}, "unknown --quantize 'int4'"),
         ({"version": -1}, "--version must be >= 0"),
         ({"opset": 13}, "--opset must be in"),
@@ -461,7 +445,7 @@ def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_pa
     ecfg = ExportConfig(
         workdir=cfg.train.workdir,
         export_dir=str(tmp_path / "e"),
-        formats=("onnx",),
+        formats=("onnx", "litert"),
         quantize="int8",
         int8_min_cosine=1.0,
         force_int8=force,
@@ -486,6 +470,15 @@ def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_pa
         assert on_disk["refused"] == int8["refused"]
         assert "int8 model not written: int8 features' mean cosine" in exporter.summary(ecfg, rep)
     assert ("onnx/encoder.int8.onnx" in rep["sha256"]) == force
+    # The LiteRT int8 model, from the same calibration images, passes the same gate.
+    lite = rep["litert_int8"]
+    lite_cosine = lite["agreement_with_float32"]["features"]["mean_cosine"]
+    assert 0.9 < lite_cosine < 1.0
+    lite_path = tmp_path / "e" / "litert" / "encoder.int8.tflite"
+    assert (tmp_path / "e" / "litert" / "encoder.tflite").is_file()
+    assert lite["written"] == force == lite_path.is_file()
+    assert f"mean cosine to float32 is {lite_cosine:.4f}" in lite["forced" if force else "refused"]
+    assert ("litert/encoder.int8.tflite" in rep["sha256"]) == force
 
 
 @pytest.mark.parametrize(

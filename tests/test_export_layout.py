@@ -153,7 +153,8 @@ def _to_legacy_layout(export_dir):
         path = os.path.join(export_dir, name)
         real = os.path.realpath(path)
         os.remove(path)
-        shutil.move(real, path)
+        if os.path.exists(real):  # litert/ only where it was exported: earlier releases had none
+            shutil.move(real, path)
     shutil.rmtree(os.path.join(export_dir, layout.HISTORY))
     os.remove(os.path.join(export_dir, layout.CURRENT))
 
