@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from export import (
+    batching,
     checkpoint,
     layout,
     litert_export,
@@ -152,16 +153,40 @@ def _saved_model(cfg, module, stage, pixels, keras_out, rep) -> dict:
     bytes_out = _numpy(loaded.signatures[serving.BYTES_SIGNATURE](image_bytes=pngs))
     bytes_diffs = parity.max_abs(bytes_out, _numpy(default(images=tf.constant(rounded))))
     parity.check("serve_image_bytes vs serving_default", bytes_diffs)
+    xla = loaded.signatures[serving.XLA_SIGNATURE]
+    # The warmup's batch size, which XLA has compiled already: no third compilation.
+    big = min(len(pixels), 8)
+    xla_out = _numpy(xla(images=tf.constant(pixels[:big])))
+    xla_diffs = parity.max_abs(xla_out, {k: v[:big] for k, v in sm_out.items()})
+    parity.check("serving_xla vs serving_default", xla_diffs)
 
     rep["signatures"] = report.signatures(loaded)
     rep["parity"]["saved_model_vs_keras"] = diffs
     rep["parity"]["image_bytes_vs_images"] = bytes_diffs
+    rep["parity"]["serving_xla_vs_serving_default"] = xla_diffs
     rep["warmup_replayed"] = replayed
     rel = os.path.join(layout.SAVED_MODEL, str(stage.version))
     rep["files"][rel] = report.size_bytes(out_dir)
     one = tf.constant(pixels[:1])
     rep["latency_ms_batch1"]["saved_model"] = _latency_ms(lambda: default(images=one))
+    rep["latency_ms_batch1"]["saved_model_xla"] = _latency_ms(lambda: xla(images=one))
+    rep["batching"] = _batching(stage, default, pixels)
     return sm_out
+
+
+def _batching(stage, default, pixels) -> dict:
+    """Writes batching_parameters.txt from serving_default's images/s at the candidate
+    batch sizes on this machine (the parity images, repeated to fill a batch).
+    """
+    rates = {}
+    for size in batching.CANDIDATE_SIZES:
+        x = tf.constant(np.resize(pixels, (size, *pixels.shape[1:])))
+        runs = max(3, min(20, 256 // size))
+        rates[size] = size / (_latency_ms(lambda x=x: default(images=x), runs) / 1e3)
+    params = batching.parameters(rates)
+    with open(stage.group(batching.BATCHING_FILE), "w") as f:
+        f.write(batching.text(params, rates, "by the export"))
+    return {"images_per_second": {str(k): round(v, 1) for k, v in rates.items()}, **params}
 
 
 def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> None:

@@ -8,7 +8,8 @@ Layout of an export dir E:
                                                  export_report.json, models.config)
     E/history/<version>-<id>/                    an export without a SavedModel (ONNX only)
     E/current -> saved_model/<version>/assets.extra/export  (or history/<version>-<id>)
-    E/onnx, E/litert, E/export_report.json, E/models.config -> current/...   fixed symlinks
+    E/onnx, E/litert, E/export_report.json, E/models.config,
+    E/batching_parameters.txt -> current/...    fixed symlinks
 
 Every change a reader can see is the rename of one symlink (as Kubernetes swaps a mounted
 ConfigMap). E/current resolves through E/saved_model/<version>, so re-exporting the version
@@ -40,10 +41,11 @@ LITERT_FILE = "encoder.tflite"
 LITERT_INT8_FILE = "encoder.int8.tflite"
 REPORT = "export_report.json"
 MODELS_CONFIG = "models.config"
+BATCHING = "batching_parameters.txt"  # export/batching.py writes it
 HISTORY = "history"
 CURRENT = "current"
 JOURNAL = ".commit.json"
-POINTERS = (ONNX_DIR, LITERT_DIR, REPORT, MODELS_CONFIG)  # E/<name> -> current/<name>
+POINTERS = (ONNX_DIR, LITERT_DIR, REPORT, MODELS_CONFIG, BATCHING)  # E/<name> -> current/<name>
 REPORT_COPY = os.path.join("assets.extra", REPORT)  # inside each SavedModel version
 GROUP_IN_MODEL = os.path.join("assets.extra", "export")  # its export's onnx/, report, config
 

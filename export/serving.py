@@ -10,6 +10,9 @@ IMAGES = "images"
 IMAGE_BYTES = "image_bytes"
 DEFAULT_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serve_image_bytes"
+# serving_default's checks, then the encoder compiled by XLA: faster for small batches on
+# the CPUs measured, slower for large ones (docs/serving.md has the figures per CPU kind).
+XLA_SIGNATURE = "serving_xla"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -68,6 +71,12 @@ class EncoderServing(tf.Module):
         self.serve = tf.function(
             self._serve, input_signature=[tf.TensorSpec(None, tf.float32, name=IMAGES)]
         )
+        # XLA compiles only the encoder: it would drop the Assert ops of the checks (its
+        # Assert kernel does nothing), so they stay outside, in the signature's own graph.
+        self._encode_pixels_xla = tf.function(self._encode_pixels, jit_compile=True)
+        self.serve_xla = tf.function(
+            self._serve_xla, input_signature=[tf.TensorSpec(None, tf.float32, name=IMAGES)]
+        )
         self.serve_image_bytes = tf.function(
             self._serve_image_bytes,
             input_signature=[tf.TensorSpec(None, tf.string, name=IMAGE_BYTES)],
@@ -77,6 +86,7 @@ class EncoderServing(tf.Module):
         return {
             DEFAULT_SIGNATURE: self.serve.get_concrete_function(),
             BYTES_SIGNATURE: self.serve_image_bytes.get_concrete_function(),
+            XLA_SIGNATURE: self.serve_xla.get_concrete_function(),
         }
 
     def _encode_pixels(self, images):
@@ -93,6 +103,14 @@ class EncoderServing(tf.Module):
 
     def _serve(self, images):
         """Images [B, S, S, 3] float32 0..255 -> outputs, after checking shape and values."""
+        return self._encode_pixels(self._checked(images))
+
+    def _serve_xla(self, images):
+        """As _serve, with the encoder compiled by XLA (the checks are not)."""
+        return self._encode_pixels_xla(self._checked(images))
+
+    def _checked(self, images):
+        """Images, once they are known to be [B >= 1, S, S, 3] values in [0, 255]."""
         # EnsureShape fails with InvalidArgument naming the expected shape, for a wrong rank,
         # size or channel count alike.
         images = tf.ensure_shape(images, [None, self.image_size, self.image_size, 3])
@@ -115,8 +133,7 @@ class EncoderServing(tf.Module):
                 ),
             ]
         with tf.control_dependencies(in_range):
-            images = tf.identity(images)
-        return self._encode_pixels(images)
+            return tf.identity(images)
 
     def _decode_one(self, blob):
         """One JPEG/PNG file (scalar string) -> [S, S, 3] in [-1, 1], as in training."""

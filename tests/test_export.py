@@ -65,6 +65,7 @@ def test_layout_report_and_parity(trained, exported):
         "onnx_vs_saved_model",
         "onnx_batch1_vs_batch",
         "image_bytes_vs_images",
+        "serving_xla_vs_serving_default",
     ]
     for name in comparisons:
         diffs = on_disk["parity"][name]
@@ -76,7 +77,7 @@ def test_layout_report_and_parity(trained, exported):
     assert sig["outputs"]["appearance"]["shape"] == [None, PARTS, APP_DIM]
     assert sig["outputs"]["features"]["shape"] == [None, CHANNELS]
     assert on_disk["signatures"]["serve_image_bytes"]["inputs"]["image_bytes"]["dtype"] == "string"
-    assert on_disk["warmup_replayed"] == len(on_disk["warmup_requests"]) == 4
+    assert on_disk["warmup_replayed"] == len(on_disk["warmup_requests"]) == 6
     assert on_disk["onnx"]["opset"] >= 17
     assert on_disk["versions"]["tensorflow"].startswith("2.")
     config_text = open(os.path.join(root, "models.config")).read()
@@ -234,6 +235,7 @@ def test_bad_inputs_raise_invalid_argument(loaded):
 
     default = loaded.signatures["serving_default"]
     from_bytes = loaded.signatures["serve_image_bytes"]
+    xla = loaded.signatures["serving_xla"]
     expected_shape = r"expected shape \[\?,32,32,3\]"
     cases = [
         (default, {"images": np.zeros((SIZE, SIZE, 3), np.float32)}, expected_shape),
@@ -241,6 +243,11 @@ def test_bad_inputs_raise_invalid_argument(loaded):
         (default, {"images": np.zeros((1, SIZE, SIZE, 4), np.float32)}, expected_shape),
         (default, {"images": -np.ones((1, SIZE, SIZE, 3), np.float32)}, "in \\[0, 255\\]"),
         (default, {"images": np.full((1, SIZE, SIZE, 3), np.nan, np.float32)}, "in \\[0, 255\\]"),
+        # The XLA signature checks as serving_default does: XLA would drop Assert ops.
+        (xla, {"images": np.zeros((1, 31, SIZE, 3), np.float32)}, expected_shape),
+        (xla, {"images": np.full((1, SIZE, SIZE, 3), 256.0, np.float32)}, "above 255"),
+        (xla, {"images": np.full((1, SIZE, SIZE, 3), np.inf, np.float32)}, "in \\[0, 255\\]"),
+        (xla, {"images": np.zeros((0, SIZE, SIZE, 3), np.float32)}, "empty batch"),
         (from_bytes, {"image_bytes": np.array([b"not an image at all"])}, "JPEG or PNG"),
         (from_bytes, {"image_bytes": np.array(b"x")}, "string \\[batch\\]"),
     ]
@@ -521,3 +528,32 @@ def test_zero_pad_after_relu_folds_into_max_pool_with_the_same_outputs(source, v
     assert kinds == [source, "MaxPool"] if folded else [source, "Pad", "MaxPool"]
     assert want.shape == (2, 3, 4, 4)
     np.testing.assert_array_equal(run(model), want)
+
+
+def test_batching_parameters_follow_the_measured_throughput(exported):
+    from export import batching
+
+    ecfg, rep = exported
+    with open(os.path.join(ecfg.export_dir, "batching_parameters.txt")) as f:
+        text = f.read()
+    b = rep["batching"]
+    rates = {int(k): v for k, v in b["images_per_second"].items()}
+    assert sorted(rates) == [1, 8, 32, 128] and all(v > 0 for v in rates.values())
+    assert b == {"images_per_second": b["images_per_second"], **batching.parameters(rates)}
+    # The file says what the report says, in TF Serving's text format.
+    for key in ("max_batch_size", "batch_timeout_micros", "num_batch_threads"):
+        assert f"{key} {{ value: {b[key]} }}" in text, key
+    sizes = [int(line.split(":")[1]) for line in text.splitlines() if line.startswith("allowed")]
+    assert sizes == b["allowed_batch_sizes"] and sizes[-1] == b["max_batch_size"]
+
+
+def test_batching_rule_stops_where_throughput_stops_growing():
+    from export import batching
+
+    p = batching.parameters({1: 500.0, 8: 2000.0, 32: 2900.0, 128: 3000.0}, cores=2)
+    assert p["max_batch_size"] == 32 and p["allowed_batch_sizes"] == [1, 8, 32]
+    assert p["batch_timeout_micros"] == 2000 and p["num_batch_threads"] == 2
+    p = batching.parameters({1: 500.0, 8: 900.0, 32: 1500.0, 128: 3000.0}, cores=2)
+    assert p["max_batch_size"] == 128
+    with pytest.raises(ValueError, match="batch 1"):
+        batching.parameters({8: 1.0})
