@@ -62,7 +62,20 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     assert knob["synthetic"] and knob["steps_per_loop"] == 2 and knob["keras_kernels"]
 
     runtimes = {e["runtime"] for e in r["encoder"]}
-    assert runtimes == {"keras", "saved_model", "onnxruntime", "onnxruntime_int8"}
+    assert runtimes == {
+        "keras",
+        "saved_model",
+        "saved_model_xla",
+        "onnxruntime",
+        "onnxruntime_int8",
+        "litert",
+        "litert_int8",
+        "openvino",
+        "openvino_int8",
+    }
+    b = r["batching"]
+    assert set(b["images_per_second"]) == {"1"}  # --quick: an encoder batch of 4
+    assert b["parameters"]["max_batch_size"] == 1 and "batching parameters" in table
     for e in r["encoder"]:
         assert e["batch1_ms"]["ours"] > 0 and e["batch_images_per_second"]["ours"] > 0
         assert e["batch1_ms"]["ratio"] is None
