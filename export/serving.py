@@ -103,7 +103,9 @@ class EncoderServing(tf.Module):
 
     def _serve(self, images):
         """Images [B, S, S, 3] float32 0..255 -> outputs, after checking shape and values."""
-        return self._encode_pixels(self._checked(images))
+        # No clip: the checks have refused every value it would change (two full passes
+        # over the input that protect nothing).
+        return self._encode_scaled(self._checked(images) / 127.5 - 1.0)
 
     def _serve_xla(self, images):
         """As _serve, with the encoder compiled by XLA (the checks are not)."""
