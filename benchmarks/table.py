@@ -308,6 +308,8 @@ def _profile(p: dict) -> list[str]:
         (f"ONNX Runtime {k}, batch {o['batch']}, {o['model_run_ms']} ms per run", o)
         for k, o in p["onnxruntime"].items()
     ]
+    for name, sig in p.get("saved_model_batch1", {}).items():
+        tables.append((f"SavedModel {name}, batch 1, {sig['wall_ms']} ms per call", sig))
     tables.append((f"train step (ours, {p['train_step']['step_ms']} ms)", p["train_step"]))
     if p.get("reference_train_step"):
         ref = p["reference_train_step"]
