@@ -168,6 +168,8 @@ def signature_ops(fn, x, calls: int) -> dict:
                 continue  # executor bookkeeping, and the function call that holds the ops
             else:
                 op_type = label.rsplit(":", 1)[1]
+                if op_type.startswith(" "):
+                    continue  # an XLA thunk, already inside its executable's time
             by_type[op_type] += e.duration_ps
             count[op_type] += 1
     total = sum(by_type.values())
