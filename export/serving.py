@@ -10,8 +10,8 @@ IMAGES = "images"
 IMAGE_BYTES = "image_bytes"
 DEFAULT_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serve_image_bytes"
-# serving_default's checks, then the encoder compiled by XLA: faster for small batches on
-# the CPUs measured, slower for large ones (docs/serving.md has the figures per CPU kind).
+# serving_default's checks, then the encoder compiled by XLA: half serving_default's op time
+# at batch 1 in the profile, slower at batch 128 (docs/performance.md has the figures).
 XLA_SIGNATURE = "serving_xla"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -71,8 +71,8 @@ class EncoderServing(tf.Module):
         self.serve = tf.function(
             self._serve, input_signature=[tf.TensorSpec(None, tf.float32, name=IMAGES)]
         )
-        # XLA compiles only the encoder: it would drop the Assert ops of the checks (its
-        # Assert kernel does nothing), so they stay outside, in the signature's own graph.
+        # XLA compiles only the encoder: inside a jit_compile function a failed assert does
+        # not raise (XLA drops Assert ops), so the checks stay outside, in the signature.
         self._encode_pixels_xla = tf.function(self._encode_pixels, jit_compile=True)
         self.serve_xla = tf.function(
             self._serve_xla, input_signature=[tf.TensorSpec(None, tf.float32, name=IMAGES)]
