@@ -21,7 +21,7 @@ from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
 def export_artifacts(cfg: Config, root: str, calibration_images: int, parity_images: int):
     """Writes a checkpoint of a freshly built model of cfg, then runs the export stage on it
-    (SavedModel, ONNX, int8 ONNX). Returns (model, export dir, export report).
+    (SavedModel, ONNX and LiteRT, each with int8). Returns (model, export dir, export report).
 
     The weights are untrained: speed does not depend on their values.
     """
@@ -41,6 +41,7 @@ def export_artifacts(cfg: Config, root: str, calibration_images: int, parity_ima
         ExportConfig(
             workdir=workdir,
             export_dir=export_dir,
+            formats=("saved_model", "onnx", "litert"),
             quantize="int8",
             parity_images=parity_images,
             calibration_images=calibration_images,
@@ -72,11 +73,36 @@ def keras_fn(model, jit_compile: bool):
     return lambda x: {k: v.numpy() for k, v in encode(tf.constant(x)).items()}
 
 
-def saved_model_fn(path: str):
-    from export import serving
-
-    fn = tf.saved_model.load(path).signatures[serving.DEFAULT_SIGNATURE]
+def saved_model_fn(path: str, signature: str = "serving_default"):
+    fn = tf.saved_model.load(path).signatures[signature]
     return lambda x: {k: v.numpy() for k, v in fn(images=tf.constant(x)).items()}
+
+
+def litert_fn(path: str, threads: int = 2):
+    """The LiteRT model through ai_edge_litert's interpreter (XNNPACK on, as by default)."""
+    from export import litert_export
+
+    return litert_export.runner(litert_export.interpreter(path, threads))
+
+
+def openvino_fn(path: str):
+    """OpenVINO's CPU plugin on the ONNX file, float32 kept (docs/serving.md), latency hint."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(
+        core.read_model(path),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+    )
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({"images": x})
+
+
+def openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 def ort_session(
@@ -145,11 +171,12 @@ def section(bench) -> dict:
     results = {}
     figures = []
     with tempfile.TemporaryDirectory() as root:
-        log("encoder: exporting SavedModel, ONNX and int8 ONNX")
+        log("encoder: exporting SavedModel, ONNX and LiteRT (float32 and int8)")
         model, export_dir, rep = export_artifacts(cfg, root, s.calibration_images, s.parity_images)
         sm = os.path.join(export_dir, "saved_model", str(rep["version"]))
         onnx_dir = os.path.join(export_dir, "onnx")
-        for runtime, knobs, make in _runtimes(model, sm, onnx_dir, bench.cfg.quick):
+        litert_dir = os.path.join(export_dir, "litert")
+        for runtime, knobs, make in _runtimes(model, sm, onnx_dir, litert_dir, bench.cfg.quick):
             fn = make()
             fn(one), fn(one), fn(batch), fn(batch)  # warm-up
 
@@ -193,17 +220,47 @@ def section(bench) -> dict:
         results["export"] = {
             "files": rep["files"],
             "int8_agreement": rep.get("int8", {}).get("agreement_with_float32"),
+            "litert_int8_agreement": rep.get("litert_int8", {}).get("agreement_with_float32"),
         }
+        results["batching"] = batching_curve(sm, batch, s.calls_batch)
     results["encoder"] = figures
     return results
 
 
-def _runtimes(model, sm: str, onnx_dir: str, quick: bool) -> list:
+def batching_curve(sm: str, batch: np.ndarray, calls: int) -> dict:
+    """serving_default's images/s at export/batching.py's candidate batch sizes (up to the
+    encoder batch), and the batching_parameters.txt values that follow from them.
+    """
+    from export import batching
+
+    fn = saved_model_fn(sm)
+    rates = {}
+    for size in [b for b in batching.CANDIDATE_SIZES if b <= len(batch)]:
+        x = batch[:size]
+        n = max(calls, 256 // size)
+        rates[size] = size / statistics.median(timings(fn, x, n))
+    params = batching.parameters(rates)
+    log(f"encoder: batching, images/s {rates}; parameters {params}")
+    return {
+        "images_per_second": {str(k): round(v, 1) for k, v in rates.items()},
+        "parameters": params,
+        "load_average": round(hardware.load_average(), 2),
+    }
+
+
+def _runtimes(model, sm: str, onnx_dir: str, litert_dir: str, quick: bool) -> list:
     """(runtime, settings, make) for each figure; make() builds the function to time."""
+    from export import serving
+
     runtimes = [
         ("keras", "tf.function", lambda: keras_fn(model, False)),
         ("keras", "tf.function, XLA", lambda: keras_fn(model, True)),
         ("saved_model", "serving_default", lambda: saved_model_fn(sm)),
+        (
+            "saved_model_xla",
+            serving.XLA_SIGNATURE,
+            lambda: saved_model_fn(sm, serving.XLA_SIGNATURE),
+        ),
     ]
     settings = [(2, True, True, False), (1, True, True, False)]
     if not quick:
@@ -228,4 +285,11 @@ def _runtimes(model, sm: str, onnx_dir: str, quick: bool) -> list:
                     ),
                 )
             )
+    for fname, label in (("encoder.tflite", "litert"), ("encoder.int8.tflite", "litert_int8")):
+        path = os.path.join(litert_dir, fname)
+        runtimes.append((label, "threads=2, XNNPACK", lambda path=path: litert_fn(path)))
+    if openvino_installed():  # a development dependency: timed where it is there
+        for fname, label in (("encoder.onnx", "openvino"), ("encoder.int8.onnx", "openvino_int8")):
+            path = os.path.join(onnx_dir, fname)
+            runtimes.append((label, "CPU, f32, latency hint", lambda path=path: openvino_fn(path)))
     return runtimes

@@ -10,6 +10,7 @@ import json
 import os
 import statistics
 import tempfile
+import time
 
 import numpy as np
 
@@ -79,20 +80,7 @@ def tf_ops(session, calls: int) -> dict:
 
     The trace is TensorFlow's own XSpace protobuf, read without TensorBoard's plugin.
     """
-    import tensorflow as tf
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
-        try:
-            images_per_second = session.window(calls)
-        finally:
-            tf.profiler.experimental.stop()
-        (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
-        space = xplane_pb2.XSpace()
-        with open(path, "rb") as f:
-            space.ParseFromString(f.read())
-    (host,) = [p for p in space.planes if p.name == "/host:CPU"]
+    images_per_second, host = _traced(lambda: session.window(calls))
     names = host.event_metadata
     by_type, by_op, by_phase = (collections.Counter() for _ in range(3))
     input_ps = 0
@@ -125,6 +113,75 @@ def tf_ops(session, calls: int) -> dict:
         "by_phase": _table(by_phase, total, unit),
         "by_op_type": _table(by_type, total, unit),
         "top_ops": _table(by_op, total, unit),
+    }
+
+
+def _traced(fn):
+    """(fn's result, the host plane of TensorFlow's trace of the call)."""
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            result = fn()
+        finally:
+            tf.profiler.experimental.stop()
+        (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+    (host,) = [p for p in space.planes if p.name == "/host:CPU"]
+    return result, host
+
+
+def signature_ops(fn, x, calls: int) -> dict:
+    """TensorFlow's trace of `calls` calls of a SavedModel signature fn on x (one batch):
+    wall ms per call as traced, op time per call summed over the executor's threads, and
+    per op type its ms, share and count per call. An XLA-compiled function is one entry,
+    "XLA executable", whose time includes everything inside. The wall time is what a
+    Python caller sees; the rest of it, beyond the ops, is the call's own overhead.
+    """
+    import tensorflow as tf
+
+    images = tf.constant(x)
+    for _ in range(3):
+        fn(images=images)
+
+    def run():
+        start = time.perf_counter()
+        for _ in range(calls):
+            {k: v.numpy() for k, v in fn(images=images).items()}
+        return (time.perf_counter() - start) / calls
+
+    wall, host = _traced(run)
+    names = host.event_metadata
+    by_type, count = collections.Counter(), collections.Counter()
+    for line in host.lines:
+        if not line.name.startswith("tf_Compute"):
+            continue
+        for e in line.events:
+            label = names[e.metadata_id].name
+            if label == "CpuExecutable::ExecuteAsyncOnStream":
+                op_type = "XLA executable"  # the compiled encoder, all its ops inside
+            elif ":" not in label or "::" in label or label.startswith("__inference"):
+                continue  # executor bookkeeping, and the function call that holds the ops
+            else:
+                op_type = label.rsplit(":", 1)[1]
+                if op_type.startswith(" "):
+                    continue  # an XLA thunk, already inside its executable's time
+            by_type[op_type] += e.duration_ps
+            count[op_type] += 1
+    total = sum(by_type.values())
+    table = _table(by_type, total, 1e9 * calls, top=len(by_type))
+    for row in table:
+        row["per_call"] = round(count[row["name"]] / calls, 1)
+    return {
+        "batch": int(len(x)),
+        "calls": calls,
+        "wall_ms": round(wall * 1e3, 3),
+        "ops_ms": round(total / 1e9 / calls, 3),
+        "by_op_type": table,
     }
 
 
@@ -194,6 +251,8 @@ def int8_variants(bench, float_path: str, root: str, calibration, pixels, batch)
 
 def section(bench) -> dict:
     """The profile section of bench (a runner.Run)."""
+    import tensorflow as tf
+
     from benchmarks import train_bench
     from export import exporter
 
@@ -204,9 +263,19 @@ def section(bench) -> dict:
     with tempfile.TemporaryDirectory() as root:
         cfg = recipe_config(size, s.encoder_batch, "float32", bench.cfg.seed)
         log("profile: exporting the encoder (ONNX, int8 ONNX)")
-        _, export_dir, _ = encoder_bench.export_artifacts(
+        _, export_dir, rep = encoder_bench.export_artifacts(
             cfg, root, s.calibration_images, s.parity_images
         )
+        # Where one image's time goes in the signatures TF Serving runs.
+        sm = os.path.join(export_dir, "saved_model", str(rep["version"]))
+        one = np.random.default_rng(bench.cfg.seed).uniform(0, 255, (1, size, size, 3))
+        out["saved_model_batch1"] = {}
+        loaded = tf.saved_model.load(sm)
+        for signature in ("serving_default", "serving_xla"):
+            out["saved_model_batch1"][signature] = signature_ops(
+                loaded.signatures[signature], one.astype(np.float32), 300
+            )
+            log(f"profile: {signature} at batch 1: {out['saved_model_batch1'][signature]}")
         onnx_dir = os.path.join(export_dir, "onnx")
         x = np.random.default_rng(bench.cfg.seed).uniform(0, 255, (s.encoder_batch, size, size, 3))
         x = x.astype(np.float32)

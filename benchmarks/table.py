@@ -51,6 +51,9 @@ def summary(r: dict) -> dict:
         ("onnxruntime_batch", "onnxruntime", "batch_images_per_second"),
         ("onnxruntime_batch1", "onnxruntime", "batch1_ms"),
         ("saved_model_batch", "saved_model", "batch_images_per_second"),
+        ("saved_model_batch1", "saved_model", "batch1_ms"),
+        ("saved_model_xla_batch", "saved_model_xla", "batch_images_per_second"),
+        ("saved_model_xla_batch1", "saved_model_xla", "batch1_ms"),
     ):
         figs = [e for e in enc if e["runtime"] == runtime]
         if figs:
@@ -196,6 +199,14 @@ def markdown(r: dict) -> str:
                 )
             )
         lines.append("")
+    if r.get("batching"):
+        b = r["batching"]
+        rates = ", ".join(f"batch {k}: {v:.0f}" for k, v in b["images_per_second"].items())
+        lines += [
+            f"serving_default images/s by batch size ({rates}; load {b['load_average']}) give "
+            f"TF Serving batching parameters {b['parameters']}.",
+            "",
+        ]
     if r.get("memory"):
         mem = r["memory"]
         lines += ["Peak resident memory of train.py (CIFAR recipe, default precision):", ""]
@@ -297,6 +308,8 @@ def _profile(p: dict) -> list[str]:
         (f"ONNX Runtime {k}, batch {o['batch']}, {o['model_run_ms']} ms per run", o)
         for k, o in p["onnxruntime"].items()
     ]
+    for name, sig in p.get("saved_model_batch1", {}).items():
+        tables.append((f"SavedModel {name}, batch 1, {sig['wall_ms']} ms per call", sig))
     tables.append((f"train step (ours, {p['train_step']['step_ms']} ms)", p["train_step"]))
     if p.get("reference_train_step"):
         ref = p["reference_train_step"]

@@ -16,16 +16,18 @@ def main():
         from export import layout
 
         layout.check_target(cfg.export_dir, cfg.version)
-    from export import exporter, onnx_export, parity  # TensorFlow: after the flags are good
+    # TensorFlow: after the flags are good.
+    from export import exporter, litert_export, onnx_export, parity
 
     try:
         rep = exporter.export(cfg)
-    except (parity.ParityError, onnx_export.OnnxCheckError) as e:
+    except (parity.ParityError, onnx_export.OnnxCheckError, litert_export.LiteRTCheckError) as e:
         print(f"error: export check failed, nothing written: {e}", file=sys.stderr)
         sys.exit(1)
     print(exporter.summary(cfg, rep))
-    if rep.get("int8", {}).get("refused"):
-        print(f"warning: int8 model not written: {rep['int8']['refused']}", file=sys.stderr)
+    for key, name in (("int8", "int8"), ("litert_int8", "LiteRT int8")):
+        if rep.get(key, {}).get("refused"):
+            print(f"warning: {name} model not written: {rep[key]['refused']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

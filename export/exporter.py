@@ -12,9 +12,11 @@ import numpy as np
 import tensorflow as tf
 
 from export import (
+    batching,
     checkpoint,
     keras_export,
     layout,
+    litert_export,
     model_card,
     onnx_export,
     parity,
@@ -125,6 +127,9 @@ def export(cfg: ExportConfig) -> dict:
         if "keras" in cfg.formats:
             keras_export.write(model, stage, pixels, keras_out, rep)
             done("keras")
+        if "litert" in cfg.formats:
+            _litert(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep)
+            done("litert" + (" and int8" if cfg.quantize else ""))
         # What a reader checks to know the files it sees are the ones this report describes.
         staged = {
             os.path.join(layout.ONNX_DIR, f): stage.group(layout.ONNX_DIR, f)
@@ -132,6 +137,8 @@ def export(cfg: ExportConfig) -> dict:
         }
         keras_file = os.path.join(layout.KERAS_DIR, layout.KERAS_FILE)
         staged[keras_file] = stage.group(keras_file)
+        for f in (layout.LITERT_FILE, layout.LITERT_INT8_FILE):
+            staged[os.path.join(layout.LITERT_DIR, f)] = stage.group(layout.LITERT_DIR, f)
         pb = os.path.join(layout.SAVED_MODEL, str(version), "saved_model.pb")
         staged[pb] = stage.join(pb)
         rep["sha256"] = {rel: _sha256(p) for rel, p in staged.items() if os.path.isfile(p)}
@@ -171,16 +178,40 @@ def _saved_model(cfg, module, stage, pixels, keras_out, rep) -> dict:
     bytes_out = _numpy(loaded.signatures[serving.BYTES_SIGNATURE](image_bytes=pngs))
     bytes_diffs = parity.max_abs(bytes_out, _numpy(default(images=tf.constant(rounded))))
     parity.check("serve_image_bytes vs serving_default", bytes_diffs)
+    xla = loaded.signatures[serving.XLA_SIGNATURE]
+    # The warmup's batch size, which XLA has compiled already: no third compilation.
+    big = min(len(pixels), 8)
+    xla_out = _numpy(xla(images=tf.constant(pixels[:big])))
+    xla_diffs = parity.max_abs(xla_out, {k: v[:big] for k, v in sm_out.items()})
+    parity.check("serving_xla vs serving_default", xla_diffs)
 
     rep["signatures"] = report.signatures(loaded)
     rep["parity"]["saved_model_vs_keras"] = diffs
     rep["parity"]["image_bytes_vs_images"] = bytes_diffs
+    rep["parity"]["serving_xla_vs_serving_default"] = xla_diffs
     rep["warmup_replayed"] = replayed
     rel = os.path.join(layout.SAVED_MODEL, str(stage.version))
     rep["files"][rel] = report.size_bytes(out_dir)
     one = tf.constant(pixels[:1])
     rep["latency_ms_batch1"]["saved_model"] = _latency_ms(lambda: default(images=one))
+    rep["latency_ms_batch1"]["saved_model_xla"] = _latency_ms(lambda: xla(images=one))
+    rep["batching"] = _batching(stage, default, pixels)
     return sm_out
+
+
+def _batching(stage, default, pixels) -> dict:
+    """Writes batching_parameters.txt from serving_default's images/s at the candidate
+    batch sizes on this machine (the parity images, repeated to fill a batch).
+    """
+    rates = {}
+    for size in batching.CANDIDATE_SIZES:
+        x = tf.constant(np.resize(pixels, (size, *pixels.shape[1:])))
+        runs = max(3, min(20, 256 // size))
+        rates[size] = size / (_latency_ms(lambda x=x: default(images=x), runs) / 1e3)
+    params = batching.parameters(rates)
+    with open(stage.group(batching.BATCHING_FILE), "w") as f:
+        f.write(batching.text(params, rates, "by the export"))
+    return {"images_per_second": {str(k): round(v, 1) for k, v in rates.items()}, **params}
 
 
 def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> None:
@@ -245,6 +276,67 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
         rep["latency_ms_batch1"]["onnxruntime_int8"] = _latency_ms(lambda: run(int8_session, one))
 
 
+def _litert(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> None:
+    """Converts, checks and compares the LiteRT models, run by ai_edge_litert's interpreter.
+
+    The same checks as ONNX: float32 within parity.TOLERANCE of Keras and the SavedModel,
+    batch 1 equal to its row of a batch, and the int8 model under the same cosine gate.
+    """
+    os.makedirs(stage.group(layout.LITERT_DIR))
+    path = stage.group(layout.LITERT_DIR, layout.LITERT_FILE)
+    with open(path, "wb") as f:
+        f.write(litert_export.convert(module))
+    info = litert_export.describe(path)
+    run = litert_export.runner(litert_export.interpreter(path))
+    out = run(pixels)
+    diffs = parity.max_abs(out, keras_out)
+    parity.check("LiteRT vs Keras", diffs)
+    rep["parity"]["litert_vs_keras"] = diffs
+    if sm_out is not None:
+        diffs = parity.max_abs(out, sm_out)
+        parity.check("LiteRT vs SavedModel", diffs)
+        rep["parity"]["litert_vs_saved_model"] = diffs
+    single = parity.max_abs(run(pixels[:1]), {k: v[:1] for k, v in out.items()})
+    parity.check("LiteRT batch 1 vs batch", single)
+    rep["parity"]["litert_batch1_vs_batch"] = single
+    rep["litert"] = info
+    rep["files"][os.path.join(layout.LITERT_DIR, layout.LITERT_FILE)] = report.size_bytes(path)
+    one = pixels[:1]
+    rep["latency_ms_batch1"]["litert"] = _latency_ms(lambda: run(one))
+    if cfg.quantize != "int8":
+        return
+
+    int8_path = stage.group(layout.LITERT_DIR, layout.LITERT_INT8_FILE)
+    calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
+    with open(int8_path, "wb") as f:
+        f.write(litert_export.convert(module, calibration))
+    int8_info = litert_export.describe(int8_path)
+    int8_run = litert_export.runner(litert_export.interpreter(int8_path))
+    agreement = parity.agreement(out, int8_run(pixels))
+    size = report.size_bytes(int8_path)
+    rep["litert_int8"] = {
+        "method": litert_export.INT8_METHOD,
+        "calibration_images": int(len(calibration)),
+        "evaluated_on": "the parity images (not used for calibration)",
+        "size_bytes": size,
+        "size_vs_float32": size / report.size_bytes(path),
+        "agreement_with_float32": agreement,
+        "min_cosine": cfg.int8_min_cosine,
+        "ops": int8_info["ops"],
+    }
+    refusal = quantize.gate(agreement, cfg.int8_min_cosine)
+    if refusal and not cfg.force_int8:
+        os.remove(int8_path)
+        rep["litert_int8"]["written"] = False
+        rep["litert_int8"]["refused"] = f"{refusal}; --force_int8 writes it anyway"
+        return
+    rep["litert_int8"]["written"] = True
+    if refusal:
+        rep["litert_int8"]["forced"] = refusal
+    rep["files"][os.path.join(layout.LITERT_DIR, layout.LITERT_INT8_FILE)] = size
+    rep["latency_ms_batch1"]["litert_int8"] = _latency_ms(lambda: int8_run(one))
+
+
 def summary(cfg: ExportConfig, rep: dict) -> str:
     """A few lines for the terminal: where things went, sizes, and the parity figures."""
     lines = [f"exported step {rep['step']} as version {rep['version']} to {cfg.export_dir}"]
@@ -256,15 +348,17 @@ def summary(cfg: ExportConfig, rep: dict) -> str:
         if isinstance(diffs, dict) and diffs
     }
     lines += [f"  max abs diff {name}: {v:.2e}" for name, v in sorted(worst.items())]
-    if rep.get("int8", {}).get("refused"):
-        lines.append(f"  int8 model not written: {rep['int8']['refused']}")
-    if "int8" in rep:
-        agree = rep["int8"]["agreement_with_float32"]
-        lines.append(
-            "  int8 vs float32: "
-            + ", ".join(
-                f"{k} max {v['max_abs']:.3g} (cos {v['mean_cosine']:.4f})" for k, v in agree.items()
+    for key, name in (("int8", "int8"), ("litert_int8", "LiteRT int8")):
+        if rep.get(key, {}).get("refused"):
+            lines.append(f"  {name} model not written: {rep[key]['refused']}")
+        if key in rep:
+            agree = rep[key]["agreement_with_float32"]
+            lines.append(
+                f"  {name} vs float32: "
+                + ", ".join(
+                    f"{k} max {v['max_abs']:.3g} (cos {v['mean_cosine']:.4f})"
+                    for k, v in agree.items()
+                )
             )
-        )
     lines.append(f"  report: {os.path.join(cfg.export_dir, layout.REPORT)}")
     return "\n".join(lines)

@@ -4,12 +4,13 @@ Layout of an export dir E:
 
     E/saved_model/<version>/                   a SavedModel, the versions TF Serving watches;
                                                assets.extra/export/ holds that export's onnx/,
-                                               keras/, export_report.json, MODEL_CARD.md and
-                                               models.config
+                                               keras/, litert/, export_report.json,
+                                               MODEL_CARD.md, models.config and
+                                               batching_parameters.txt
     E/history/<version>/                       an export without a SavedModel
     E/current -> saved_model/<version>/assets.extra/export  (or history/<version>)
-    E/onnx, E/keras, E/export_report.json, E/MODEL_CARD.md, E/models.config -> current/...
-                                               fixed symlinks
+    E/onnx, E/keras, E/litert, E/export_report.json, E/MODEL_CARD.md, E/models.config,
+    E/batching_parameters.txt -> current/...   fixed symlinks
 
 A version, once published, is never changed: an export writes a new one, with a number
 above every version in E, into a staging directory next to E, and renames it into place
@@ -38,11 +39,16 @@ ONNX_INT8_FILE = "encoder.int8.onnx"
 KERAS_DIR = "keras"
 KERAS_FILE = "encoder.keras"
 MODEL_CARD = "MODEL_CARD.md"
+LITERT_DIR = "litert"
+LITERT_FILE = "encoder.tflite"
+LITERT_INT8_FILE = "encoder.int8.tflite"
 REPORT = "export_report.json"
 MODELS_CONFIG = "models.config"
+BATCHING = "batching_parameters.txt"  # export/batching.py writes it
 HISTORY = "history"
 CURRENT = "current"
-POINTERS = (ONNX_DIR, KERAS_DIR, REPORT, MODEL_CARD, MODELS_CONFIG)  # E/<name> -> current/<name>
+# E/<name> -> current/<name>
+POINTERS = (ONNX_DIR, KERAS_DIR, LITERT_DIR, REPORT, MODEL_CARD, MODELS_CONFIG, BATCHING)
 GROUP_IN_MODEL = os.path.join("assets.extra", "export")  # its export's onnx/, report, config
 # What a killed commit of the previous release (which could replace a version) left.
 _OLD_JOURNAL = ".commit.json"

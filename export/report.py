@@ -14,6 +14,7 @@ _PACKAGES = (
     "tf2onnx",
     "onnx",
     "onnxruntime",
+    "ai-edge-litert",
     "tensorflow-serving-api",
     "numpy",
 )

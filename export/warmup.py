@@ -27,14 +27,17 @@ def _predict_log(model_name: str, signature: str, name: str, value: np.ndarray):
 def write_warmup(saved_model_dir: str, model_name: str, pixels: np.ndarray) -> list[dict]:
     """Writes warmup requests built from real images pixels [B, S, S, 3] float 0..255.
 
-    Both signatures, at batch 1 and at a larger batch, so TF Serving traces the shapes real
-    traffic uses before the first request. Returns what was written, for the report.
+    Every signature, at batch 1 and at a larger batch, so TF Serving traces (and XLA
+    compiles) the shapes real traffic uses before the first request. Returns what was
+    written, for the report.
     """
     pngs = np.array([tf.io.encode_png(tf.cast(tf.round(p), tf.uint8)).numpy() for p in pixels])
     big = min(len(pixels), 8)
     requests = [
         (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:1]),
         (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:big]),
+        (serving.XLA_SIGNATURE, serving.IMAGES, pixels[:1]),
+        (serving.XLA_SIGNATURE, serving.IMAGES, pixels[:big]),
         (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:1]),
         (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:big]),
     ]

@@ -26,7 +26,9 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 EVAL_MODES = ("all", "probe", "finetune", "parts", "visualize")
 # keras: encoder.keras, the deterministic encoder for keras.saving.load_model.
-EXPORT_FORMATS = ("saved_model", "onnx", "keras")
+EXPORT_FORMATS = ("saved_model", "onnx", "keras", "litert")
+# litert is written when asked for (--formats=saved_model,onnx,keras,litert).
+DEFAULT_EXPORT_FORMATS = ("saved_model", "onnx", "keras")
 QUANTIZE_MODES = ("", "int8")
 MIN_ONNX_OPSET = 17
 MAX_ONNX_OPSET = 18  # the newest opset tf2onnx 1.17 converts to
@@ -362,9 +364,13 @@ class ExportConfig(Checked):
         minimum=0,
     )
     formats: tuple[str, ...] = option(
-        EXPORT_FORMATS, "Comma-separated: " + ",".join(EXPORT_FORMATS), choices=EXPORT_FORMATS
+        DEFAULT_EXPORT_FORMATS,
+        "Comma-separated, of " + ",".join(EXPORT_FORMATS),
+        choices=EXPORT_FORMATS,
     )
-    quantize: str = option("", "int8: also write an int8 ONNX model", choices=QUANTIZE_MODES)
+    quantize: str = option(
+        "", "int8: also write the int8 ONNX and LiteRT models", choices=QUANTIZE_MODES
+    )
     checkpoint: str = option("", "Checkpoint prefix to export instead of the latest")
     model_name: str = option("patchvae", "TF Serving model name in models.config")
     opset: int = option(
@@ -390,9 +396,10 @@ class ExportConfig(Checked):
             raise UserError(f"--formats is empty; expected some of {', '.join(EXPORT_FORMATS)}")
         if len(set(self.formats)) != len(self.formats):
             raise UserError(f"--formats={','.join(self.formats)} names a format twice")
-        if self.quantize and "onnx" not in self.formats:
+        if self.quantize and not {"onnx", "litert"} & set(self.formats):
             raise UserError(
-                f"--quantize={self.quantize} needs the ONNX model: add onnx to --formats"
+                f"--quantize={self.quantize} quantizes the ONNX or LiteRT model: add onnx or "
+                "litert to --formats"
             )
         name = self.model_name
         if not name or not name.replace("_", "").replace("-", "").isalnum():

@@ -59,6 +59,27 @@ def trained(tmp_path_factory):
     return cfg, summary
 
 
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory):
+    """(ExportConfig, report) of one export of the session's tiny PatchVAE: SavedModel, ONNX
+    and LiteRT, each with its int8 model. Shared by the export, LiteRT and OpenVINO tests.
+    """
+    from export import exporter
+    from patchvae_tf.config import ExportConfig
+    from patchvae_tf.validation import validate_export
+
+    cfg, _ = trained
+    ecfg = ExportConfig(
+        workdir=cfg.train.workdir,
+        export_dir=str(tmp_path_factory.mktemp("export") / "patchvae"),
+        formats=("saved_model", "onnx", "litert"),
+        quantize="int8",
+        parity_images=16,
+        calibration_images=32,
+    )
+    return ecfg, exporter.export(validate_export(ecfg))
+
+
 TINY_TFDS = "patchvae_tiny_images"  # a name no TFDS release uses
 
 

@@ -249,7 +249,7 @@ def test_every_config_checks_itself_when_built_replaced_or_read(tmp_path):
         EvalConfig(mode="probes")
     with pytest.raises(UserError, match=r"--freeze_stages must list depths >= 0"):
         EvalConfig(freeze_stages=[0, -2])
-    with pytest.raises(UserError, match="add onnx to --formats"):
+    with pytest.raises(UserError, match="add onnx or litert to --formats"):
         ExportConfig(workdir="w", export_dir="e", formats=("keras",), quantize="int8")
     # JSON's lists and integers become the fields' tuples and floats.
     assert EvalConfig(freeze_stages=[0, 1]).freeze_stages == (0, 1)

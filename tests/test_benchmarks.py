@@ -63,7 +63,20 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     assert knob["synthetic"] and knob["steps_per_loop"] == 2 and knob["keras_kernels"]
 
     runtimes = {e["runtime"] for e in r["encoder"]}
-    assert runtimes == {"keras", "saved_model", "onnxruntime", "onnxruntime_int8"}
+    assert runtimes == {
+        "keras",
+        "saved_model",
+        "saved_model_xla",
+        "onnxruntime",
+        "onnxruntime_int8",
+        "litert",
+        "litert_int8",
+        "openvino",
+        "openvino_int8",
+    }
+    b = r["batching"]
+    assert set(b["images_per_second"]) == {"1"}  # --quick: an encoder batch of 4
+    assert b["parameters"]["max_batch_size"] == 1 and "batching parameters" in table
     for e in r["encoder"]:
         assert e["batch1_ms"]["ours"] > 0 and e["batch_images_per_second"]["ours"] > 0
         assert e["batch1_ms"]["ratio"] is None
@@ -81,6 +94,15 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
         assert sum(e["share"] for e in o["by_op_type"]) == pytest.approx(1, abs=0.01)
         assert 0 < o["kernels_ms"] <= o["model_run_ms"]
         assert o["top_nodes"][0]["ms"] >= o["top_nodes"][-1]["ms"] > 0
+    for name, sig in prof["saved_model_batch1"].items():
+        kinds = {e["name"]: e for e in sig["by_op_type"]}
+        assert sum(e["ms"] for e in sig["by_op_type"]) == pytest.approx(sig["ops_ms"], abs=0.01)
+        assert 0 < sig["ops_ms"] and sig["batch"] == 1
+        if name == "serving_default":  # the convolutions run as oneDNN or Eigen kernels
+            assert any("Conv2D" in k for k in kinds), kinds
+        else:  # the encoder is one XLA cluster; the checks run beside it
+            assert "XLA executable" in kinds and "CheckNumerics" in kinds, kinds
+            assert not any("Conv2D" in k for k in kinds), kinds
     step = prof["train_step"]
     assert {e["name"] for e in step["by_phase"]} == {"forward", "backward", "optimizer"}
     assert sum(e["ms"] for e in step["by_phase"]) == pytest.approx(step["ops_ms"], rel=0.01)

@@ -21,22 +21,6 @@ GRID, PARTS, APP_DIM, CHANNELS = 8, 8, 4, 32  # its scale 4, N, L and encoder wi
 
 
 @pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    """(ExportConfig, report) of one export of the session's tiny PatchVAE, with int8."""
-    from export import exporter
-
-    cfg, _ = trained
-    ecfg = ExportConfig(
-        workdir=cfg.train.workdir,
-        export_dir=str(tmp_path_factory.mktemp("export") / "patchvae"),
-        quantize="int8",
-        parity_images=16,
-        calibration_images=32,
-    )
-    return ecfg, exporter.export(validate_export(ecfg))
-
-
-@pytest.fixture(scope="module")
 def loaded(exported):
     import tensorflow as tf
 
@@ -81,6 +65,7 @@ def test_layout_report_and_parity(trained, exported):
         "onnx_vs_saved_model",
         "onnx_batch1_vs_batch",
         "image_bytes_vs_images",
+        "serving_xla_vs_serving_default",
     ]
     for name in comparisons:
         diffs = on_disk["parity"][name]
@@ -92,7 +77,7 @@ def test_layout_report_and_parity(trained, exported):
     assert sig["outputs"]["appearance"]["shape"] == [None, PARTS, APP_DIM]
     assert sig["outputs"]["features"]["shape"] == [None, CHANNELS]
     assert on_disk["signatures"]["serve_image_bytes"]["inputs"]["image_bytes"]["dtype"] == "string"
-    assert on_disk["warmup_replayed"] == len(on_disk["warmup_requests"]) == 4
+    assert on_disk["warmup_replayed"] == len(on_disk["warmup_requests"]) == 6
     assert on_disk["onnx"]["opset"] >= 17
     assert on_disk["versions"]["tensorflow"].startswith("2.")
     config_text = open(os.path.join(root, "models.config")).read()
@@ -252,6 +237,7 @@ def test_bad_inputs_raise_invalid_argument(loaded):
 
     default = loaded.signatures["serving_default"]
     from_bytes = loaded.signatures["serve_image_bytes"]
+    xla = loaded.signatures["serving_xla"]
     expected_shape = r"expected shape \[\?,32,32,3\]"
     cases = [
         (default, {"images": np.zeros((SIZE, SIZE, 3), np.float32)}, expected_shape),
@@ -259,6 +245,11 @@ def test_bad_inputs_raise_invalid_argument(loaded):
         (default, {"images": np.zeros((1, SIZE, SIZE, 4), np.float32)}, expected_shape),
         (default, {"images": -np.ones((1, SIZE, SIZE, 3), np.float32)}, "in \\[0, 255\\]"),
         (default, {"images": np.full((1, SIZE, SIZE, 3), np.nan, np.float32)}, "in \\[0, 255\\]"),
+        # The XLA signature checks as serving_default does: XLA would drop Assert ops.
+        (xla, {"images": np.zeros((1, 31, SIZE, 3), np.float32)}, expected_shape),
+        (xla, {"images": np.full((1, SIZE, SIZE, 3), 256.0, np.float32)}, "above 255"),
+        (xla, {"images": np.full((1, SIZE, SIZE, 3), np.inf, np.float32)}, "in \\[0, 255\\]"),
+        (xla, {"images": np.zeros((0, SIZE, SIZE, 3), np.float32)}, "empty batch"),
         (from_bytes, {"image_bytes": np.array([b"not an image at all"])}, "JPEG or PNG"),
         (from_bytes, {"image_bytes": np.array(b"x")}, "string \\[batch\\]"),
     ]
@@ -432,7 +423,7 @@ def test_vae_exports_its_outputs(trained, tmp_path):
     [
         ({"workdir": ""}, "--workdir is required"),
         ({"formats": ("saved_model", "tflite")}, "--formats"),
-        ({"formats": ("saved_model",), "quantize": "int8"}, "add onnx to --formats"),
+        ({"formats": ("saved_model",), "quantize": "int8"}, "add onnx or litert to --formats"),
         ({"quantize": "int4"}, "unknown --quantize 'int4'"),
         ({"version": -1}, "--version must be >= 0"),
         ({"opset": 13}, "--opset must be in"),
@@ -467,7 +458,7 @@ def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_pa
     ecfg = ExportConfig(
         workdir=cfg.train.workdir,
         export_dir=str(tmp_path / "e"),
-        formats=("onnx",),
+        formats=("onnx", "litert"),
         quantize="int8",
         int8_min_cosine=1.0,
         force_int8=force,
@@ -492,6 +483,15 @@ def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_pa
         assert on_disk["refused"] == int8["refused"]
         assert "int8 model not written: int8 features' mean cosine" in exporter.summary(ecfg, rep)
     assert ("onnx/encoder.int8.onnx" in rep["sha256"]) == force
+    # The LiteRT int8 model, from the same calibration images, passes the same gate.
+    lite = rep["litert_int8"]
+    lite_cosine = lite["agreement_with_float32"]["features"]["mean_cosine"]
+    assert 0.9 < lite_cosine < 1.0
+    lite_path = tmp_path / "e" / "litert" / "encoder.int8.tflite"
+    assert (tmp_path / "e" / "litert" / "encoder.tflite").is_file()
+    assert lite["written"] == force == lite_path.is_file()
+    assert f"mean cosine to float32 is {lite_cosine:.4f}" in lite["forced" if force else "refused"]
+    assert ("litert/encoder.int8.tflite" in rep["sha256"]) == force
 
 
 @pytest.mark.parametrize(
@@ -534,3 +534,32 @@ def test_zero_pad_after_relu_folds_into_max_pool_with_the_same_outputs(source, v
     assert kinds == ([source, "MaxPool"] if folded else [source, "Pad", "MaxPool"])
     assert want.shape == (2, 3, 4, 4)
     np.testing.assert_array_equal(run(model), want)
+
+
+def test_batching_parameters_follow_the_measured_throughput(exported):
+    from export import batching
+
+    ecfg, rep = exported
+    with open(os.path.join(ecfg.export_dir, "batching_parameters.txt")) as f:
+        text = f.read()
+    b = rep["batching"]
+    rates = {int(k): v for k, v in b["images_per_second"].items()}
+    assert sorted(rates) == [1, 8, 32, 128] and all(v > 0 for v in rates.values())
+    assert b == {"images_per_second": b["images_per_second"], **batching.parameters(rates)}
+    # The file says what the report says, in TF Serving's text format.
+    for key in ("max_batch_size", "batch_timeout_micros", "num_batch_threads"):
+        assert f"{key} {{ value: {b[key]} }}" in text, key
+    sizes = [int(line.split(":")[1]) for line in text.splitlines() if line.startswith("allowed")]
+    assert sizes == b["allowed_batch_sizes"] and sizes[-1] == b["max_batch_size"]
+
+
+def test_batching_rule_stops_where_throughput_stops_growing():
+    from export import batching
+
+    p = batching.parameters({1: 500.0, 8: 2000.0, 32: 2900.0, 128: 3000.0}, cores=2)
+    assert p["max_batch_size"] == 32 and p["allowed_batch_sizes"] == [1, 8, 32]
+    assert p["batch_timeout_micros"] == 2000 and p["num_batch_threads"] == 2
+    p = batching.parameters({1: 500.0, 8: 900.0, 32: 1500.0, 128: 3000.0}, cores=2)
+    assert p["max_batch_size"] == 128
+    with pytest.raises(ValueError, match="batch 1"):
+        batching.parameters({8: 1.0})
