@@ -44,13 +44,20 @@ def output_shapes(model) -> dict[str, list[int | None]]:
 class EncoderServing(tf.Module):
     """Raw pixels or encoded images in, occurrence / appearance / features out.
 
-    Only the encoder parts are tracked, so the SavedModel holds no decoder weights.
+    Only the encoder's variables are tracked, so the SavedModel holds no decoder weights.
     """
 
     def __init__(self, model, name: str = "patchvae_encoder"):
         super().__init__(name=name)
-        for attr, layer in encoder_parts(model).items():
-            setattr(self, attr, layer)
+        # The TF variables the functions read, by their Keras path, and not the Keras layers:
+        # a layer tracks Keras's variable wrappers, which the saver restores in place of the
+        # variables the functions capture, so TF Serving's session loader (and saved_model_cli
+        # run) failed with "Could not find variable ..." where TF2's loader worked.
+        self.encoder_variables = {
+            v.path.replace("/", "."): v.value
+            for layer in encoder_parts(model).values()
+            for v in layer.variables
+        }
         # A bound method is not trackable, so the model (and its decoder) stays out.
         self._encode = model.encode
         self.image_size = int(model.image_size)

@@ -96,6 +96,29 @@ def test_layout_report_and_parity(trained, exported):
     assert os.listdir(os.path.dirname(root)) == ["patchvae"]
 
 
+def test_session_loader_runs_the_saved_model_as_tf_serving_does(exported):
+    """TF Serving (and saved_model_cli run) load a SavedModel into a TF1 session: restore
+    the variables by the saver, then run the signature's tensors. A model whose functions
+    read variables the saver does not restore loads in TF2 and fails there.
+    """
+    import tensorflow as tf
+
+    ecfg, rep = exported
+    x = _pixels(3, seed=4)
+    want = tf.saved_model.load(_version_dir(ecfg, rep)).signatures["serving_default"](
+        images=tf.constant(x)
+    )
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], _version_dir(ecfg, rep))
+        sig = meta.signature_def["serving_default"]
+        got = sess.run(
+            {k: v.name for k, v in sig.outputs.items()}, {sig.inputs["images"].name: x}
+        )
+    assert sorted(got) == sorted(want) == ["appearance", "features", "occurrence"]
+    for k, v in got.items():
+        np.testing.assert_allclose(v, want[k].numpy(), atol=1e-5, err_msg=k)
+
+
 def test_saved_model_holds_the_encoder_only(exported):
     import tensorflow as tf
 
