@@ -138,22 +138,30 @@ class PatchVAE(_Autoencoder):
         """z_hat [B, h, w, N*L] -> x_hat [B, H, W, 3]."""
         return self.decoder(z_hat, training=training)
 
-    def call(self, x, training=False, temperature=None, seed=None):
+    def call(self, x, training=False, temperature=None, seed=None, noise=None):
         """Sampled reconstruction; returns the tensors the loss needs as a dict.
 
-        seed: None (stateful sampling) or a stateless seed [2] for both samples.
+        seed: None (stateful sampling) or a stateless seed [2] for both samples. noise: None,
+        or the draws to use instead ({"occurrence": U(0, 1) [B, h, w, N], "appearance":
+        N(0, 1) [B, N, L]}), to replay another implementation's (benchmarks/parity.py).
         """
+        noise = noise or {}
         tau = self.tau_min if temperature is None else temperature
         seeds = (None, None) if seed is None else tf.random.experimental.stateless_split(seed, 2)
         _, mean, logvar, logits = self._posterior(x, training)
         q = latents.occurrence_probs(logits, self.categorical)
         z_occ = latents.sample_occurrence(
-            logits, tau, categorical=self.categorical, hard=self.hard, seed=seeds[0]
+            logits,
+            tau,
+            categorical=self.categorical,
+            hard=self.hard,
+            seed=seeds[0],
+            uniform=noise.get("occurrence"),
         )
         mu_app, var_app = latents.pool_appearance(
             mean, logvar, q, self.num_parts, self.appearance_dim
         )
-        z_app = latents.appearance_posterior(mu_app, var_app).sample(seed=seeds[1])
+        z_app = latents.sample_appearance(mu_app, var_app, seeds[1], noise.get("appearance"))
         z_hat = latents.compose(z_app, z_occ)
         return self._outputs(
             self.decode(z_hat, training),
@@ -254,10 +262,11 @@ class VAE(_Autoencoder):
         z_map = self.expand(tf.reshape(z, [-1, 1, 1, self.code_size]), training=training)
         return self.decoder(z_map, training=training)
 
-    def call(self, x, training=False, temperature=None, seed=None):
+    def call(self, x, training=False, temperature=None, seed=None, noise=None):
+        """As PatchVAE's; noise: None or {"appearance": N(0, 1) draws [B, N*L]}."""
         del temperature  # no discrete latent to relax
         _, mean, var = self._posterior(x, training)
-        z = latents.appearance_posterior(mean, var).sample(seed=seed)
+        z = latents.sample_appearance(mean, var, seed, (noise or {}).get("appearance"))
         return self._outputs(self.decode(z, training), appearance_mean=mean, appearance_var=var)
 
     def loss_terms(self, x, outputs):
