@@ -138,9 +138,10 @@ class ParityWorker(reference_worker.Worker):
             if not k.endswith("num_batches_tracked")
         }
 
-    def _train(self, r, eps_schedule, record):
+    def _train(self, r, eps_schedule, record, double=False):
         """Runs run.py's train() step r["steps"] times from the given weights; record: also
-        keep the first step's forward tensors, loss terms and gradients.
+        keep the first step's forward tensors, loss terms and gradients. double: the same in
+        float64 (weights, batch and noise converted), the float32 runs' rounding floor.
         """
         import numpy as np
 
@@ -149,6 +150,11 @@ class ParityWorker(reference_worker.Worker):
         model = self._build(v)
         self._load(model, {k[2:]: a for k, a in data.items() if k.startswith("w/")})
         model.train()
+        if double:
+            model.double()
+            data = {
+                k: a.astype(np.float64) if a.dtype == np.float32 else a for k, a in data.items()
+            }
         loss_fn = self._loss_fn(v)
         optimizer = torch.optim.Adam(model.parameters(), lr=r["lr"], betas=(0.5, 0.999))
         seen = self._capture(model, v) if record else {}
@@ -185,8 +191,12 @@ class ParityWorker(reference_worker.Worker):
         # Their own Adam epsilon, for the size of the epsilon difference on its own.
         plain, _ = self._train(r, [r["plain_eps"]] * r["steps"], record=False)
         out |= {f"plain_eps/{k}": a for k, a in plain.items()}
+        answer = {"terms": terms}
+        if r.get("float64"):
+            exact, answer["terms64"] = self._train(r, r["adam_eps"], record=True, double=True)
+            out |= {f"float64/{k}": a for k, a in exact.items()}
         np.savez(r["out"], **out)
-        return {"terms": terms}
+        return answer
 
     # --- classifier.py -------------------------------------------------------------
 

@@ -29,9 +29,15 @@ class _Autoencoder(keras.Model):
         batch_norm_momentum: float = 0.9,
         batch_norm_epsilon: float = 1e-5,
         fused: bool = True,
+        decoder_batch_norm_updates: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if decoder_batch_norm_updates not in (1, 2):
+            raise ValueError(
+                "`decoder_batch_norm_updates` must be 1 or 2. "
+                f"Received: decoder_batch_norm_updates={decoder_batch_norm_updates!r}"
+            )
         if not isinstance(image_size, int) or image_size <= 0 or image_size % scale:
             raise ValueError(
                 f"`image_size` must be a positive multiple of scale={scale}. "
@@ -58,8 +64,14 @@ class _Autoencoder(keras.Model):
         self.grid = image_size // scale
         self.code_size = num_parts * appearance_dim
         self.encoder = networks.make_encoder(encoder, scale, base_channels, **self.style)
+        # Two updates from the same batch statistics are one with momentum squared:
+        # m (m r + (1 - m) s) + (1 - m) s = m^2 r + (1 - m^2) s.
+        self.decoder_batch_norm_updates = decoder_batch_norm_updates
+        decoder_style = self.style | {
+            "batch_norm_momentum": batch_norm_momentum**decoder_batch_norm_updates
+        }
         self.decoder = networks.PyramidDecoder(
-            scale, base_channels, 3, name="decoder", **self.style
+            scale, base_channels, 3, name="decoder", **decoder_style
         )
 
     def features(self, x, training=False):
@@ -95,6 +107,7 @@ class _Autoencoder(keras.Model):
             "edge_weighting": self.edge_weighting,
             "tau_min": self.tau_min,
             "input_space": self.input_space,
+            "decoder_batch_norm_updates": self.decoder_batch_norm_updates,
             **self.style,
         }
 
@@ -309,6 +322,8 @@ def build_model(cfg: ModelConfig, fused: bool = True) -> _Autoencoder:
     if cfg.arch == "patchvae":
         model = PatchVAE(
             occurrence_prior=cfg.prior,
+            # Only their PatchyVAE decodes twice per step; their VAE decodes once.
+            decoder_batch_norm_updates=cfg.decoder_batch_norm_updates,
             categorical=cfg.categorical,
             hard=cfg.hard,
             beta_occ=cfg.beta_occ,

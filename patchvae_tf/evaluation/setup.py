@@ -90,6 +90,9 @@ def _plan(ecfg: EvalConfig, cfg: Config, source: data.Source, model) -> tuple[tu
     elif not source.sizes.get("test"):
         reasons["parts"] = f"dataset {source.name!r} has no test images"
     modes = ecfg.modes()
+    if source.unlabelled and {"probe", "finetune"} & set(modes):
+        # Scoring unlabelled images would report 0 (or fail): stop, whatever the mode.
+        raise UserError(source.unlabelled)
     if explicit and modes[0] in reasons:
         raise UserError(reasons[modes[0]])
     too_deep = [k for k in ecfg.freeze_stages if k > _num_stages(model)]
