@@ -475,6 +475,7 @@ def compare_classifier(ref, pcfg: ParityConfig, tmp: str) -> dict:
     from patchvae_tf import models
     from patchvae_tf.config import EvalConfig
     from patchvae_tf.evaluation import finetune
+    from patchvae_tf.evaluation.probes import WEIGHT_DECAY
 
     cfg = variant_config("cifar", pcfg.image_size)
     m = cfg.model
@@ -527,6 +528,7 @@ def compare_classifier(ref, pcfg: ParityConfig, tmp: str) -> dict:
     )
     theirs = dict(np.load(out_path))
     optimizer = keras.optimizers.SGD(SGD["lr"], momentum=SGD["momentum"])
+    before = [v.numpy() for v in clf.variables]
     loss, features, logits, grads = clf.step(
         optimizer,
         tf.constant(images),
@@ -545,59 +547,29 @@ def compare_classifier(ref, pcfg: ParityConfig, tmp: str) -> dict:
             )
         return value
 
-    rows = [
-        row(
-            "classifier",
-            "forward",
-            "features",
-            _nchw(features.numpy()),
-            theirs["fwd/features"],
-            TOLERANCES["forward"],
-        ),
-        row(
-            "classifier",
-            "forward",
-            "logits",
-            logits.numpy(),
-            theirs["fwd/logits"],
-            TOLERANCES["forward"],
-        ),
-        row("classifier", "loss", "cross_entropy", float(loss), answer["loss"], TOLERANCES["loss"]),
-    ]
-    ours_grads = {
-        by_var[id(v)]: layout(by_var[id(v)], g.numpy())
-        for v, g in zip(clf.variables, grads, strict=True)
+    ours = {
+        "fwd/features": _nchw(features.numpy()),
+        "fwd/logits": logits.numpy(),
+        "term/cross_entropy": float(loss),
     }
-    their_grads = {k[5:] for k in theirs if k.startswith("grad/")}
-    if set(ours_grads) != their_grads:
-        raise ValueError(f"trained on one side only: {sorted(set(ours_grads) ^ their_grads)}")
-    for k in sorted(their_grads):
-        rows.append(
-            row(
-                "classifier",
-                "gradient",
-                k,
-                ours_grads[k],
-                theirs[f"grad/{k}"],
-                TOLERANCES["gradient"],
-                our_name=names[k].path,
-            )
-        )
+    theirs["term/cross_entropy"] = answer["loss"]
+    theirs["float64/term/cross_entropy"] = answer["loss64"]
+    # Their p.grad is the loss's gradient (SGD adds weight_decay * w inside its step); ours
+    # is taken of the loss plus the decay term, so the compared gradient is ours - wd * w.
+    ours |= {
+        f"grad/{by_var[id(v)]}": layout(by_var[id(v)], g.numpy() - WEIGHT_DECAY * w)
+        for v, g, w in zip(clf.variables, grads, before, strict=True)
+    }
+    ours |= {f"step1/{k}": layout(k, v.numpy()) for k, v in names.items()}
+    grads_theirs = {k for k in theirs if k.startswith("grad/")}
+    if grads_theirs ^ {k for k in ours if k.startswith("grad/")}:
+        raise ValueError(f"trained on one side only: {sorted(grads_theirs ^ set(ours))}")
+    keys = [("forward", "fwd/features"), ("forward", "fwd/logits")]
+    keys += [("loss", "term/cross_entropy")] + [("gradient", k) for k in sorted(grads_theirs)]
     for k in sorted(names):
         kind = "statistic" if k.endswith(("running_mean", "running_var")) else "parameter"
-        rows.append(
-            row(
-                "classifier",
-                f"step1_{kind}",
-                k,
-                layout(k, names[k].numpy()),
-                theirs[f"step1/{k}"],
-                TOLERANCES["step1"],
-                our_name=names[k].path,
-                step=1,
-            )
-        )
-    return {"rows": rows}
+        keys.append((f"step1_{kind}", f"step1/{k}"))
+    return {"rows": [compared("classifier", g, k, ours, theirs, names) for g, k in keys]}
 
 
 # --- the run ---------------------------------------------------------------------------

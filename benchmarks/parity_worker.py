@@ -227,8 +227,17 @@ class ParityWorker(reference_worker.Worker):
     def classifier_step(self, r):
         """classifier.py's train(): CrossEntropyLoss, SGD(lr, momentum, weight_decay) over
         every parameter (the frozen ones have requires_grad False), one step, in train mode
-        with dropout replaced by the given mask.
+        with dropout replaced by the given mask; again in float64, the rounding floor.
         """
+        import numpy as np
+
+        out, loss = self._classifier_step(r, double=False)
+        exact, loss64 = self._classifier_step(r, double=True)
+        out |= {f"float64/{k}": a for k, a in exact.items()}
+        np.savez(r["out"], **out)
+        return {"loss": loss, "loss64": loss64}
+
+    def _classifier_step(self, r, double):
         import numpy as np
 
         torch, c = self.torch, r["classifier"]
@@ -236,6 +245,11 @@ class ParityWorker(reference_worker.Worker):
         model = self._classifier(c)
         self._load(model, {k[2:]: a for k, a in data.items() if k.startswith("w/")})
         model.train()
+        if double:
+            model.double()
+            data = {
+                k: a.astype(np.float64) if a.dtype == np.float32 else a for k, a in data.items()
+            }
         # nn.Dropout draws its mask inside the kernel; the given mask (0 or 1 / (1 - p))
         # replaces it, so both sides drop the same units.
         mask = torch.from_numpy(data["dropout_mask"])
@@ -260,8 +274,7 @@ class ParityWorker(reference_worker.Worker):
         }
         optimizer.step()
         out |= self._state(model, "step1")
-        np.savez(r["out"], **out)
-        return {"loss": loss.item()}
+        return out, loss.item()
 
 
 if __name__ == "__main__":
