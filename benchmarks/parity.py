@@ -357,6 +357,15 @@ def _ours_train(cfg, model, inputs: Inputs, steps: int, names: dict) -> tuple[di
             for v, g in zip(variables, grads, strict=True):
                 out[f"grad/{by_var[id(v)]}"] = to_torch(g.numpy())
             out |= state("step1")
+        if t == steps - 1:
+            b = inputs.images.shape[0]
+            out[f"fwd{steps}/x_hat"] = _nchw(outputs["decoded"].numpy())
+            out[f"fwd{steps}/mu_app"] = outputs["appearance_mean"].numpy().reshape(b, -1)
+            out[f"fwd{steps}/var_app"] = outputs["appearance_var"].numpy().reshape(b, -1)
+            if "occurrence" in outputs:
+                out[f"fwd{steps}/q_occ"] = _nchw(outputs["occurrence"].numpy())
+            for v, g in zip(variables, grads, strict=True):
+                out[f"grad{steps}/{by_var[id(v)]}"] = to_torch(g.numpy())
     out |= state(f"step{steps}")
     return out, terms
 
@@ -427,6 +436,8 @@ def compare_model(name: str, cfg, ref, pcfg: ParityConfig, tmp: str) -> dict:
     keys = [("forward", k) for k in sorted(theirs) if k.startswith("fwd/")]
     keys += [("loss", f"term/{k}") for k in _TERMS[m.arch]]
     keys += [("gradient", k) for k in sorted(grads)]
+    keys += [("last_forward", k) for k in sorted(theirs) if k.startswith(f"fwd{steps}/")]
+    keys += [("last_gradient", f"grad{steps}/{k[5:]}") for k in sorted(grads)]
     for tag, group in (("step1", "step1"), (f"step{steps}", "last")):
         for k in sorted(names):
             kind = "statistic" if k.endswith(("running_mean", "running_var")) else "parameter"

@@ -178,6 +178,17 @@ class ParityWorker(reference_worker.Worker):
                 }
                 terms = {"loss": loss.item(), **{k: t.item() for k, t in parts.items()}}
                 out |= {f"grad/{k}": p.grad.numpy().copy() for k, p in model.named_parameters()}
+            if record and step == r["steps"] - 1:
+                out |= {
+                    f"grad{step + 1}/{k}": p.grad.numpy().copy()
+                    for k, p in model.named_parameters()
+                }
+                out |= {
+                    f"fwd{step + 1}/x_hat": recon.detach().numpy(),
+                    f"fwd{step + 1}/mu_app": mu.detach().numpy(),
+                    f"fwd{step + 1}/var_app": var.detach().numpy(),
+                    f"fwd{step + 1}/q_occ": vis.detach().numpy(),
+                }
             optimizer.step()
             if record and step == 0:
                 out |= self._state(model, "step1")
