@@ -9,7 +9,7 @@ import tensorflow_probability as tfp
 
 tfd = tfp.distributions
 
-_EPS = 1e-6
+_EPS = 1e-7  # the authors' eps in the pooling (model.py)
 ANNEAL_EVERY = 1000
 _LOG_VAR_MIN, _LOG_VAR_MAX = math.log(1e-7), math.log(1e7)
 
