@@ -10,10 +10,18 @@ batch with the same relaxed-occurrence uniforms and appearance epsilons, at the 
 learning rate and temperature schedule. The classifier variant does one SGD step of our
 --mode=finetune classifier and of their classifier.py's. Compared: the encoder's output and
 heads, x_hat, each loss term, every gradient, every parameter (and BatchNorm running
-statistic) after the first and the last step.
+statistic) after the first and the last step, and the last step's forward pass and
+gradients.
 
 The difference of a tensor is max|ours - theirs| / max(max|theirs|, 1e-30): the largest
 error relative to the tensor's own scale, so that entries near zero do not dominate.
+
+Keras's Adam adds epsilon to sqrt(v) before the bias correction, which is PyTorch's update
+with epsilon / sqrt(1 - beta_2^t): their Adam is given that epsilon step by step, so the
+comparison is exact, and run once more with its own to measure the difference alone
+(adam_epsilon_alone). Their code also runs in float64 from the same weights, batch and
+noise: how far each float32 result (theirs and ours) is from it says what float32 rounding
+alone does, which is the reason given for a row outside its tolerance (see explain()).
 """
 
 from __future__ import annotations
