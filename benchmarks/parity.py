@@ -433,6 +433,11 @@ def compare_model(name: str, cfg, ref, pcfg: ParityConfig, tmp: str) -> dict:
         }
     )
     theirs = dict(np.load(out_path))
+    b = pcfg.batch_size
+    for k in [k for k in theirs if "fwd" in k and k.endswith(("/mu_app", "/var_app"))]:
+        theirs[k] = theirs[k].reshape(b, -1)  # their VAE's code is [B, N*L, 1, 1]
+    if m.arch == "vae":  # their VAE returns zeros where PatchVAE returns q_occ
+        theirs = {k: v for k, v in theirs.items() if not k.endswith("/q_occ")}
     ours, terms = _ours_train(cfg, model, inputs, steps, names)
     ours |= {f"term/{k}": terms[k] for k in _TERMS[m.arch]}
     for side, key in ((theirs, "terms"), (theirs, "terms64")):
@@ -622,6 +627,8 @@ def run(pcfg: ParityConfig, ref) -> dict:
                 part = compare_model(name, variant_config(name, pcfg.image_size), ref, pcfg, tmp)
             results["rows"] += explain(part["rows"])
             results["adam_epsilon_effect"] += part.get("adam_epsilon_effect", [])
+            results["summary"] = summary(results)
+            write(pcfg.out, results)  # each variant as it is done
     results["summary"] = summary(results)
     results["all_within_tolerance"] = all(r["within_tolerance"] for r in results["rows"])
     results["all_explained"] = all(r["within_tolerance"] or "reason" in r for r in results["rows"])
