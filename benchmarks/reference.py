@@ -73,10 +73,10 @@ def interpreter(python: str | None, setup: bool, venv_dir: str | None = None) ->
 class Reference:
     """The worker process: request() sends one JSON request and returns its answer."""
 
-    def __init__(self, python: str, checkout: str):
+    def __init__(self, python: str, checkout: str, worker: str = WORKER):
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         self.proc = subprocess.Popen(
-            [python, WORKER, checkout],
+            [python, worker, checkout],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -112,12 +112,20 @@ class Reference:
                 self.proc.kill()
 
 
-def start(checkout: str | None, python: str | None, setup: bool, venv_dir: str | None):
-    """A running Reference for the benchmark's flags, or None without --reference."""
+def start(
+    checkout: str | None,
+    python: str | None,
+    setup: bool,
+    venv_dir: str | None,
+    worker: str = WORKER,
+):
+    """A running Reference for the benchmark's flags, or None without --reference; worker:
+    the script it runs (reference_worker.py, or parity_worker.py for benchmarks.parity).
+    """
     if not checkout:
         return None
     checkout = check_checkout(checkout)
-    return Reference(interpreter(python, setup, venv_dir), checkout)
+    return Reference(interpreter(python, setup, venv_dir), checkout, worker)
 
 
 if __name__ == "__main__":  # python -m benchmarks.reference CHECKOUT PYTHON: a smoke check

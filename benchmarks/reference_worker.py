@@ -326,14 +326,14 @@ def _no_phase(name):
     return contextlib.nullcontext()
 
 
-def main(argv) -> int:
+def main(argv, worker_class=Worker) -> int:
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
     protocol = sys.stdout
     sys.stdout = sys.stderr  # the checkout prints; only answers go to the protocol stream
     try:
-        worker = Worker(argv[1])
+        worker = worker_class(argv[1])
     except Exception as e:
         protocol.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
         protocol.flush()

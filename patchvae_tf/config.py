@@ -24,6 +24,7 @@ RESNET_SCALES = (4, 8, 16, 32)
 TEXTURE_CONTRAST = 0.65
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
+CLASSIFIER_HEADS = ("flatten", "pool")
 EVAL_MODES = ("all", "probe", "finetune", "parts", "visualize")
 # keras: encoder.keras, the deterministic encoder for keras.saving.load_model.
 EXPORT_FORMATS = ("saved_model", "onnx", "keras", "litert")
@@ -130,6 +131,13 @@ class ModelConfig(Checked):
         0.9, "BatchNorm moving-average momentum", minimum=0.0, below=1.0
     )
     batch_norm_epsilon: float = option(1e-5, "BatchNorm epsilon", positive=True)
+    decoder_batch_norm_updates: int = option(
+        1,
+        "PatchVAE: updates of the decoder's BatchNorm moving statistics per training step; 2 "
+        "is the authors' (their decode() runs the decoder twice on the same input)",
+        minimum=1,
+        maximum=2,
+    )
 
     def check(self) -> None:
         if self.scale & (self.scale - 1) or self.scale < 2:
@@ -325,6 +333,13 @@ class EvalConfig(Checked):
     )
     dropout: float = option(
         0.5, "Dropout before the classifier's hidden layer", minimum=0.0, below=1.0
+    )
+    classifier_head: str = option(
+        "flatten",
+        "What the finetuned classifier reads: flatten (phi(x) flattened, the authors' "
+        "classifier on their PatchVAE encoder) | pool (phi(x) averaged over its grid, their "
+        "--arch=resnet18, which their ImageNet command runs)",
+        choices=CLASSIFIER_HEADS,
     )
     gallery_size: int = option(10, "Images per part in parts.png", positive=True)
     seed: int = option(0, "Random seed", minimum=0)

@@ -9,7 +9,7 @@ import tensorflow_probability as tfp
 
 tfd = tfp.distributions
 
-_EPS = 1e-6
+_EPS = 1e-7  # the authors' eps in the pooling (model.py)
 ANNEAL_EVERY = 1000
 _LOG_VAR_MIN, _LOG_VAR_MAX = math.log(1e-7), math.log(1e7)
 
@@ -63,6 +63,7 @@ def sample_occurrence(
     categorical: bool = False,
     hard: bool = False,
     seed: tf.Tensor | None = None,
+    uniform: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Relaxed occurrence sample z_occ [B, h, w, N] from logits [B, h, w, N].
 
@@ -70,16 +71,24 @@ def sample_occurrence(
     1[l > 0] per part, or with categorical the one-hot of argmax l (one part per location),
     while gradients flow through the relaxed sample (straight-through). ``seed``: a stateless
     seed [2] (training passes one per step, so a resumed run draws what it would have).
+    ``uniform``: U(0, 1) draws [B, h, w, N] to use instead of sampling (replaying another
+    implementation's noise): the logistic noise logit(u), or with categorical the Gumbel
+    noise -log(-log(u)), turned into the sample as TFP's samplers do.
     """
-    posterior = occurrence_posterior(logits, tau, categorical)
-    if categorical:
-        z = posterior.sample(seed=seed)
+    tau = tf.convert_to_tensor(tau, logits.dtype)
+    if uniform is not None:
+        u = tf.convert_to_tensor(uniform, logits.dtype)
+        if categorical:
+            z = tf.nn.softmax((logits - tf.math.log(-tf.math.log(u))) / tau, axis=-1)
+        else:
+            z = tf.sigmoid((logits + tf.math.log(u) - tf.math.log1p(-u)) / tau)
+    elif categorical:
+        z = occurrence_posterior(logits, tau, categorical).sample(seed=seed)
     else:
         # RelaxedBernoulli is sigmoid(Logistic(l / tau, 1 / tau)), and we draw it so.
         # TFP's Sigmoid bijector computes tf.where(x < c, exp(x), sigmoid(x)): once
         # (l + noise) / tau passes 88, exp overflows in the unused branch and its gradient
         # is 0 * inf = NaN, which killed training as tau annealed. tf.sigmoid is safe.
-        tau = tf.convert_to_tensor(tau, logits.dtype)
         z = tf.sigmoid(tfd.Logistic(logits / tau, 1.0 / tau).sample(seed=seed))
     if hard:
         if categorical:
@@ -124,6 +133,17 @@ def pool_appearance(
 def appearance_posterior(mu_app: tf.Tensor, var_app: tf.Tensor) -> tfd.Distribution:
     """q(z_app) = Normal(mu_app, sqrt(var_app)), batch shape [B, N, L]."""
     return tfd.Normal(mu_app, tf.sqrt(var_app))
+
+
+def sample_appearance(
+    mu_app: tf.Tensor, var_app: tf.Tensor, seed=None, normal: tf.Tensor | None = None
+) -> tf.Tensor:
+    """A reparameterized sample of ``appearance_posterior``, [B, ...] like mu_app; ``normal``:
+    N(0, 1) draws of that shape to use instead of sampling (another implementation's).
+    """
+    if normal is None:
+        return appearance_posterior(mu_app, var_app).sample(seed=seed)
+    return mu_app + tf.sqrt(var_app) * tf.convert_to_tensor(normal, mu_app.dtype)
 
 
 def compose(z_app: tf.Tensor, z_occ: tf.Tensor) -> tf.Tensor:

@@ -28,9 +28,15 @@ class _Autoencoder(keras.Model):
         initialization: str = "reference",
         batch_norm_momentum: float = 0.9,
         batch_norm_epsilon: float = 1e-5,
+        decoder_batch_norm_updates: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if decoder_batch_norm_updates not in (1, 2):
+            raise ValueError(
+                "`decoder_batch_norm_updates` must be 1 or 2. "
+                f"Received: decoder_batch_norm_updates={decoder_batch_norm_updates!r}"
+            )
         if not isinstance(image_size, int) or image_size <= 0 or image_size % scale:
             raise ValueError(
                 f"`image_size` must be a positive multiple of scale={scale}. "
@@ -57,8 +63,14 @@ class _Autoencoder(keras.Model):
         self.grid = image_size // scale
         self.code_size = num_parts * appearance_dim
         self.encoder = networks.make_encoder(encoder, scale, base_channels, **self.style)
+        # Two updates from the same batch statistics are one with momentum squared:
+        # m (m r + (1 - m) s) + (1 - m) s = m^2 r + (1 - m^2) s.
+        self.decoder_batch_norm_updates = decoder_batch_norm_updates
+        decoder_style = self.style | {
+            "batch_norm_momentum": batch_norm_momentum**decoder_batch_norm_updates
+        }
         self.decoder = networks.PyramidDecoder(
-            scale, base_channels, 3, name="decoder", **self.style
+            scale, base_channels, 3, name="decoder", **decoder_style
         )
 
     def features(self, x, training=False):
@@ -94,6 +106,7 @@ class _Autoencoder(keras.Model):
             "edge_weighting": self.edge_weighting,
             "tau_min": self.tau_min,
             "input_space": self.input_space,
+            "decoder_batch_norm_updates": self.decoder_batch_norm_updates,
             **self.style,
         }
 
@@ -142,22 +155,30 @@ class PatchVAE(_Autoencoder):
         """z_hat [B, h, w, N*L] -> x_hat [B, H, W, 3]."""
         return self.decoder(z_hat, training=training)
 
-    def call(self, x, training=False, temperature=None, seed=None):
+    def call(self, x, training=False, temperature=None, seed=None, noise=None):
         """Sampled reconstruction; returns the tensors the loss needs as a dict.
 
-        seed: None (stateful sampling) or a stateless seed [2] for both samples.
+        seed: None (stateful sampling) or a stateless seed [2] for both samples. noise: None,
+        or the draws to use instead ({"occurrence": U(0, 1) [B, h, w, N], "appearance":
+        N(0, 1) [B, N, L]}), to replay another implementation's (benchmarks/parity.py).
         """
+        noise = noise or {}
         tau = self.tau_min if temperature is None else temperature
         seeds = (None, None) if seed is None else tf.random.experimental.stateless_split(seed, 2)
         _, mean, logvar, logits = self._posterior(x, training)
         q = latents.occurrence_probs(logits, self.categorical)
         z_occ = latents.sample_occurrence(
-            logits, tau, categorical=self.categorical, hard=self.hard, seed=seeds[0]
+            logits,
+            tau,
+            categorical=self.categorical,
+            hard=self.hard,
+            seed=seeds[0],
+            uniform=noise.get("occurrence"),
         )
         mu_app, var_app = latents.pool_appearance(
             mean, logvar, q, self.num_parts, self.appearance_dim
         )
-        z_app = latents.appearance_posterior(mu_app, var_app).sample(seed=seeds[1])
+        z_app = latents.sample_appearance(mu_app, var_app, seeds[1], noise.get("appearance"))
         z_hat = latents.compose(z_app, z_occ)
         return self._outputs(
             self.decode(z_hat, training),
@@ -265,10 +286,11 @@ class VAE(_Autoencoder):
         z_map = self.expand(tf.reshape(z, [-1, 1, 1, self.code_size]), training=training)
         return self.decoder(z_map, training=training)
 
-    def call(self, x, training=False, temperature=None, seed=None):
+    def call(self, x, training=False, temperature=None, seed=None, noise=None):
+        """As PatchVAE's; noise: None or {"appearance": N(0, 1) draws [B, N*L]}."""
         del temperature  # no discrete latent to relax
         _, mean, var = self._posterior(x, training)
-        z = latents.appearance_posterior(mean, var).sample(seed=seed)
+        z = latents.sample_appearance(mean, var, seed, (noise or {}).get("appearance"))
         return self._outputs(self.decode(z, training), appearance_mean=mean, appearance_var=var)
 
     def loss_terms(self, x, outputs):
@@ -309,6 +331,8 @@ def build_model(cfg: ModelConfig) -> _Autoencoder:
     if cfg.arch == "patchvae":
         model = PatchVAE(
             occurrence_prior=cfg.prior,
+            # Only their PatchyVAE decodes twice per step; their VAE decodes once.
+            decoder_batch_norm_updates=cfg.decoder_batch_norm_updates,
             categorical=cfg.categorical,
             hard=cfg.hard,
             beta_occ=cfg.beta_occ,

@@ -18,6 +18,8 @@ class Source:
     readers: dict
     sizes: dict
     skipped: int = 0
+    # Why the test split cannot score recognition (its labels are missing), or "".
+    unlabelled: str = ""
 
 
 def preprocess_image(image: tf.Tensor, image_size: int) -> tf.Tensor:

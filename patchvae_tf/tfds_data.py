@@ -53,7 +53,7 @@ def tfds_source(cfg: DataConfig, image_size: int) -> Source:
     # Split metadata is known once prepared (or from TFDS's bundled metadata); when it is
     # not, assume the usual "train" / "test" names.
     splits = list(info.splits.keys())
-    test_split = next((s for s in ("test", "validation") if s in splits), "test")
+    test_split, unlabelled = _scoring_split(builder, splits, cfg.dataset)
     features = info.features
     label = features["label"] if "label" in features.keys() else None
     num_classes = getattr(label, "num_classes", None)
@@ -85,6 +85,48 @@ def tfds_source(cfg: DataConfig, image_size: int) -> Source:
         False,
         {"train": reader("train"), "test": reader(test_split)},
         sizes,
+        unlabelled=unlabelled,
+    )
+
+
+_LABEL_SAMPLE = 64  # labels read from a split to tell whether it is labelled
+
+
+def _scoring_split(builder, splits: list, dataset: str) -> tuple[str, str]:
+    """The split that recognition scores, and why none can if none can.
+
+    The first of test and validation whose first labels are all >= 0: TFDS marks missing
+    labels -1, and some test splits (places365_small's; imagenet2012's when prepared with
+    its test archive) hold nothing else. With no such split, the test split is still read
+    (training needs no labels) and the reason is returned for the evaluation to stop on.
+    """
+    import tensorflow_datasets as tfds
+
+    names = [s for s in ("test", "validation") if s in splits] if splits else ["test"]
+    if "validation" not in names and not splits:
+        names.append("validation")  # no split metadata (mock data): try both names
+    if not names:
+        return "test", ""
+    if "label" not in builder.info.features.keys():
+        return names[0], ""
+    found = []
+    for name in names:
+        try:
+            ds = builder.as_dataset(
+                split=name,
+                shuffle_files=False,
+                decoders={"image": tfds.decode.SkipDecoding()},
+                read_config=tfds.ReadConfig(try_autocache=False),
+            )
+        except Exception:  # a split name without data
+            continue
+        labels = [int(ex["label"]) for ex in ds.take(_LABEL_SAMPLE)]
+        if labels and min(labels) >= 0:
+            return name, ""
+        found.append(f"{name} ({'no examples' if not labels else 'labels -1, unlabelled'})")
+    return names[0], (
+        f"TFDS dataset {dataset!r} has no labelled split to score recognition on: "
+        + ", ".join(found or names)
     )
 
 

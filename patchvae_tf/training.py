@@ -67,8 +67,8 @@ def create_strategy(cfg: Config) -> tf.distribute.Strategy:
     return strategy
 
 
-def _log_images(model, images: tf.Tensor, step: int) -> None:
-    out = model(images, training=False)
+def _log_images(model, images: tf.Tensor, step: int, tau: tf.Tensor) -> None:
+    out = model(images, training=False, temperature=tau)
     pairs = tf.concat([images, out["reconstruction"]], axis=0)
     tf.summary.image(
         "reconstructions",
@@ -361,7 +361,13 @@ def train(cfg: Config) -> dict:
                     tf.summary.scalar("learning_rate", learning_rate, step=current)
                     tf.summary.scalar("images_per_second", rate, step=current)
                     if chief and (current % t.log_every == 0 or current == t.train_steps):
-                        _log_images(model, preview, current)
+                        m = cfg.model
+                        # Sampled at the temperature training has reached, as the authors'
+                        # test() samples at theirs.
+                        tau = latents.temperature(
+                            current, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule
+                        )
+                        _log_images(model, preview, current, tau)
                     progress.update(current, [("loss", last_loss), ("images/s", rate)])
                 if current % t.checkpoint_every == 0 or current == t.train_steps:
                     # Every worker saves (a collective); only the chief's copy is kept.

@@ -333,3 +333,47 @@ def test_huge_images_are_resized_and_decompression_bombs_skipped(tmp_path, monke
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1_000_000)
     source = data.get_source(DataConfig(dataset=f"folder:{root}"), 16)
     assert source.sizes["train"] == 1 and "skipped 1 corrupt" in capsys.readouterr().out
+
+
+def _places_mock(unlabelled: set):
+    """tfds.testing.mock_data for places365_small whose splits in ``unlabelled`` carry only
+    TFDS's missing label, -1 (as its real test split does), and whose others carry label 7.
+    """
+    import tensorflow_datasets as tfds
+
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+        label = -1 if str(split) in unlabelled else 7
+        image = tf.zeros([40, 48, 3], tf.uint8)
+        if decoders and "image" in decoders:  # SkipDecoding: the encoded bytes
+            image = tf.io.encode_png(image)
+        example = {"image": image, "label": tf.constant(label, tf.int64)}
+        return tf.data.Dataset.from_tensors(example).repeat(6)
+
+    return tfds.testing.mock_data(num_examples=6, as_dataset_fn=as_dataset)
+
+
+def test_places_is_scored_on_its_labelled_validation_split():
+    with _places_mock({"test"}):
+        source = data.get_source(DataConfig(dataset="places365_small", download=True), 16)
+        test = next(iter(data.input_dataset(source, "test", 6, training=False)))
+    assert source.num_classes == 365 and source.unlabelled == ""
+    # The test split's labels are all -1; validation's (7) are what recognition scores.
+    assert test["label"].numpy().tolist() == [7] * 6
+
+
+def test_evaluation_stops_when_no_split_has_labels(tmp_path):
+    from conftest import tiny_config
+
+    from patchvae_tf.config import EvalConfig
+    from patchvae_tf.evaluation.setup import _plan
+
+    with _places_mock({"test", "validation"}):
+        source = data.get_source(DataConfig(dataset="places365_small", download=True), 16)
+    assert "no labelled split" in source.unlabelled and "labels -1" in source.unlabelled
+    cfg = tiny_config(str(tmp_path))
+    for mode in ("all", "probe", "finetune"):
+        with pytest.raises(UserError, match="places365_small.*no labelled split") as err:
+            _plan(EvalConfig(mode=mode), cfg, source, None)
+        assert "\n" not in str(err.value)
+    # Sections that need no labels still run.
+    assert _plan(EvalConfig(mode="visualize"), cfg, source, None)[0] == ("visualize",)

@@ -312,6 +312,35 @@ def test_finetuning_learns(trained, tmp_path):
     assert "| 0 | " in markdown and "random-init top-1" in markdown
 
 
+@pytest.mark.parametrize("head", ["flatten", "pool"])
+def test_classifier_head_reads_flattened_or_pooled_features(trained, head):
+    """--classifier_head: the first dense layer reads phi(x) flattened (h * w * D inputs) or
+    averaged over its grid (D inputs, their resnet18 classifier); the logits are that
+    input through dense 512, ReLU and dense classes.
+    """
+    import tensorflow as tf
+
+    from patchvae_tf import models
+    from patchvae_tf.evaluation.finetune import Classifier
+
+    cfg, _ = trained
+    model = models.build_model(cfg.model)
+    clf = Classifier(model, EvalConfig(classifier_head=head), num_classes=5, frozen=0)
+    x = tf.random.stateless_uniform([3, 32, 32, 3], seed=[1, 2], minval=-1.0, maxval=1.0)
+    f = model.features(x, training=False)[0].numpy()
+    h = f.mean(axis=(1, 2)) if head == "pool" else f.reshape(3, -1)
+    dense1, dense2 = (layer for layer in clf.head.layers if hasattr(layer, "kernel"))
+    assert dense1.kernel.shape[0] == h.shape[1]
+    hidden = np.maximum(h @ dense1.kernel.numpy() + dense1.bias.numpy(), 0.0)
+    expected = hidden @ dense2.kernel.numpy() + dense2.bias.numpy()
+    np.testing.assert_allclose(clf.logits(x, False).numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_classifier_head_choices_are_checked():
+    with pytest.raises(UserError, match="classifier_head.*'mean'"):
+        validate_eval(EvalConfig(classifier_head="mean"))
+
+
 def test_sgd_schedule_divides_by_ten_every_step_epochs():
     import keras
 

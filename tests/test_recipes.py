@@ -6,6 +6,7 @@ import pytest
 from absl import flags
 
 from patchvae_tf import cli
+from patchvae_tf.config import EvalConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +31,7 @@ RUN_PY = {
     "initialization": "reference",
     "batch_norm_momentum": 0.9,  # PyTorch's momentum 0.1
     "batch_norm_epsilon": 1e-5,
+    "decoder_batch_norm_updates": 2,  # model.py's decode() runs self.decoder twice
     "batch_size": 128,
     "learning_rate": 1e-4,
     "adam_epsilon": 1e-8,
@@ -128,3 +130,22 @@ def test_eval_flagfile_of_the_default_run():
     assert (ecfg.finetune_epochs, ecfg.finetune_lr_step_epochs) == (4, 2)
     # The rest of the protocol is the authors'.
     assert (ecfg.finetune_batch_size, ecfg.finetune_learning_rate) == (256, 0.1)
+
+
+def test_eval_flagfile_of_imagenet_is_their_classifier_command():
+    cli.define_eval()
+    try:
+        flags.FLAGS(["evaluate.py", f"--flagfile={ROOT}/configs/eval/imagenet.cfg"])
+        ecfg = cli.eval_config()
+    finally:
+        flags.FLAGS.unparse_flags()
+    # Their README's ImageNet classifier runs --arch=resnet18 (the last --arch): pooled.
+    assert ecfg.classifier_head == "pool" and ecfg.workdir == "runs/imagenet"
+    assert (ecfg.finetune_epochs, ecfg.finetune_batch_size, ecfg.finetune_learning_rate) == (
+        30,
+        256,
+        0.1,
+    )
+    assert ecfg.freeze_stages == (0, -1) and ecfg.mode == "finetune"
+    # Every other recipe keeps the flattened head of their classifier on PatchVAE features.
+    assert EvalConfig().classifier_head == "flatten"

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from patchvae_tf import models, visualize
 from patchvae_tf.config import EvalConfig
-from patchvae_tf.evaluation.setup import Setup, batches
+from patchvae_tf.evaluation.setup import Setup, batches, temperature
 from patchvae_tf.workdir import LOG_DIR
 
 _NUM_SHOWN = 8  # images in reconstructions.png and per row of samples.png
@@ -40,7 +40,11 @@ def reconstruction_error(model, setup: Setup, ecfg: EvalConfig) -> dict:
     """Mean squared error per pixel of test reconstructions, on the [0, 1] pixel scale,
     beside the floor of drawing every image as the test images' mean image.
     """
-    run = tf.function(lambda x: model(x, training=False)["reconstruction"], reduce_retracing=True)
+    tau = temperature(setup)
+    run = tf.function(
+        lambda x: model(x, training=False, temperature=tau)["reconstruction"],
+        reduce_retracing=True,
+    )
     errors, images = [], []
     for batch in batches(setup.source, "test", ecfg.eval_examples, ecfg.batch_size):
         x = tf.constant(batch["image"])
@@ -77,7 +81,8 @@ def figures(model, setup: Setup, ecfg: EvalConfig, part_discovery=None) -> dict[
     source, cfg = setup.source, setup.cfg
     shown = next(batches(source, "test", _NUM_SHOWN, _NUM_SHOWN))["image"]
     out = {}
-    recon = model(tf.constant(shown), training=False)["reconstruction"]
+    recon = model(tf.constant(shown), training=False, temperature=temperature(setup))
+    recon = recon["reconstruction"]
     out["reconstructions"] = visualize.pairs_figure(shown, recon)
     out["samples"] = visualize.tiles_figure(model.sample(2 * _NUM_SHOWN), cols=_NUM_SHOWN)
     if isinstance(model, models.PatchVAE):

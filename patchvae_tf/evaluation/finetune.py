@@ -40,37 +40,84 @@ def _trainable(stages, frozen: int) -> list:
     return out
 
 
-def _classifier(model, setup: Setup, ecfg: EvalConfig, frozen: int):
-    """(train_step(images, labels) -> cross-entropy, logits_of(images, training)) of the
-    authors' classifier on ``model``'s phi(x) with the first ``frozen`` stages fixed.
+class Classifier:
+    """The authors' classifier.py on ``model``'s phi(x) with the first ``frozen`` stages fixed.
 
-    flatten -> dropout -> dense 512 -> ReLU -> dense classes (normal(0, 0.01) weights, zero
-    biases); SGD with momentum 0.9 and weight decay 1e-4 added to the gradient (PyTorch's
-    coupled form), the rate divided by 10 every --finetune_lr_step_epochs epochs.
+    head flatten: flatten -> dropout -> dense 512 -> ReLU -> dense classes (normal(0, 0.01)
+    weights, zero biases); pool: the same on phi(x) averaged over its grid (their
+    ``--arch=resnet18``, which their README's ImageNet command ends up running). ``step``:
+    SGD with momentum 0.9 and weight decay 1e-4 added to the gradient (PyTorch's coupled
+    form). As under PyTorch's model.train(), BatchNorm normalises with batch statistics and
+    updates its moving averages in frozen stages too.
     """
-    cfg, source = setup.cfg, setup.source
-    stages = model.encoder.stages
-    init = dict(
-        kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01, seed=ecfg.seed),
-        bias_initializer="zeros",
-    )
-    head = keras.Sequential(
-        [
-            keras.layers.Flatten(),
-            keras.layers.Dropout(ecfg.dropout, seed=ecfg.seed),
-            keras.layers.Dense(512, **init),
-            keras.layers.ReLU(),
-            keras.layers.Dense(source.num_classes, **init),
-        ],
-        name="classifier",
-    )
 
-    def logits_of(x, training):
-        return head(model.features(x, training=training)[0], training=training)
+    def __init__(self, model, ecfg: EvalConfig, num_classes: int, frozen: int):
+        init = dict(
+            kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01, seed=ecfg.seed),
+            bias_initializer="zeros",
+        )
+        reduce = (
+            keras.layers.GlobalAveragePooling2D()
+            if ecfg.classifier_head == "pool"
+            else keras.layers.Flatten()
+        )
+        self.model = model
+        self.head = keras.Sequential(
+            [
+                reduce,
+                keras.layers.Dropout(ecfg.dropout, seed=ecfg.seed),
+                keras.layers.Dense(512, **init),
+                keras.layers.ReLU(),
+                keras.layers.Dense(num_classes, **init),
+            ],
+            name="classifier",
+        )
+        size = model.image_size
+        self.logits(tf.zeros([1, size, size, 3]), False)
+        self.variables = self.head.trainable_variables + _trainable(model.encoder.stages, frozen)
 
-    logits_of(tf.zeros([1, cfg.model.image_size, cfg.model.image_size, 3]), False)
-    variables = head.trainable_variables + _trainable(stages, frozen)
-    _, batch_size, steps_per_epoch = _epochs(source, ecfg)
+    def logits(self, x, training, dropout_mask=None):
+        """Logits [B, classes] of images [B, H, W, 3]."""
+        return self._forward(x, training, dropout_mask)[1]
+
+    def _forward(self, x, training, dropout_mask=None):
+        """phi(x) [B, h, w, D] and the logits; dropout_mask (0 or 1 / (1 - rate), [B, the
+        head's inputs]) in place of the dropout layer's own draw.
+        """
+        f = self.model.features(x, training=training)[0]
+        if dropout_mask is None:
+            return f, self.head(f, training=training)
+        reduce, _, *rest = self.head.layers
+        h = reduce(f) * dropout_mask
+        for layer in rest:
+            h = layer(h)
+        return f, h
+
+    def step(self, optimizer, images, labels, dropout_mask=None):
+        """One SGD step; returns the cross-entropy (before the step), phi(x), the logits and
+        the gradients of ``variables``.
+        """
+        with tf.GradientTape() as tape:
+            features, logits = self._forward(images, True, dropout_mask)
+            ce = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+            )
+            # Weight decay in the loss: its gradient wd * w is what PyTorch's SGD adds.
+            decay = 0.5 * WEIGHT_DECAY * tf.add_n([tf.reduce_sum(v * v) for v in self.variables])
+            total = ce + decay
+        grads = tape.gradient(total, self.variables)
+        optimizer.apply_gradients(zip(grads, self.variables, strict=True))
+        return ce, features, logits, grads
+
+
+def _classifier(model, setup: Setup, ecfg: EvalConfig, frozen: int):
+    """(train_step(images, labels) -> cross-entropy, logits(images, training)) of the
+    Classifier on ``model`` with the first ``frozen`` stages fixed, its SGD rate divided by
+    10 every --finetune_lr_step_epochs epochs.
+    """
+    source = setup.source
+    clf = Classifier(model, ecfg, source.num_classes, frozen)
+    _, _, steps_per_epoch = _epochs(source, ecfg)
     schedule = finetune_schedule(
         ecfg.finetune_learning_rate,
         ecfg.finetune_epochs,
@@ -81,18 +128,9 @@ def _classifier(model, setup: Setup, ecfg: EvalConfig, frozen: int):
 
     @tf.function
     def train_step(images, labels):
-        with tf.GradientTape() as tape:
-            logits = logits_of(images, True)
-            ce = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-            )
-            # Weight decay in the loss: its gradient wd * w is what PyTorch's SGD adds.
-            decay = 0.5 * WEIGHT_DECAY * tf.add_n([tf.reduce_sum(v * v) for v in variables])
-            total = ce + decay
-        optimizer.apply_gradients(zip(tape.gradient(total, variables), variables, strict=True))
-        return ce
+        return clf.step(optimizer, images, labels)[0]
 
-    return train_step, logits_of
+    return train_step, clf.logits
 
 
 def step_seconds(setup: Setup, ecfg: EvalConfig) -> float:

@@ -8,7 +8,7 @@ import os
 import keras
 import tensorflow as tf
 
-from patchvae_tf import data, models
+from patchvae_tf import data, latents, models
 from patchvae_tf.config import Config, EvalConfig, load_config
 from patchvae_tf.errors import UserError
 from patchvae_tf.workdir import CONFIG_FILE, restore
@@ -90,6 +90,9 @@ def _plan(ecfg: EvalConfig, cfg: Config, source: data.Source, model) -> tuple[tu
     elif not source.sizes.get("test"):
         reasons["parts"] = f"dataset {source.name!r} has no test images"
     modes = ecfg.modes()
+    if source.unlabelled and {"probe", "finetune"} & set(modes):
+        # Scoring unlabelled images would report 0 (or fail): stop, whatever the mode.
+        raise UserError(source.unlabelled)
     if explicit and modes[0] in reasons:
         raise UserError(reasons[modes[0]])
     too_deep = [k for k in ecfg.freeze_stages if k > _num_stages(model)]
@@ -117,6 +120,15 @@ def setup(ecfg: EvalConfig) -> Setup:
     for mode, reason in skipped.items():
         print(f"skipping {mode}: {reason}")
     return Setup(cfg, source, model, step, modes, skipped)
+
+
+def temperature(setup: Setup) -> tf.Tensor:
+    """The relaxation temperature training had reached at the checkpoint's step, at which
+    evaluation samples reconstructions: the authors' test() samples at their current one
+    (0.138 at the end of the 11,700-step recipes), not at the minimum.
+    """
+    m = setup.cfg.model
+    return latents.temperature(setup.step, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule)
 
 
 def duration(seconds: float) -> str:
