@@ -4,7 +4,8 @@ import os
 
 # Checks the flags before TensorFlow loads (see patchvae_tf/__init__.py).
 os.environ["PATCHVAE_TF_COMMAND"] = "1"
-from patchvae_tf import cli, commands  # noqa: E402
+from patchvae_tf import commands  # noqa: E402
+from patchvae_tf.config import cli  # noqa: E402
 
 cli.define_eval()
 main = commands.evaluate_main

@@ -35,7 +35,7 @@ import tempfile
 
 import numpy as np
 
-from patchvae_tf.options import option
+from patchvae_tf.config.fields import option
 
 VARIANTS = ("cifar", "categorical", "hard", "vae", "classifier")
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -790,9 +790,9 @@ def main(pcfg: ParityConfig) -> dict:
 
 
 def _cli(argv) -> None:
-    from patchvae_tf import cli
+    from patchvae_tf.config import cli
+    from patchvae_tf.config.fields import check_options
     from patchvae_tf.errors import UserError
-    from patchvae_tf.options import check_options
 
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
@@ -803,7 +803,7 @@ def _cli(argv) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from patchvae_tf import cli
+    from patchvae_tf.config import cli
 
     cli.define(ParityConfig)
     cli.run(_cli)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from patchvae_tf import cli
+from patchvae_tf.config import cli
 
 
 def train_main() -> None:

@@ -66,7 +66,7 @@ def exported(trained, tmp_path_factory):
     """
     from export import exporter
     from patchvae_tf.config import ExportConfig
-    from patchvae_tf.validation import validate_export
+    from patchvae_tf.config.checks import validate_export
 
     cfg, _ = trained
     ecfg = ExportConfig(

@@ -20,7 +20,7 @@ import tensorflow as tf  # noqa: E402
 
 from patchvae_tf import latents, precision, training  # noqa: E402
 from patchvae_tf.config import Config  # noqa: E402
-from patchvae_tf.validation import validate  # noqa: E402
+from patchvae_tf.config.checks import validate  # noqa: E402
 
 
 class _Mean:

@@ -216,7 +216,7 @@ def test_restore_of_another_architecture_is_refused_everywhere(trained, tmp_path
 def test_python_and_the_command_line_give_one_message(args, build):
     from absl import flags
 
-    from patchvae_tf import cli
+    from patchvae_tf.config import cli
 
     cli.define_train()
     try:

@@ -199,8 +199,8 @@ def test_reference_needs_a_checkout_and_a_torch_interpreter(tmp_path):
 
 def test_bench_flags_name_the_bad_value(tmp_path):
     from patchvae_tf.config import BenchConfig
+    from patchvae_tf.config.checks import validate_bench
     from patchvae_tf.errors import UserError
-    from patchvae_tf.validation import validate_bench
 
     with pytest.raises(UserError, match="need --reference"):
         validate_bench(BenchConfig(reference_python="/usr/bin/python3"))

@@ -11,8 +11,8 @@ from conftest import tiny_config
 from PIL import Image
 
 from patchvae_tf.config import EvalConfig
+from patchvae_tf.config.checks import validate_eval
 from patchvae_tf.errors import UserError
-from patchvae_tf.validation import validate_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for 2 shared cores: the probes see 256 images per split.
@@ -527,7 +527,7 @@ def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_
     from export import exporter
     from patchvae_tf import evaluation, training
     from patchvae_tf.config import ExportConfig
-    from patchvae_tf.validation import validate_export
+    from patchvae_tf.config.checks import validate_export
 
     images = tmp_path / "Images"
     _write_folder(images, ["blue", "red"], 6)  # images/{train,test}/CLASS/i.png

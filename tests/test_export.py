@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from patchvae_tf.config import ExportConfig
+from patchvae_tf.config.checks import validate_export
 from patchvae_tf.errors import UserError
-from patchvae_tf.validation import validate_export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32  # tests/conftest.py tiny_config

@@ -5,8 +5,7 @@ import os
 import pytest
 from absl import flags
 
-from patchvae_tf import cli
-from patchvae_tf.config import EvalConfig
+from patchvae_tf.config import EvalConfig, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,7 +13,8 @@ import tensorflow as tf
 from absl import flags
 from conftest import tiny_config
 
-from patchvae_tf import cli, config, training
+from patchvae_tf import config, training
+from patchvae_tf.config import cli
 from patchvae_tf.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -23,7 +23,7 @@ def option(
 ) -> Any:
     """A config field: its default, its --help text and the checks ``check_options`` makes.
 
-    The command-line flags are generated from these (patchvae_tf.cli).
+    The command-line flags are generated from these (patchvae_tf.config.cli).
     """
     checks = {
         "choices": choices,

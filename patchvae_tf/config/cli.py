@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from patchvae_tf import config, validation
+from patchvae_tf import config
+from patchvae_tf.config import checks
 from patchvae_tf.errors import UserError
 
 # Set by the command scripts for the package's import only; their children import it whole.
@@ -78,7 +79,7 @@ def define_train() -> None:
 def train_config(values: flags.FlagValues | None = None) -> config.Config:
     """The validated Config of train.py's parsed flags."""
     data, model, train, distribute = (read(s, values) for s in config.TRAIN_SECTIONS)
-    return validation.validate(config.Config(data, model, train, distribute))
+    return checks.validate(config.Config(data, model, train, distribute))
 
 
 def define_eval() -> None:
@@ -86,7 +87,7 @@ def define_eval() -> None:
 
 
 def eval_config(values: flags.FlagValues | None = None) -> config.EvalConfig:
-    return validation.validate_eval(read(config.EvalConfig, values))
+    return checks.validate_eval(read(config.EvalConfig, values))
 
 
 def define_export() -> None:
@@ -94,7 +95,7 @@ def define_export() -> None:
 
 
 def export_config(values: flags.FlagValues | None = None) -> config.ExportConfig:
-    return validation.validate_export(read(config.ExportConfig, values))
+    return checks.validate_export(read(config.ExportConfig, values))
 
 
 def define_bench() -> None:
@@ -102,7 +103,7 @@ def define_bench() -> None:
 
 
 def bench_config(values: flags.FlagValues | None = None) -> config.BenchConfig:
-    return validation.validate_bench(read(config.BenchConfig, values))
+    return checks.validate_bench(read(config.BenchConfig, values))
 
 
 def _fail(message: str) -> None:

@@ -1,0 +1,27 @@
+"""Every choice list and default that more than one module needs, written once."""
+
+ARCHS = ("patchvae", "vae")
+ENCODERS = ("resnet", "pyramid")
+ANNEAL_SCHEDULES = ("reference", "exponential")
+INITIALIZATIONS = ("reference", "glorot")
+NORMALIZATIONS = ("unit", "imagenet")
+TRAIN_SPLITS = ("listed", "all_but_test")
+SHAPES_LABELS = ("largest", "kinds")
+# ResNet-18 reaches 1/4 after its stem, then halves per stage.
+RESNET_SCALES = (4, 8, 16, 32)
+# Shapes with texture: the share of the shape's colour that each class's dark pattern removes.
+TEXTURE_CONTRAST = 0.65
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
+CLASSIFIER_HEADS = ("flatten", "pool")
+EVAL_MODES = ("all", "probe", "finetune", "parts", "visualize")
+# keras: encoder.keras, the deterministic encoder for keras.saving.load_model.
+EXPORT_FORMATS = ("saved_model", "onnx", "keras", "litert")
+# litert is written when asked for (--formats=saved_model,onnx,keras,litert).
+DEFAULT_EXPORT_FORMATS = ("saved_model", "onnx", "keras")
+QUANTIZE_MODES = ("", "int8")
+MIN_ONNX_OPSET = 17
+MAX_ONNX_OPSET = 18  # the newest opset tf2onnx 1.17 converts to
+BENCH_SECTIONS = ("flops", "train", "encoder", "memory", "precision", "profile")
+# profile (where the time goes, for docs/performance.md) runs only when asked for.
+DEFAULT_BENCH_SECTIONS = BENCH_SECTIONS[:-1]
