@@ -13,9 +13,9 @@ import tensorflow as tf
 from benchmarks import hardware, paired
 from benchmarks.progress import log, ratio_text
 from benchmarks.recipes import recipe_config
-from patchvae_tf import models
 from patchvae_tf.config import Config, ExportConfig
 from patchvae_tf.config.checks import validate_export
+from patchvae_tf.model import models
 from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
 

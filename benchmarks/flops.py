@@ -6,7 +6,7 @@ import math
 
 import tensorflow as tf
 
-from patchvae_tf import models
+from patchvae_tf.model import models
 
 # Multiply-adds are 2 FLOPs. Elementwise ops (BatchNorm, activations, the latent math and
 # the loss) are left out: they are a few percent of the convolutions here, and no count of

@@ -45,7 +45,7 @@ def machine() -> dict:
     except OSError:
         pass
     from export import report
-    from patchvae_tf import precision
+    from patchvae_tf.training import precision
 
     flags = precision.cpu_flags()
     return {

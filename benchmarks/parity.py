@@ -257,7 +257,7 @@ class Inputs:
     """The batch, the per-step noise and temperatures, in our layout and in theirs."""
 
     def __init__(self, cfg, batch: int, steps: int, seed: int):
-        from patchvae_tf import latents, normalization
+        from patchvae_tf.model import latents, normalization
 
         m = cfg.model
         rng = np.random.default_rng(seed)
@@ -301,7 +301,7 @@ def _ours_forward_extras(model, x) -> dict:
     """
     import tensorflow as tf
 
-    from patchvae_tf import normalization
+    from patchvae_tf.model import normalization
 
     saved = [v.numpy() for v in model.non_trainable_variables]
     f = model.encoder(normalization.normalize(x, model.input_space), training=True)
@@ -393,7 +393,7 @@ def compare_model(name: str, cfg, ref, pcfg: ParityConfig, tmp: str) -> dict:
     """One variant: rows for every compared tensor, and the Adam epsilon's own effect."""
     import keras
 
-    from patchvae_tf import models
+    from patchvae_tf.model import models
 
     keras.utils.set_random_seed(pcfg.seed)
     model = models.build_model(cfg.model)
@@ -496,10 +496,10 @@ def compare_classifier(ref, pcfg: ParityConfig, tmp: str) -> dict:
     import keras
     import tensorflow as tf
 
-    from patchvae_tf import models
     from patchvae_tf.config import EvalConfig
     from patchvae_tf.evaluation import finetune
     from patchvae_tf.evaluation.probes import WEIGHT_DECAY
+    from patchvae_tf.model import models
 
     cfg = variant_config("cifar", pcfg.image_size)
     m = cfg.model
@@ -529,7 +529,7 @@ def compare_classifier(ref, pcfg: ParityConfig, tmp: str) -> dict:
     mask = (keep / (1.0 - ecfg.dropout)).astype(np.float32)  # our flatten order (h, w, c)
     # Their flatten runs over (c, h, w): the same mask, reordered.
     their_mask = mask.reshape(b, grid, grid, -1).transpose(0, 3, 1, 2).reshape(b, flat)
-    from patchvae_tf import normalization
+    from patchvae_tf.model import normalization
 
     x = normalization.normalize(images, m.normalization).numpy()
     weights = {}

@@ -11,8 +11,8 @@ from benchmarks import hardware, table
 from benchmarks.progress import log
 from benchmarks.recipes import FULL, QUICK, TARGETS, recipe_config
 from benchmarks.reference_windows import Windows
-from patchvae_tf import precision
 from patchvae_tf.config import BenchConfig
+from patchvae_tf.training import precision
 from patchvae_tf.workdir import write_text_atomic
 
 
@@ -44,7 +44,7 @@ class Run:
         key = f"patchvae_{image_size}px"
         if key not in self.flops:
             from benchmarks import flops
-            from patchvae_tf import models
+            from patchvae_tf.model import models
 
             model = models.build_model(recipe_config(image_size, 2, "float32", 0).model)
             self.flops[key] = flops.count(model)

@@ -15,9 +15,10 @@ import tensorflow as tf
 from benchmarks import hardware, paired
 from benchmarks.progress import log, ratio_text
 from benchmarks.recipes import recipe_config
-from patchvae_tf import data, distribute, precision, training
+from patchvae_tf import data, training
 from patchvae_tf.config import Config
-from patchvae_tf.fused import FusedBatchNorm
+from patchvae_tf.model.fused import FusedBatchNorm
+from patchvae_tf.training import distribute, precision
 
 
 def _use_keras_kernels(model, optimizer) -> None:

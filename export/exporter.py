@@ -25,9 +25,10 @@ from export import (
     serving,
     warmup,
 )
-from patchvae_tf import data, models
+from patchvae_tf import data
 from patchvae_tf.config import ExportConfig, load_config
 from patchvae_tf.errors import UserError
+from patchvae_tf.model import models
 from patchvae_tf.workdir import CONFIG_FILE
 
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from export import layout, parity, report
-from patchvae_tf.keras_encoder import Encoder
+from patchvae_tf.model.keras_encoder import Encoder
 
 
 def write(model, stage, pixels: np.ndarray, keras_out: dict, rep: dict) -> None:

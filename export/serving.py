@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from patchvae_tf import data, models
+from patchvae_tf import data
+from patchvae_tf.model import models
 
 IMAGES = "images"
 IMAGE_BYTES = "image_bytes"

@@ -20,8 +20,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # import the package: they check their flags first and refuse a bad one in a tenth of a
 # second, then import TensorFlow themselves. Everyone else gets the library on import.
 if not os.environ.get("PATCHVAE_TF_COMMAND"):
-    from patchvae_tf.keras_encoder import Encoder  # noqa: E402  (registers every layer)
-    from patchvae_tf.models import VAE, PatchVAE  # noqa: E402
+    from patchvae_tf.model.keras_encoder import Encoder  # noqa: E402  (registers every layer)
+    from patchvae_tf.model.models import VAE, PatchVAE  # noqa: E402
     from patchvae_tf.pretrained import Pretrained, load  # noqa: E402
 
     __all__ = ["VAE", "Encoder", "PatchVAE", "Pretrained", "load"]

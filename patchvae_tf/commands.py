@@ -17,7 +17,7 @@ def evaluate_main() -> None:
     """Evaluates a trained workdir (or compares evaluated ones) from the parsed flags."""
     ecfg = cli.eval_config()
     if ecfg.compare:
-        from patchvae_tf import comparison
+        from patchvae_tf.evaluation import comparison
 
         path = comparison.write(comparison.compare(ecfg.compare), ecfg.compare_dir)
         print(f"wrote {path}")

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from patchvae_tf import source
+from patchvae_tf.data import source
 from patchvae_tf.errors import UserError
 from patchvae_tf.workdir import CONFIG_FILE
 

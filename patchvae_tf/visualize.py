@@ -72,7 +72,7 @@ def _conv_chain(layer) -> list[tuple[int, int]]:
     """(kernel, stride) of the convolutions and poolings on layer's longest path, in order."""
     import keras  # Only the receptive-field walk needs Keras itself.
 
-    from patchvae_tf import networks
+    from patchvae_tf.model import networks
 
     if isinstance(layer, keras.Sequential):
         return [ks for sub in layer.layers for ks in _conv_chain(sub)]

@@ -18,9 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from patchvae_tf import latents, precision, training  # noqa: E402
+from patchvae_tf import training  # noqa: E402
 from patchvae_tf.config import Config  # noqa: E402
 from patchvae_tf.config.checks import validate  # noqa: E402
+from patchvae_tf.model import latents  # noqa: E402
+from patchvae_tf.training import precision  # noqa: E402
 
 
 class _Mean:

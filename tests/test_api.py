@@ -165,8 +165,9 @@ def _other_architecture_workdir(trained, tmp_path):
 
 def test_restore_of_another_architecture_is_refused_everywhere(trained, tmp_path):
     import patchvae_tf
-    from patchvae_tf import models, restore
+    from patchvae_tf import restore
     from patchvae_tf.evaluation import restore_model
+    from patchvae_tf.model import models
 
     other = _other_architecture_workdir(trained, tmp_path)
     workdir = other.train.workdir
@@ -421,7 +422,7 @@ def test_every_layer_and_model_round_trips_through_keras_serialization():
     import keras
     import tensorflow as tf
 
-    from patchvae_tf import fused, keras_encoder, models, networks
+    from patchvae_tf.model import fused, keras_encoder, models, networks
 
     cfg = ModelConfig(encoder="pyramid", image_size=16, scale=4, base_channels=8, num_parts=3)
     model = models.build_model(cfg)

@@ -146,7 +146,7 @@ def test_pairs_alternate_and_ratios_are_ours_faster_above_one():
 
 
 def test_auto_precision_follows_the_hardware():
-    from patchvae_tf import precision
+    from patchvae_tf.training import precision
 
     avx2 = frozenset({"avx", "avx2", "fma"})
     bf16 = avx2 | {"avx512f", "avx512_bf16", "avx512_vnni"}

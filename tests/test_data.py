@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from patchvae_tf import data, shapes
+from patchvae_tf import data
 from patchvae_tf.config import DataConfig
+from patchvae_tf.data import shapes
 from patchvae_tf.errors import UserError
 
 

@@ -80,7 +80,7 @@ def _shared_workdir(pod_spec, container):
 
 def _check_cluster(configs, chief_host, worker_hosts):
     """Each task's TF_CONFIG, parsed as training parses it: one cluster, one chief."""
-    from patchvae_tf import distribute
+    from patchvae_tf.training import distribute
 
     parsed = [distribute.parse_tf_config(json.dumps(c)) for c in configs]
     clusters = {json.dumps(p["cluster"], sort_keys=True) for p in parsed}

@@ -124,7 +124,7 @@ def test_bad_input_exits_2(tmp_path):
 
 
 def test_parse_tf_config():
-    from patchvae_tf import distribute
+    from patchvae_tf.training import distribute
 
     good = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
     assert distribute.parse_tf_config(json.dumps(good)) == good
@@ -329,7 +329,8 @@ def _trainer(cfg, policy="none", jit_compile=False, weights=None):
     import keras
     import tensorflow as tf
 
-    from patchvae_tf import precision, training
+    from patchvae_tf import training
+    from patchvae_tf.training import precision
 
     keras.utils.set_random_seed(cfg.train.seed)
     model = precision.build_model(cfg.model, policy)

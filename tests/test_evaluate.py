@@ -183,7 +183,8 @@ def test_part_labels_name_the_match():
 def test_receptive_field_matches_the_gradient_support(trained):
     import tensorflow as tf
 
-    from patchvae_tf import models, visualize
+    from patchvae_tf import visualize
+    from patchvae_tf.model import models
 
     cfg, _ = trained
     model = models.build_model(cfg.model)
@@ -196,7 +197,8 @@ def test_receptive_field_matches_the_gradient_support(trained):
 
 
 def test_resnet_receptive_field():
-    from patchvae_tf import networks, visualize
+    from patchvae_tf import visualize
+    from patchvae_tf.model import networks
 
     # Stem 7x7/2 and 3x3/2 pool (11 px), stage 1 four 3x3 convs (+32), stage 2 (+64),
     # the 3x3 head at stride 8 (+16).
@@ -320,8 +322,8 @@ def test_classifier_head_reads_flattened_or_pooled_features(trained, head):
     """
     import tensorflow as tf
 
-    from patchvae_tf import models
     from patchvae_tf.evaluation.finetune import Classifier
+    from patchvae_tf.model import models
 
     cfg, _ = trained
     model = models.build_model(cfg.model)
@@ -462,7 +464,8 @@ def test_a_later_partial_run_keeps_the_earlier_sections(evaluated, tmp_path):
 @pytest.mark.slow
 def test_compare_puts_patchvae_vae_and_random_init_side_by_side(evaluated, tmp_path):
     """A tiny VAE trained and evaluated beside the fixture's PatchVAE, through the CLI."""
-    from patchvae_tf import comparison, evaluation, training
+    from patchvae_tf import evaluation, training
+    from patchvae_tf.evaluation import comparison
 
     cfg, _, patch_workdir, patch_report = evaluated
     vae_cfg = tiny_config(str(tmp_path / "vae"), train_steps=60)
@@ -493,7 +496,7 @@ def test_compare_puts_patchvae_vae_and_random_init_side_by_side(evaluated, tmp_p
 
 
 def test_compare_names_the_leader_of_each_probe():
-    from patchvae_tf import comparison
+    from patchvae_tf.evaluation import comparison
 
     def row(model, workdir, probe, code):
         top = lambda v: {"top1": v, "top5": 1.0} if v is not None else {}  # noqa: E731
@@ -578,8 +581,8 @@ def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_
 def test_finetuning_trains_every_conv_after_the_frozen_stages_and_no_batch_norm_scale():
     import tensorflow as tf
 
-    from patchvae_tf import networks
     from patchvae_tf.evaluation import finetune
+    from patchvae_tf.model import networks
 
     encoder = networks.make_encoder("resnet", 8)
     encoder(tf.zeros([1, 32, 32, 3]))

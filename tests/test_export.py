@@ -375,7 +375,7 @@ def test_checkpoint_without_the_encoder_is_refused(trained, tmp_path):
     import tensorflow as tf
 
     from export import exporter
-    from patchvae_tf import models
+    from patchvae_tf.model import models
 
     cfg, _ = trained
     # A VAE checkpoint shares the encoder but has no occurrence / appearance heads.
@@ -399,7 +399,7 @@ def test_vae_exports_its_outputs(trained, tmp_path):
     import tensorflow as tf
 
     from export import exporter
-    from patchvae_tf import models
+    from patchvae_tf.model import models
     from patchvae_tf.workdir import CONFIG_FILE
 
     cfg, _ = trained

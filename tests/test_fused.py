@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from patchvae_tf.fused import FusedAdam, FusedBatchNorm
+from patchvae_tf.model.fused import FusedAdam, FusedBatchNorm
 
 
 def _pair(**kwargs):

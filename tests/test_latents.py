@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from patchvae_tf import latents
+from patchvae_tf.model import latents
 
 
 def test_pooling_matches_numpy():

@@ -2,7 +2,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from patchvae_tf import losses
+from patchvae_tf.model import losses
 
 tfd = tfp.distributions
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from patchvae_tf import models, networks
 from patchvae_tf.config import ModelConfig
+from patchvae_tf.model import models, networks
 
 
 def _grads(model, x):
@@ -115,7 +115,7 @@ def test_reference_initialization_and_batch_norm_constants():
 
 
 def test_imagenet_normalization_is_applied_inside_the_model():
-    from patchvae_tf import normalization
+    from patchvae_tf.model import normalization
 
     cfg = _tiny_pyramid(normalization="imagenet")
     model = models.build_model(cfg)

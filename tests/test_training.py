@@ -101,11 +101,11 @@ def test_workdir_from_before_image_size_moved_to_the_model_still_restores(traine
     old = config.load_config(path)
     assert old.model.image_size == 32 and old == tiny_config(workdir)
     # Resuming: the same model is accepted, another image size is refused by name.
-    assert training._check_workdir(tiny_config(workdir)) == old
+    assert training.loop._check_workdir(tiny_config(workdir)) == old
     smaller = tiny_config(workdir)
     smaller = smaller.replace(model=dataclasses.replace(smaller.model, image_size=16))
     with pytest.raises(UserError, match=r"image_size=32 \(now 16\)"):
-        training._check_workdir(smaller)
+        training.loop._check_workdir(smaller)
     # A size other than the default lands in the model too.
     Path(path).write_text(
         '{"data": {"dataset": "imagenet2012", "image_size": 224}, "model": {"scale": 32}}'

@@ -7,9 +7,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from patchvae_tf import models, visualize
+from patchvae_tf import visualize
 from patchvae_tf.config import EvalConfig
 from patchvae_tf.evaluation.setup import Setup, batches, temperature
+from patchvae_tf.model import models
 from patchvae_tf.workdir import LOG_DIR
 
 _NUM_SHOWN = 8  # images in reconstructions.png and per row of samples.png

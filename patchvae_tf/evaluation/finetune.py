@@ -8,10 +8,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from patchvae_tf import data, models
+from patchvae_tf import data
 from patchvae_tf.config import EvalConfig
 from patchvae_tf.evaluation.probes import WEIGHT_DECAY, topk_accuracy
 from patchvae_tf.evaluation.setup import Setup, batches, duration, progbar, restore_model
+from patchvae_tf.model import models
 
 
 def _freeze_depths(ecfg: EvalConfig, num_stages: int) -> list[int]:

@@ -6,8 +6,8 @@ import numpy as np
 import tensorflow as tf
 
 from patchvae_tf.config import EvalConfig
+from patchvae_tf.data.shapes import CLASSES as SHAPE_CLASSES
 from patchvae_tf.evaluation.setup import Setup, batches
-from patchvae_tf.shapes import CLASSES as SHAPE_CLASSES
 
 # A part is active when its occurrence rate (KL from the prior, nats per cell) is at least
 # this: a part at q = p +- 0.05 everywhere pays about 0.01; one that stays at the prior, ~0.

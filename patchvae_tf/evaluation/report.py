@@ -11,15 +11,16 @@ import time
 import keras
 import tensorflow as tf
 
-from patchvae_tf import models, visualize
+from patchvae_tf import visualize
 from patchvae_tf.config import EvalConfig
+from patchvae_tf.data.shapes import CLASSES as SHAPE_CLASSES
 from patchvae_tf.evaluation import plan
 from patchvae_tf.evaluation.figures import figures, reconstruction_error
 from patchvae_tf.evaluation.finetune import finetune, step_seconds
 from patchvae_tf.evaluation.parts import ACTIVE_RATE, DETECTED_AUROC, part_discovery
 from patchvae_tf.evaluation.probes import run_probes
 from patchvae_tf.evaluation.setup import setup
-from patchvae_tf.shapes import CLASSES as SHAPE_CLASSES
+from patchvae_tf.model import models
 from patchvae_tf.workdir import EVAL_DIR, publish
 
 REPORT_KEYS = (

@@ -8,9 +8,10 @@ import os
 import keras
 import tensorflow as tf
 
-from patchvae_tf import data, latents, models
+from patchvae_tf import data
 from patchvae_tf.config import Config, EvalConfig, load_config
 from patchvae_tf.errors import UserError
+from patchvae_tf.model import latents, models
 from patchvae_tf.workdir import CONFIG_FILE, restore
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from patchvae_tf import latents, losses, networks, normalization
 from patchvae_tf.config import NORMALIZATIONS, ModelConfig
-from patchvae_tf.fused import FusedBatchNorm
+from patchvae_tf.model import latents, losses, networks, normalization
+from patchvae_tf.model.fused import FusedBatchNorm
 
 
 class _Autoencoder(keras.Model):

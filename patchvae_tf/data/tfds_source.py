@@ -6,10 +6,10 @@ import os
 
 import tensorflow as tf
 
-from patchvae_tf import positions
 from patchvae_tf.config import DataConfig
+from patchvae_tf.data import positions
+from patchvae_tf.data.source import Source, preprocess_image, to_rgb
 from patchvae_tf.errors import UserError
-from patchvae_tf.source import Source, preprocess_image, to_rgb
 
 
 def _prepare_tfds(builder, cfg: DataConfig) -> None:

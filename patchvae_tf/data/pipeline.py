@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 import tensorflow as tf
 from absl import logging
 
-from patchvae_tf import positions, shapes
 from patchvae_tf.config import DataConfig
+from patchvae_tf.data import positions, shapes
+from patchvae_tf.data.source import Source, decode_image, preprocess_image
+from patchvae_tf.data.tfds_source import tfds_source
 from patchvae_tf.errors import UserError
-from patchvae_tf.source import Source, decode_image, preprocess_image
-from patchvae_tf.tfds_data import tfds_source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FOLDER_PREFIX = "folder:"

@@ -109,7 +109,7 @@ def build_model(model_cfg, name: str):
     float32 arguments, so the temperature reaches the TFP sampling in float32 (each network
     casts its own inputs to its compute dtype).
     """
-    from patchvae_tf import models
+    from patchvae_tf.model import models
 
     with policy_scope(name):
         model = models.build_model(model_cfg)

@@ -8,7 +8,7 @@ import keras
 from keras import layers
 
 from patchvae_tf.config import INITIALIZATIONS, RESNET_SCALES
-from patchvae_tf.fused import FusedBatchNorm
+from patchvae_tf.model.fused import FusedBatchNorm
 
 _LEAK = 0.2
 

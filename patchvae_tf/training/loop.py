@@ -12,11 +12,13 @@ import time
 import keras
 import tensorflow as tf
 
-from patchvae_tf import data, distribute, latents, models, precision, visualize
+from patchvae_tf import data, visualize
 from patchvae_tf import restore as strict
 from patchvae_tf.config import Config
 from patchvae_tf.errors import UserError
-from patchvae_tf.fused import FusedAdam
+from patchvae_tf.model import latents, models
+from patchvae_tf.model.fused import FusedAdam
+from patchvae_tf.training import distribute, precision
 from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, write_text_atomic
 
 _NUM_IMAGES = 8  # images shown in TensorBoard

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from patchvae_tf import models
+from patchvae_tf.model import models
 
 
 @keras.saving.register_keras_serializable(package="patchvae_tf")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from patchvae_tf import positions
 from patchvae_tf.config import TEXTURE_CONTRAST
+from patchvae_tf.data import positions
 
 CLASSES = ("circle", "triangle", "square")
 # A kind counts as shown when its visible pixels cover at least this share of the image:

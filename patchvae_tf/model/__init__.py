@@ -1,0 +1,3 @@
+"""The model: networks, latents, losses, PatchVAE and the VAE baseline, and the deterministic
+encoder as a Keras model.
+"""
