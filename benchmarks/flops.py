@@ -68,7 +68,7 @@ def _per_image(fn, image_size: int) -> dict:
     }
 
 
-def count(model: models._Autoencoder) -> dict:
+def count(model: models.Autoencoder) -> dict:
     """Per image: encoder inference (what is exported), training forward, and a whole
     training step (forward and backward), counted from their traced graphs.
     """

@@ -70,7 +70,7 @@ class Session:
         strategy = training.create_strategy(cfg)
         self.policy, _ = precision.resolve(dc.mixed_precision, strategy)
         with strategy.scope():
-            model = precision.build_model(cfg.model, self.policy)
+            model = precision.build_model_in_policy(cfg.model, self.policy)
             adam = training.make_optimizer(cfg)
             if keras_kernels:
                 _use_keras_kernels(model, adam)

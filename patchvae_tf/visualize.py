@@ -8,7 +8,7 @@ import tensorflow as tf
 from patchvae_tf.workdir import write_bytes_atomic
 
 
-def to_unit(images: tf.Tensor) -> tf.Tensor:
+def to_display(images: tf.Tensor) -> tf.Tensor:
     """[-1, 1] -> [0, 1], float32."""
     return tf.clip_by_value((tf.cast(images, tf.float32) + 1.0) / 2.0, 0.0, 1.0)
 
@@ -42,7 +42,7 @@ def occurrence_overlays(images: tf.Tensor, q_occ: tf.Tensor) -> tf.Tensor:
     red where it occurs.
     """
     size = int(images.shape[1])
-    base = to_unit(images)
+    base = to_display(images)
     q = upsample_nearest(tf.cast(q_occ, tf.float32), size)  # [B, H, W, N]
     q = tf.transpose(q, [0, 3, 1, 2])[..., None]  # [B, N, H, W, 1]
     grey = tf.reduce_mean(base, axis=-1, keepdims=True)[:, None]
@@ -332,8 +332,8 @@ def pairs_figure(inputs, outputs, per_row: int = 4) -> np.ndarray:
     """Inputs beside their reconstructions, per_row pairs a row; both [B, H, W, 3] in
     [-1, 1] -> [H', W', 3] in [0, 1].
     """
-    inputs = np.asarray(to_unit(inputs))
-    outputs = np.asarray(to_unit(outputs))
+    inputs = np.asarray(to_display(inputs))
+    outputs = np.asarray(to_display(outputs))
     n, h, w, c = inputs.shape
     rows = -(-n // per_row)
     blank = np.ones([rows * per_row - n, h, w, c], np.float32)
@@ -346,7 +346,7 @@ def pairs_figure(inputs, outputs, per_row: int = 4) -> np.ndarray:
 
 def tiles_figure(images, cols: int) -> np.ndarray:
     """[B, H, W, 3] in [-1, 1] -> an upscaled grid of cols columns, [H', W', 3] in [0, 1]."""
-    images = np.asarray(to_unit(images))
+    images = np.asarray(to_display(images))
     n, h, w, c = images.shape
     rows = -(-n // cols)
     blank = np.ones([rows * cols - n, h, w, c], np.float32)

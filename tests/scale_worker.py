@@ -41,12 +41,12 @@ def _run(job: dict) -> None:
         latents.sample_occurrence = lambda logits, tau, **_: tf.sigmoid(logits)
         latents.appearance_posterior = _Mean
     built = []
-    build = precision.build_model
-    training.precision.build_model = lambda *a: built.append(build(*a)) or built[-1]
+    build = precision.build_model_in_policy
+    training.precision.build_model_in_policy = lambda *a: built.append(build(*a)) or built[-1]
     try:
         summary = training.train(cfg)
     finally:
-        training.precision.build_model = build
+        training.precision.build_model_in_policy = build
         latents.sample_occurrence = sample_occurrence
         latents.appearance_posterior = appearance_posterior
     np.savez(

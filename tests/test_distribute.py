@@ -333,7 +333,7 @@ def _trainer(cfg, policy="none", jit_compile=False, weights=None):
     from patchvae_tf.training import precision
 
     keras.utils.set_random_seed(cfg.train.seed)
-    model = precision.build_model(cfg.model, policy)
+    model = precision.build_model_in_policy(cfg.model, policy)
     if weights is not None:
         model.set_weights(weights)
     optimizer = precision.wrap_optimizer(training.make_optimizer(cfg), policy)

@@ -21,7 +21,7 @@ class Setup:
 
     cfg: Config  # the training config, with the data section the evaluation reads
     source: data.Source
-    model: models._Autoencoder
+    model: models.Autoencoder
     step: int
     modes: tuple[str, ...]
     skipped: dict[str, str]
@@ -49,7 +49,7 @@ def _data_config(cfg: Config, ecfg: EvalConfig) -> Config:
     return cfg.replace(data=override)
 
 
-def restore_model(cfg: Config) -> tuple[models._Autoencoder, int]:
+def restore_model(cfg: Config) -> tuple[models.Autoencoder, int]:
     """The model of cfg restored from its workdir's latest checkpoint, and that step."""
     model = models.build_model(cfg.model)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

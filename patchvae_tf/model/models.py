@@ -10,7 +10,7 @@ from patchvae_tf.model import latents, losses, networks, normalization
 from patchvae_tf.model.fused import FusedBatchNorm
 
 
-class _Autoencoder(keras.Model):
+class Autoencoder(keras.Model):
     """What both models share: encoder phi, pyramid decoder G and the loss terms."""
 
     def __init__(
@@ -112,7 +112,7 @@ class _Autoencoder(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="patchvae_tf")
-class PatchVAE(_Autoencoder):
+class PatchVAE(Autoencoder):
     """PatchVAE: per part, where it occurs (relaxed Bernoulli) and what it looks like (Gaussian).
 
     ``encode`` is deterministic (q_occ, appearance means, features); ``call`` samples.
@@ -218,7 +218,7 @@ class PatchVAE(_Autoencoder):
 
 
 @keras.saving.register_keras_serializable(package="patchvae_tf")
-class VAE(_Autoencoder):
+class VAE(Autoencoder):
     """VAE / beta-VAE baseline, built as the authors' (the paper's baseline).
 
     phi(x) -> 1x1 conv to base_channels + BN + ReLU -> an h x w ("valid") conv to the mean
@@ -323,7 +323,7 @@ _SHARED_FIELDS = (
 )
 
 
-def build_model(cfg: ModelConfig) -> _Autoencoder:
+def build_model(cfg: ModelConfig) -> Autoencoder:
     """The model a config describes, with its variables created."""
     common = {name: getattr(cfg, name) for name in _SHARED_FIELDS} | dict(
         input_space=cfg.normalization

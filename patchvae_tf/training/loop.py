@@ -74,18 +74,18 @@ def _log_images(model, images: tf.Tensor, step: int, tau: tf.Tensor) -> None:
     pairs = tf.concat([images, out["reconstruction"]], axis=0)
     tf.summary.image(
         "reconstructions",
-        visualize.image_grid(visualize.to_unit(pairs), cols=images.shape[0])[None],
+        visualize.image_grid(visualize.to_display(pairs), cols=images.shape[0])[None],
         step=step,
     )
     tf.summary.image(
         "inputs",
-        visualize.image_grid(visualize.to_unit(images), cols=images.shape[0])[None],
+        visualize.image_grid(visualize.to_display(images), cols=images.shape[0])[None],
         step=step,
     )
     tf.summary.image(
         "samples",
         visualize.image_grid(
-            visualize.to_unit(model.sample(images.shape[0])), cols=images.shape[0]
+            visualize.to_display(model.sample(images.shape[0])), cols=images.shape[0]
         )[None],
         step=step,
     )
@@ -287,7 +287,7 @@ def train(cfg: Config) -> dict:
     if dc.mixed_precision == "auto" and chief:
         print(f"--mixed_precision=auto: {policy} ({why})")
     with strategy.scope():
-        model = precision.build_model(cfg.model, policy)
+        model = precision.build_model_in_policy(cfg.model, policy)
         if dc.sync_batch_norm:
             distribute.synchronize_batch_norm(model)
         optimizer = precision.wrap_optimizer(make_optimizer(cfg), policy)

@@ -104,7 +104,7 @@ def policy_scope(name: str):
         keras.config.set_dtype_policy(previous)
 
 
-def build_model(model_cfg, name: str):
+def build_model_in_policy(model_cfg, name: str):
     """models.build_model with its networks under policy name; the model's own call keeps
     float32 arguments, so the temperature reaches the TFP sampling in float32 (each network
     casts its own inputs to its compute dtype).
