@@ -183,7 +183,7 @@ def test_part_labels_name_the_match():
 def test_receptive_field_matches_the_gradient_support(trained):
     import tensorflow as tf
 
-    from patchvae_tf import visualize
+    from patchvae_tf.evaluation import drawing
     from patchvae_tf.model import models
 
     cfg, _ = trained
@@ -193,49 +193,49 @@ def test_receptive_field_matches_the_gradient_support(trained):
         tape.watch(x)
         logit = model.heads(model.encoder(x))[2][0, 4, 4, 0]  # an interior cell
     support = np.nonzero(np.abs(tape.gradient(logit, x).numpy()[0]).sum(axis=(1, 2)))[0]
-    assert support.max() - support.min() + 1 == visualize.receptive_field(model.encoder) == 18
+    assert support.max() - support.min() + 1 == drawing.receptive_field(model.encoder) == 18
 
 
 def test_resnet_receptive_field():
-    from patchvae_tf import visualize
+    from patchvae_tf.evaluation import drawing
     from patchvae_tf.model import networks
 
     # Stem 7x7/2 and 3x3/2 pool (11 px), stage 1 four 3x3 convs (+32), stage 2 (+64),
     # the 3x3 head at stride 8 (+16).
-    assert visualize.receptive_field(networks.ResNetEncoder(8)) == 115
+    assert drawing.receptive_field(networks.ResNetEncoder(8)) == 115
 
 
 def test_part_gallery_keeps_the_strongest_image_and_boxes_its_cell():
-    from patchvae_tf import visualize
+    from patchvae_tf.evaluation import drawing
 
     images = np.full([3, 8, 8, 3], -1.0, np.float32)
     q = np.zeros([3, 4, 4, 2], np.float32)
     for i, (r, c, score) in enumerate([(1, 2, 0.5), (3, 0, 0.9), (0, 0, 0.7)]):
         images[i, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2] = 1.0  # the cell the part found
         q[i, r, c, 0] = score
-    gallery = visualize.PartGallery(num_parts=2, k=2)
+    gallery = drawing.PartGallery(num_parts=2, k=2)
     gallery.add(images[:2], q[:2])
     gallery.add(images[2:], q[2:])
     best = gallery.best(0)
     assert [s for s, *_ in best] == pytest.approx([0.9, 0.7])
     assert [(r, c) for _, _, r, c in best] == [(3, 0), (0, 0)]
     np.testing.assert_array_equal(best[0][1], images[1])
-    figure = visualize.gallery_figure(gallery, scale=2, part_labels=["part 0", "part 1"])
+    figure = drawing.gallery_figure(gallery, scale=2, part_labels=["part 0", "part 1"])
     # 8-pixel images upscaled 12 times; two rows of two tiles and their labels.
     assert figure.shape[0] >= 2 * 96 and figure.shape[1] >= 2 * 96
 
 
 def test_labelled_grid_pastes_tiles_unchanged_and_upscale_is_nearest():
-    from patchvae_tf import visualize
+    from patchvae_tf.evaluation import drawing
 
     rng = np.random.default_rng(0)
     small = rng.uniform(size=[2, 3, 4, 4, 3]).astype(np.float32)
-    tiles = visualize.upscale(small)  # 4 pixels -> 96: each pixel a 24 x 24 block
+    tiles = drawing.upscale(small)  # 4 pixels -> 96: each pixel a 24 x 24 block
     assert tiles.shape == (2, 3, 96, 96, 3)
     np.testing.assert_array_equal(
         tiles[1, 2, 24:48, 72:96], np.broadcast_to(small[1, 2, 1, 3], [24, 24, 3])
     )
-    grid, origins = visualize.labelled_grid(
+    grid, origins = drawing.labelled_grid(
         tiles, col_labels=["a", "b", "c"], row_labels=["row 0", "row 1"]
     )
     assert len(origins) == 6
@@ -243,15 +243,15 @@ def test_labelled_grid_pastes_tiles_unchanged_and_upscale_is_nearest():
         # PNG-exact: tiles are stored as 8-bit.
         expected = np.round(tiles[i // 3, i % 3] * 255) / 255
         np.testing.assert_allclose(grid[y : y + 96, x : x + 96], expected, atol=1e-6)
-    assert visualize.upscale(np.zeros([100, 100, 3])).shape == (100, 100, 3)
+    assert drawing.upscale(np.zeros([100, 100, 3])).shape == (100, 100, 3)
 
 
 def test_box_outlines_the_cell():
-    from patchvae_tf import visualize
+    from patchvae_tf.evaluation import drawing
 
     image = np.zeros([12, 12, 3], np.float32)
-    boxed = visualize._draw_box(image, top=3, left=6, size=6, width=2)
-    edge = np.all(np.isclose(boxed, visualize._BOX), axis=-1)
+    boxed = drawing._draw_box(image, top=3, left=6, size=6, width=2)
+    edge = np.all(np.isclose(boxed, drawing._BOX), axis=-1)
     assert edge.sum() == 6 * 6 - 2 * 2  # a 6 x 6 square less its 2 x 2 inside
     assert edge[3, 6] and edge[8, 11] and not edge[5, 8] and not edge[2, 6]
 

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from patchvae_tf import visualize
 from patchvae_tf.config import EvalConfig
+from patchvae_tf.evaluation import drawing
 from patchvae_tf.evaluation.setup import Setup, batches, temperature
 from patchvae_tf.model import models
 from patchvae_tf.workdir import LOG_DIR
@@ -76,7 +76,7 @@ def part_labels(part_discovery: dict | None, num_parts: int) -> list[str]:
 def figures(model, setup: Setup, ecfg: EvalConfig, part_discovery=None) -> dict[str, np.ndarray]:
     """{name: image [H, W, 3] in [0, 1]} of every figure that applies to this model.
 
-    Image tiles are upscaled (nearest) to at least visualize.MIN_TILE pixels; parts are
+    Image tiles are upscaled (nearest) to at least drawing.MIN_TILE pixels; parts are
     labelled with part_discovery's matches when given.
     """
     source, cfg = setup.source, setup.cfg
@@ -84,19 +84,19 @@ def figures(model, setup: Setup, ecfg: EvalConfig, part_discovery=None) -> dict[
     out = {}
     recon = model(tf.constant(shown), training=False, temperature=temperature(setup))
     recon = recon["reconstruction"]
-    out["reconstructions"] = visualize.pairs_figure(shown, recon)
-    out["samples"] = visualize.tiles_figure(model.sample(2 * _NUM_SHOWN), cols=_NUM_SHOWN)
+    out["reconstructions"] = drawing.pairs_figure(shown, recon)
+    out["samples"] = drawing.tiles_figure(model.sample(2 * _NUM_SHOWN), cols=_NUM_SHOWN)
     if isinstance(model, models.PatchVAE):
         labels = part_labels(part_discovery, cfg.model.num_parts)
         maps = shown[:_NUM_MAPS]
         q = model.encode(tf.constant(maps))["occurrence"]
-        out["occurrence_maps"] = visualize.occurrence_figure(maps, q, labels)
-        gallery = visualize.PartGallery(cfg.model.num_parts, ecfg.gallery_size)
+        out["occurrence_maps"] = drawing.occurrence_figure(maps, q, labels)
+        gallery = drawing.PartGallery(cfg.model.num_parts, ecfg.gallery_size)
         encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
         for batch in batches(source, "test", ecfg.eval_examples, ecfg.batch_size):
             gallery.add(batch["image"], encode(tf.constant(batch["image"]))["occurrence"])
-        out["parts"] = visualize.gallery_figure(gallery, cfg.model.scale, labels)
+        out["parts"] = drawing.gallery_figure(gallery, cfg.model.scale, labels)
     curves = read_scalars(os.path.join(ecfg.workdir, LOG_DIR))
     if curves:
-        out["training_curves"] = visualize.curves_image(curves)
+        out["training_curves"] = drawing.curves_image(curves)
     return {k: np.asarray(v, np.float32) for k, v in out.items()}

@@ -11,10 +11,9 @@ import time
 import keras
 import tensorflow as tf
 
-from patchvae_tf import visualize
 from patchvae_tf.config import EvalConfig
 from patchvae_tf.data.shapes import CLASSES as SHAPE_CLASSES
-from patchvae_tf.evaluation import plan
+from patchvae_tf.evaluation import drawing, plan
 from patchvae_tf.evaluation.figures import figures, reconstruction_error
 from patchvae_tf.evaluation.finetune import finetune, step_seconds
 from patchvae_tf.evaluation.parts import ACTIVE_RATE, DETECTED_AUROC, part_discovery
@@ -338,7 +337,7 @@ def evaluate(ecfg: EvalConfig) -> dict:
     staging = tempfile.mkdtemp(prefix=".eval-", dir=ecfg.workdir)
     try:
         for name, image in images.items():
-            visualize.save_png(image, os.path.join(staging, f"{name}.png"))
+            drawing.save_png(image, os.path.join(staging, f"{name}.png"))
         markdown = _markdown(report)
         report["markdown"] = markdown
         _write_tensorboard(os.path.join(staging, "logs"), report, images, s.step)

@@ -12,13 +12,13 @@ import time
 import keras
 import tensorflow as tf
 
-from patchvae_tf import data, visualize
+from patchvae_tf import data
 from patchvae_tf import restore as strict
 from patchvae_tf.config import Config
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import latents, models
 from patchvae_tf.model.fused import FusedAdam
-from patchvae_tf.training import distribute, precision
+from patchvae_tf.training import distribute, precision, summaries
 from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, write_text_atomic
 
 _NUM_IMAGES = 8  # images shown in TensorBoard
@@ -74,25 +74,25 @@ def _log_images(model, images: tf.Tensor, step: int, tau: tf.Tensor) -> None:
     pairs = tf.concat([images, out["reconstruction"]], axis=0)
     tf.summary.image(
         "reconstructions",
-        visualize.image_grid(visualize.to_display(pairs), cols=images.shape[0])[None],
+        summaries.image_grid(summaries.to_display(pairs), cols=images.shape[0])[None],
         step=step,
     )
     tf.summary.image(
         "inputs",
-        visualize.image_grid(visualize.to_display(images), cols=images.shape[0])[None],
+        summaries.image_grid(summaries.to_display(images), cols=images.shape[0])[None],
         step=step,
     )
     tf.summary.image(
         "samples",
-        visualize.image_grid(
-            visualize.to_display(model.sample(images.shape[0])), cols=images.shape[0]
+        summaries.image_grid(
+            summaries.to_display(model.sample(images.shape[0])), cols=images.shape[0]
         )[None],
         step=step,
     )
     if isinstance(model, models.PatchVAE):
         q = model.encode(images)["occurrence"]
         tf.summary.image(
-            "occurrence_maps", visualize.occurrence_grid(images[:4], q[:4])[None], step=step
+            "occurrence_maps", summaries.occurrence_grid(images[:4], q[:4])[None], step=step
         )
 
 
