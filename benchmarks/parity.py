@@ -789,13 +789,10 @@ def main(pcfg: ParityConfig) -> dict:
     return results
 
 
-def _cli(argv) -> None:
+def _cli() -> None:
     from patchvae_tf.config import cli
     from patchvae_tf.config.fields import check_options
-    from patchvae_tf.errors import UserError
 
-    if len(argv) > 1:
-        raise UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
     pcfg = cli.read(ParityConfig)
     check_options(pcfg)
     main(pcfg)
