@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from benchmarks import parity, reference
+from benchmarks import parity, parity_tensors, reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,10 +28,10 @@ def _python() -> str | None:
 
 
 def test_relative_difference_is_scaled_by_the_reference_tensor():
-    abs_diff, scale, rel = parity.difference([1.0, -4.0, 0.0], [1.0, -3.0, 0.5])
+    abs_diff, scale, rel = parity_tensors.difference([1.0, -4.0, 0.0], [1.0, -3.0, 0.5])
     assert (abs_diff, scale, rel) == (1.0, 3.0, pytest.approx(1 / 3))
-    assert parity.difference([0.0], [0.0])[2] == 0.0
-    row = parity.row("v", "gradient", "w", [1.0, 2.0], [1.0, 2.0001], 1e-4)
+    assert parity_tensors.difference([0.0], [0.0])[2] == 0.0
+    row = parity_tensors.row("v", "gradient", "w", [1.0, 2.0], [1.0, 2.0001], 1e-4)
     assert row["within_tolerance"] and row["difference"] == pytest.approx(0.0001 / 2.0001)
 
 
@@ -39,10 +39,10 @@ def test_keras_kernels_take_torch_layouts():
     import numpy as np
 
     conv = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # HWIO
-    assert parity.to_torch(conv).shape == (5, 4, 2, 3)  # OIHW
-    assert parity.to_torch(conv)[1, 2, 0, 1] == conv[0, 1, 2, 1]
+    assert parity_tensors.to_torch(conv).shape == (5, 4, 2, 3)  # OIHW
+    assert parity_tensors.to_torch(conv)[1, 2, 0, 1] == conv[0, 1, 2, 1]
     dense = np.arange(6).reshape(2, 3)
-    assert (parity.to_torch(dense) == dense.T).all()
+    assert (parity_tensors.to_torch(dense) == dense.T).all()
 
 
 @pytest.mark.skipif(_checkout() is None, reason="no checkout of kampta/PatchVAE found")

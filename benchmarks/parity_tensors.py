@@ -1,0 +1,185 @@
+"""The parity harness's tensors: our model's variables in the authors' layout, and the
+relative difference of two tensors as a row of the comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+TINY = 1e-30
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# Tolerances on the difference above, per group of compared tensors.
+TOLERANCES = {"forward": 1e-4, "loss": 1e-4, "gradient": 1e-4, "step1": 1e-4, "last": 1e-3}
+# The finetuning classifier: classifier.py's defaults.
+SGD = {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
+
+
+# --- the recipe ------------------------------------------------------------------------
+
+
+def recipe(name: str = "cifar100"):
+    """configs/NAME.cfg read into a Config (its model and optimiser fields; data left out)."""
+    from patchvae_tf.config import Config, ModelConfig, TrainConfig
+
+    values = {}
+    with open(os.path.join(RECIPE, f"{name}.cfg")) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("--"):
+                continue
+            key, eq, value = line[2:].partition("=")
+            values[key] = value if eq else True
+    sections = {}
+    for cls in (ModelConfig, TrainConfig):
+        kwargs = {}
+        for fld in dataclasses.fields(cls):
+            if fld.name in values:
+                kwargs[fld.name] = _parse(values[fld.name], fld.type)
+            elif f"no{fld.name}" in values:
+                kwargs[fld.name] = False
+        sections[cls] = cls(**kwargs)
+    return Config(model=sections[ModelConfig], train=sections[TrainConfig])
+
+
+def _parse(value, kind: str):
+    if value is True:
+        return True
+    return {"int": int, "float": float}.get(kind, str)(value)
+
+
+def variant_config(name: str, image_size: int):
+    cfg = recipe()
+    changes = {"categorical": {"categorical": True}, "hard": {"hard": True}}
+    changes["vae"] = {"arch": "vae"}
+    model = dataclasses.replace(cfg.model, image_size=image_size, **changes.get(name, {}))
+    return cfg.replace(model=model)
+
+
+# --- our model's tensors in the authors' layout -------------------------------------------
+
+
+def _leaves(model) -> list:
+    """Our weight-bearing layers in the order of the authors' modules."""
+    if hasattr(model, "heads"):
+        return _flat([model.encoder, model.heads, model.decoder])
+    roots = [model.encoder, model.reduce, model.posterior_mean]
+    return _flat(roots + [model.posterior_logvar, model.expand, model.decoder])
+
+
+def _flat(roots) -> list:
+    """The Conv, transposed Conv, BatchNorm and Dense layers under roots, depth first in the
+    order each layer holds its sub-layers (Keras's recursive _flatten_layers runs backwards).
+    """
+    import keras
+
+    kinds = (
+        keras.layers.Conv2DTranspose,
+        keras.layers.Conv2D,
+        keras.layers.BatchNormalization,
+        keras.layers.Dense,
+    )
+    out = []
+    for root in roots:
+        if isinstance(root, kinds):
+            out.append(root)
+        else:
+            out += _flat(root._flatten_layers(include_self=False, recursive=False))
+    return out
+
+
+_TORCH_TYPE = {
+    "Conv2DTranspose": "ConvTranspose2d",
+    "Conv2D": "Conv2d",
+    "BatchNormalization": "BatchNorm2d",
+    "FusedBatchNorm": "BatchNorm2d",
+    "Dense": "Linear",
+}
+
+
+def _pairs(layer) -> dict:
+    """Torch tensor name -> our variable, for one layer."""
+    import keras
+
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return {
+            "weight": layer.gamma,
+            "bias": layer.beta,
+            "running_mean": layer.moving_mean,
+            "running_var": layer.moving_variance,
+        }
+    out = {"weight": layer.kernel}
+    if getattr(layer, "bias", None) is not None:
+        out["bias"] = layer.bias
+    return out
+
+
+def to_torch(value: np.ndarray) -> np.ndarray:
+    """A Keras tensor in PyTorch's layout: conv kernels HWIO -> OIHW, transposed conv
+    kernels (h, w, out, in) -> (in, out, h, w) (the same permutation), dense (in, out) ->
+    (out, in); vectors unchanged.
+    """
+    if value.ndim == 4:
+        return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+    if value.ndim == 2:
+        return np.ascontiguousarray(value.T)
+    return value
+
+
+def mapping(layers: list, modules: list, prefix: str = "") -> dict:
+    """Torch state name ("features.4.0.conv1.weight") -> our variable, checking that each
+    layer's kind and each tensor's shape (in torch's layout) match the authors' module.
+    """
+    if len(layers) != len(modules):
+        raise ValueError(f"{len(layers)} weight layers here, {len(modules)} in their model")
+    out = {}
+    for layer, module in zip(layers, modules, strict=True):
+        kind = _TORCH_TYPE[type(layer).__name__]
+        if kind != module["type"]:
+            raise ValueError(
+                f"{layer.path} ({kind}) is paired with {module['name']} ({module['type']})"
+            )
+        pairs = _pairs(layer)
+        if set(pairs) != set(module["tensors"]):
+            raise ValueError(
+                f"{layer.path}: tensors {sorted(pairs)}, theirs {sorted(module['tensors'])}"
+            )
+        for k, var in pairs.items():
+            shape = list(to_torch(np.zeros(var.shape, np.float32)).shape)
+            if shape != module["tensors"][k]:
+                raise ValueError(
+                    f"{layer.path}.{k}: {shape} in torch's layout, theirs {module['tensors'][k]}"
+                )
+            out[f"{prefix}{module['name']}.{k}"] = var
+    return out
+
+
+# --- the comparison ------------------------------------------------------------------------
+
+
+def difference(ours, theirs) -> tuple[float, float, float]:
+    """(max |ours - theirs|, max |theirs|, their ratio, the relative difference)."""
+    a, b = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes {a.shape} and {b.shape}")
+    abs_diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    return abs_diff, scale, abs_diff / max(scale, TINY)
+
+
+def row(variant: str, group: str, name: str, ours, theirs, tolerance: float, **extra) -> dict:
+    abs_diff, scale, rel = difference(ours, theirs)
+    return {
+        "variant": variant,
+        "group": group,
+        "name": name,
+        "shape": list(np.shape(theirs)),
+        "max_abs_difference": abs_diff,
+        "max_abs_reference": scale,
+        "difference": rel,
+        "tolerance": tolerance,
+        "within_tolerance": bool(rel <= tolerance),
+        **extra,
+    }
