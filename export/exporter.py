@@ -252,28 +252,11 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
         quantize.quantize_int8(path, int8_path, calibration, progress=bar.update)
         int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
         int8_out = run(int8_session, pixels)
-        size = report.size_bytes(int8_path)
         agreement = parity.agreement(onnx_out, int8_out)
-        rep["int8"] = {
-            "method": quantize.METHOD,
-            "calibration_images": int(len(calibration)),
-            "evaluated_on": "the parity images (not used for calibration)",
-            "size_bytes": size,
-            "size_vs_float32": size / report.size_bytes(path),
-            "agreement_with_float32": agreement,
-            "min_cosine": cfg.int8_min_cosine,
-        }
-        refusal = quantize.gate(agreement, cfg.int8_min_cosine)
-        if refusal and not cfg.force_int8:
-            # The float32 export goes ahead; the int8 model a user would deploy does not.
-            os.remove(int8_path)
-            rep["int8"]["written"] = False
-            rep["int8"]["refused"] = f"{refusal}; --force_int8 writes it anyway"
+        entry = _int8_entry(cfg, quantize.METHOD, calibration, int8_path, path, agreement)
+        if not _gate_int8(cfg, rep, "int8", int8_path, entry):
             return
-        rep["int8"]["written"] = True
-        if refusal:
-            rep["int8"]["forced"] = refusal
-        rep["files"][os.path.join(layout.ONNX_DIR, layout.ONNX_INT8_FILE)] = size
+        rep["files"][os.path.join(layout.ONNX_DIR, layout.ONNX_INT8_FILE)] = entry["size_bytes"]
         rep["latency_ms_batch1"]["onnxruntime_int8"] = _latency_ms(lambda: run(int8_session, one))
 
 
@@ -314,28 +297,44 @@ def _litert(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> N
     int8_info = litert_export.describe(int8_path)
     int8_run = litert_export.runner(litert_export.interpreter(int8_path))
     agreement = parity.agreement(out, int8_run(pixels))
+    entry = _int8_entry(cfg, litert_export.INT8_METHOD, calibration, int8_path, path, agreement)
+    entry["ops"] = int8_info["ops"]
+    if not _gate_int8(cfg, rep, "litert_int8", int8_path, entry):
+        return
+    rep["files"][os.path.join(layout.LITERT_DIR, layout.LITERT_INT8_FILE)] = entry["size_bytes"]
+    rep["latency_ms_batch1"]["litert_int8"] = _latency_ms(lambda: int8_run(one))
+
+
+def _int8_entry(cfg, method: str, calibration, int8_path: str, float_path: str, agreement) -> dict:
+    """What the report says of an int8 model: how it was made, its size, its agreement."""
     size = report.size_bytes(int8_path)
-    rep["litert_int8"] = {
-        "method": litert_export.INT8_METHOD,
+    return {
+        "method": method,
         "calibration_images": int(len(calibration)),
         "evaluated_on": "the parity images (not used for calibration)",
         "size_bytes": size,
-        "size_vs_float32": size / report.size_bytes(path),
+        "size_vs_float32": size / report.size_bytes(float_path),
         "agreement_with_float32": agreement,
         "min_cosine": cfg.int8_min_cosine,
-        "ops": int8_info["ops"],
     }
-    refusal = quantize.gate(agreement, cfg.int8_min_cosine)
+
+
+def _gate_int8(cfg, rep: dict, key: str, int8_path: str, entry: dict) -> bool:
+    """The int8 cosine gate (quantize.gate) on one int8 model: records entry as rep[key]
+    with the verdict, and whether the model is kept (refused ones are deleted unless
+    --force_int8; the float32 export goes ahead either way).
+    """
+    rep[key] = entry
+    refusal = quantize.gate(entry["agreement_with_float32"], cfg.int8_min_cosine)
     if refusal and not cfg.force_int8:
         os.remove(int8_path)
-        rep["litert_int8"]["written"] = False
-        rep["litert_int8"]["refused"] = f"{refusal}; --force_int8 writes it anyway"
-        return
-    rep["litert_int8"]["written"] = True
+        entry["written"] = False
+        entry["refused"] = f"{refusal}; --force_int8 writes it anyway"
+        return False
+    entry["written"] = True
     if refusal:
-        rep["litert_int8"]["forced"] = refusal
-    rep["files"][os.path.join(layout.LITERT_DIR, layout.LITERT_INT8_FILE)] = size
-    rep["latency_ms_batch1"]["litert_int8"] = _latency_ms(lambda: int8_run(one))
+        entry["forced"] = refusal
+    return True
 
 
 def summary(cfg: ExportConfig, rep: dict) -> str:
