@@ -138,16 +138,13 @@ class ParityWorker(reference_worker.Worker):
             if not k.endswith("num_batches_tracked")
         }
 
-    def _train(self, r, eps_schedule, record, double=False):
-        """Runs run.py's train() step r["steps"] times from the given weights; record: also
-        keep the first step's forward tensors, loss terms and gradients. double: the same in
-        float64 (weights, batch and noise converted), the float32 runs' rounding floor.
+    def _prepared(self, model, inputs: str, double: bool):
+        """(model, arrays): the model with the run's weights, in train mode, and the run's
+        arrays; with double both in float64.
         """
         import numpy as np
 
-        torch, v = self.torch, r["variant"]
-        data = dict(np.load(r["inputs"]))
-        model = self._build(v)
+        data = dict(np.load(inputs))
         self._load(model, {k[2:]: a for k, a in data.items() if k.startswith("w/")})
         model.train()
         if double:
@@ -155,6 +152,15 @@ class ParityWorker(reference_worker.Worker):
             data = {
                 k: a.astype(np.float64) if a.dtype == np.float32 else a for k, a in data.items()
             }
+        return model, data
+
+    def _train(self, r, eps_schedule, record, double=False):
+        """Runs run.py's train() step r["steps"] times from the given weights; record: also
+        keep the first step's forward tensors, loss terms and gradients. double: the same in
+        float64 (weights, batch and noise converted), the float32 runs' rounding floor.
+        """
+        torch, v = self.torch, r["variant"]
+        model, data = self._prepared(self._build(v), r["inputs"], double)
         loss_fn = self._loss_fn(v)
         optimizer = torch.optim.Adam(model.parameters(), lr=r["lr"], betas=(0.5, 0.999))
         seen = self._capture(model, v) if record else {}
@@ -249,18 +255,9 @@ class ParityWorker(reference_worker.Worker):
         return {"loss": loss, "loss64": loss64}
 
     def _classifier_step(self, r, double):
-        import numpy as np
 
         torch, c = self.torch, r["classifier"]
-        data = dict(np.load(r["inputs"]))
-        model = self._classifier(c)
-        self._load(model, {k[2:]: a for k, a in data.items() if k.startswith("w/")})
-        model.train()
-        if double:
-            model.double()
-            data = {
-                k: a.astype(np.float64) if a.dtype == np.float32 else a for k, a in data.items()
-            }
+        model, data = self._prepared(self._classifier(c), r["inputs"], double)
         # nn.Dropout draws its mask inside the kernel; the given mask (0 or 1 / (1 - p))
         # replaces it, so both sides drop the same units.
         mask = torch.from_numpy(data["dropout_mask"])
