@@ -228,18 +228,9 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
     def run(sess, x):
         return dict(zip(names, sess.run(names, {serving.IMAGES: x}), strict=True))
 
-    onnx_out = run(session, pixels)
-    diffs = parity.max_abs(onnx_out, keras_out)
-    parity.check("ONNX Runtime vs Keras", diffs)
-    rep["parity"]["onnx_vs_keras"] = diffs
-    if sm_out is not None:
-        diffs = parity.max_abs(onnx_out, sm_out)
-        parity.check("ONNX Runtime vs SavedModel", diffs)
-        rep["parity"]["onnx_vs_saved_model"] = diffs
-    # The batch axis is dynamic: one image alone gives its row of the batch result.
-    single = parity.max_abs(run(session, pixels[:1]), {k: v[:1] for k, v in onnx_out.items()})
-    parity.check("ONNX Runtime batch 1 vs batch", single)
-    rep["parity"]["onnx_batch1_vs_batch"] = single
+    onnx_out = _check_runtime(
+        "ONNX Runtime", "onnx", lambda x: run(session, x), pixels, keras_out, sm_out, rep
+    )
     rep["files"][os.path.join(layout.ONNX_DIR, layout.ONNX_FILE)] = report.size_bytes(path)
     one = pixels[:1]
     rep["latency_ms_batch1"]["onnxruntime"] = _latency_ms(lambda: run(session, one))
@@ -272,17 +263,7 @@ def _litert(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> N
         f.write(litert_export.convert(module))
     info = litert_export.describe(path)
     run = litert_export.runner(litert_export.interpreter(path))
-    out = run(pixels)
-    diffs = parity.max_abs(out, keras_out)
-    parity.check("LiteRT vs Keras", diffs)
-    rep["parity"]["litert_vs_keras"] = diffs
-    if sm_out is not None:
-        diffs = parity.max_abs(out, sm_out)
-        parity.check("LiteRT vs SavedModel", diffs)
-        rep["parity"]["litert_vs_saved_model"] = diffs
-    single = parity.max_abs(run(pixels[:1]), {k: v[:1] for k, v in out.items()})
-    parity.check("LiteRT batch 1 vs batch", single)
-    rep["parity"]["litert_batch1_vs_batch"] = single
+    out = _check_runtime("LiteRT", "litert", run, pixels, keras_out, sm_out, rep)
     rep["litert"] = info
     rep["files"][os.path.join(layout.LITERT_DIR, layout.LITERT_FILE)] = report.size_bytes(path)
     one = pixels[:1]
@@ -303,6 +284,24 @@ def _litert(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> N
         return
     rep["files"][os.path.join(layout.LITERT_DIR, layout.LITERT_INT8_FILE)] = entry["size_bytes"]
     rep["latency_ms_batch1"]["litert_int8"] = _latency_ms(lambda: int8_run(one))
+
+
+def _check_runtime(label: str, key: str, run, pixels, keras_out, sm_out, rep: dict) -> dict:
+    """The outputs of run on the parity images, each comparison within parity.TOLERANCE (else
+    ParityError) and in rep["parity"]: against Keras, against the SavedModel when there is
+    one, and batch 1 against its row of the batch (the batch axis is dynamic).
+    """
+    out = run(pixels)
+    checks = [("Keras", "keras", keras_out), ("SavedModel", "saved_model", sm_out)]
+    for name, suffix, ref in checks:
+        if ref is not None:
+            diffs = parity.max_abs(out, ref)
+            parity.check(f"{label} vs {name}", diffs)
+            rep["parity"][f"{key}_vs_{suffix}"] = diffs
+    single = parity.max_abs(run(pixels[:1]), {k: v[:1] for k, v in out.items()})
+    parity.check(f"{label} batch 1 vs batch", single)
+    rep["parity"][f"{key}_batch1_vs_batch"] = single
+    return out
 
 
 def _int8_entry(cfg, method: str, calibration, int8_path: str, float_path: str, agreement) -> dict:
