@@ -432,7 +432,7 @@ def test_every_layer_and_model_round_trips_through_keras_serialization():
         networks.PyramidEncoder(4, 8),
         networks.PyramidDecoder(4, 8),
         networks.PatchHeads(3, 2, 0.25, initialization="glorot"),
-        fused.FusedBatchNorm(fused=False),
+        fused.FusedBatchNorm(momentum=0.95),
         model,
         models.build_model(dataclasses.replace(cfg, arch="vae")),
         keras_encoder.Encoder.from_autoencoder(model),

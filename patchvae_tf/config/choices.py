@@ -2,6 +2,8 @@
 
 ARCHS = ("patchvae", "vae")
 ENCODERS = ("resnet", "pyramid")
+# --categorical --hard's forward value (model/latents.py).
+HARD_CATEGORICAL = ("one_hot", "sign")
 ANNEAL_SCHEDULES = ("reference", "exponential")
 INITIALIZATIONS = ("reference", "glorot")
 NORMALIZATIONS = ("unit", "imagenet")

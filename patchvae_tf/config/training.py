@@ -12,6 +12,7 @@ from patchvae_tf.config.choices import (
     ANNEAL_SCHEDULES,
     ARCHS,
     ENCODERS,
+    HARD_CATEGORICAL,
     INITIALIZATIONS,
     NORMALIZATIONS,
     PRECISIONS,
@@ -87,6 +88,19 @@ class ModelConfig(Checked):
     occurrence_prior: float = option(0.0, "Bernoulli prior p; 0 means 1/N", minimum=0.0, below=1.0)
     categorical: bool = option(False, "One part per location (categorical)")
     hard: bool = option(False, "Straight-through binary occurrences")
+    hard_categorical: str = option(
+        "one_hot",
+        "With --categorical --hard, the occurrence the decoder sees: one_hot (the argmax part "
+        "of each cell) | sign (each part's 1[l > 0], the authors': a cell may show several "
+        "parts or none)",
+        choices=HARD_CATEGORICAL,
+    )
+    occurrence_rate_epsilon: float = option(
+        0.0,
+        "Epsilon inside the occurrence rate's logs, q log((q + eps) / p) + ...: 0 is the "
+        "exact KL from the logits; the authors' loss.py adds 1e-7",
+        minimum=0.0,
+    )
     beta_app: float = option(1.0, "Weight of the appearance rate", minimum=0.0)
     beta_occ: float = option(10.0, "Weight of the occurrence rate", minimum=0.0)
     edge_weighting: bool = option(False, "Laplacian-weighted distortion")

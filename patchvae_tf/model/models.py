@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from patchvae_tf.config import NORMALIZATIONS, ModelConfig
+from patchvae_tf.config import HARD_CATEGORICAL, NORMALIZATIONS, ModelConfig
 from patchvae_tf.model import latents, losses, networks, normalization
 from patchvae_tf.model.fused import FusedBatchNorm
 
@@ -78,7 +78,7 @@ class Autoencoder(keras.Model):
         (the recognition features). The input is normalised into the model's space first.
         """
         f = self.encoder(normalization.normalize(x, self.input_space), training=training)
-        return f, tf.reduce_mean(tf.cast(f, tf.float32), axis=[1, 2])
+        return f, tf.reduce_mean(tf.cast(f, self.variable_dtype), axis=[1, 2])
 
     def _outputs(self, decoded, **latent):
         """The decoder's output [B, H, W, 3] in the model's space (the loss compares it with
@@ -89,6 +89,8 @@ class Autoencoder(keras.Model):
         return {"decoded": decoded, "reconstruction": pixels, **latent}
 
     def _distortion(self, x, outputs):
+        # The images in the model's dtype (float64 in the parity harness), as call() has them.
+        x = tf.cast(x, outputs["decoded"].dtype)
         target = normalization.normalize(x, self.input_space)
         w = losses.edge_weights(target, self.scale) if self.edge_weighting else None
         return losses.distortion(target, outputs["decoded"], w)
@@ -124,11 +126,25 @@ class PatchVAE(Autoencoder):
         categorical: bool = False,
         hard: bool = False,
         beta_occ: float = 10.0,
+        hard_categorical: str = "one_hot",
+        occurrence_rate_epsilon: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if hard_categorical not in HARD_CATEGORICAL:
+            raise ValueError(
+                f"`hard_categorical` must be one of {HARD_CATEGORICAL}. "
+                f"Received: hard_categorical={hard_categorical!r}"
+            )
+        if not occurrence_rate_epsilon >= 0.0:
+            raise ValueError(
+                "`occurrence_rate_epsilon` must be >= 0. "
+                f"Received: occurrence_rate_epsilon={occurrence_rate_epsilon!r}"
+            )
         self.occurrence_prior = occurrence_prior or 1.0 / self.num_parts
         self.categorical, self.hard, self.beta_occ = categorical, hard, beta_occ
+        self.hard_categorical = hard_categorical
+        self.occurrence_rate_epsilon = occurrence_rate_epsilon
         self.heads = networks.PatchHeads(
             self.num_parts, self.appearance_dim, self.occurrence_prior, name="heads", **self.style
         )
@@ -155,14 +171,13 @@ class PatchVAE(Autoencoder):
         """z_hat [B, h, w, N*L] -> x_hat [B, H, W, 3]."""
         return self.decoder(z_hat, training=training)
 
-    def call(self, x, training=False, temperature=None, seed=None, noise=None):
+    def call(self, x, training=False, temperature=None, seed=None):
         """Sampled reconstruction; returns the tensors the loss needs as a dict.
 
-        seed: None (stateful sampling) or a stateless seed [2] for both samples. noise: None,
-        or the draws to use instead ({"occurrence": U(0, 1) [B, h, w, N], "appearance":
-        N(0, 1) [B, N, L]}), to replay another implementation's (benchmarks/parity.py).
+        seed: None (stateful sampling) or a stateless seed [2], split into one seed for the
+        occurrence sample and one for the appearance sample (latents.sample_occurrence and
+        sample_appearance say which draws each makes from it).
         """
-        noise = noise or {}
         tau = self.tau_min if temperature is None else temperature
         seeds = (None, None) if seed is None else tf.random.experimental.stateless_split(seed, 2)
         _, mean, logvar, logits = self._posterior(x, training)
@@ -172,13 +187,13 @@ class PatchVAE(Autoencoder):
             tau,
             categorical=self.categorical,
             hard=self.hard,
+            hard_categorical=self.hard_categorical,
             seed=seeds[0],
-            uniform=noise.get("occurrence"),
         )
         mu_app, var_app = latents.pool_appearance(
             mean, logvar, q, self.num_parts, self.appearance_dim
         )
-        z_app = latents.sample_appearance(mu_app, var_app, seeds[1], noise.get("appearance"))
+        z_app = latents.sample_appearance(mu_app, var_app, seeds[1])
         z_hat = latents.compose(z_app, z_occ)
         return self._outputs(
             self.decode(z_hat, training),
@@ -193,10 +208,8 @@ class PatchVAE(Autoencoder):
         distortion = self._distortion(x, outputs)
         r_app = losses.rate_app(outputs["appearance_mean"], outputs["appearance_var"])
         logits = outputs["occurrence_logits"]
-        if self.categorical:
-            r_occ = losses.rate_occ_categorical(logits, self.occurrence_prior)
-        else:
-            r_occ = losses.rate_occ(logits, self.occurrence_prior)
+        rate = losses.rate_occ_categorical if self.categorical else losses.rate_occ
+        r_occ = rate(logits, self.occurrence_prior, self.occurrence_rate_epsilon)
         loss = losses.elbo_loss(distortion, r_app, r_occ, self.beta_app, self.beta_occ)
         return {"loss": loss, "distortion": distortion, "rate_app": r_app, "rate_occ": r_occ}
 
@@ -214,6 +227,8 @@ class PatchVAE(Autoencoder):
             "categorical": self.categorical,
             "hard": self.hard,
             "beta_occ": self.beta_occ,
+            "hard_categorical": self.hard_categorical,
+            "occurrence_rate_epsilon": self.occurrence_rate_epsilon,
         }
 
 
@@ -255,8 +270,10 @@ class VAE(Autoencoder):
         )
 
     def _code(self, head, r):
-        """[B, 1, 1, N*L] of a posterior head on the reduced map r -> [B, N*L] float32."""
-        return tf.cast(tf.reshape(head(r), [-1, self.code_size]), tf.float32)
+        """[B, 1, 1, N*L] of a posterior head on the reduced map r -> [B, N*L] in the
+        variables' dtype (float32 under mixed precision).
+        """
+        return tf.cast(tf.reshape(head(r), [-1, self.code_size]), self.variable_dtype)
 
     def _posterior(self, x, training):
         f, pooled = self.features(x, training)
@@ -286,11 +303,11 @@ class VAE(Autoencoder):
         z_map = self.expand(tf.reshape(z, [-1, 1, 1, self.code_size]), training=training)
         return self.decoder(z_map, training=training)
 
-    def call(self, x, training=False, temperature=None, seed=None, noise=None):
-        """As PatchVAE's; noise: None or {"appearance": N(0, 1) draws [B, N*L]}."""
+    def call(self, x, training=False, temperature=None, seed=None):
+        """As PatchVAE's; the seed goes whole to the appearance sample."""
         del temperature  # no discrete latent to relax
         _, mean, var = self._posterior(x, training)
-        z = latents.sample_appearance(mean, var, seed, (noise or {}).get("appearance"))
+        z = latents.sample_appearance(mean, var, seed)
         return self._outputs(self.decode(z, training), appearance_mean=mean, appearance_var=var)
 
     def loss_terms(self, x, outputs):
@@ -336,6 +353,8 @@ def build_model(cfg: ModelConfig) -> Autoencoder:
             categorical=cfg.categorical,
             hard=cfg.hard,
             beta_occ=cfg.beta_occ,
+            hard_categorical=cfg.hard_categorical,
+            occurrence_rate_epsilon=cfg.occurrence_rate_epsilon,
             name="patchvae",
             **common,
         )
@@ -343,5 +362,5 @@ def build_model(cfg: ModelConfig) -> Autoencoder:
         model = VAE(name="vae", **common)
     else:
         raise ValueError(f"`arch` must be 'patchvae' or 'vae'. Received: arch={cfg.arch!r}")
-    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))
+    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3], model.compute_dtype))
     return model

@@ -281,8 +281,9 @@ class PyramidDecoder(_Styled):
         self.net = keras.Sequential(blocks, name="layers")
 
     def call(self, z, training=None):
-        # tanh in float32: the output is compared with float32 pixels.
-        return keras.ops.tanh(keras.ops.cast(self.net(z, training=training), "float32"))
+        # tanh in the variables' dtype (float32 under mixed precision, float64 in float64):
+        # the output is compared with pixels in that dtype.
+        return keras.ops.tanh(keras.ops.cast(self.net(z, training=training), self.variable_dtype))
 
     def get_config(self):
         return {
@@ -298,7 +299,8 @@ class PatchHeads(_Styled):
     """Three 3x3 conv heads on f [B, h, w, D].
 
     Returns appearance mean and log-variance [B, h, w, N*L] and occurrence logits
-    [B, h, w, N], all float32 (the latent math stays in float32 under mixed precision).
+    [B, h, w, N], in the variables' dtype: float32 under mixed precision, where the latent
+    math stays in float32, and float64 in a float64 model.
     Initialization reference: kaiming fan-out kernels and zero biases, so q_occ starts near
     0.5; glorot: the log-variance kernel starts at zero and the occurrence bias at logit(p).
     """
@@ -336,7 +338,8 @@ class PatchHeads(_Styled):
     def call(self, f, training=None):
         del training
         return tuple(
-            keras.ops.cast(head(f), "float32") for head in (self.mean, self.logvar, self.logits)
+            keras.ops.cast(head(f), self.variable_dtype)
+            for head in (self.mean, self.logvar, self.logits)
         )
 
     def get_config(self):
