@@ -117,8 +117,10 @@ class FusedAdam(keras.optimizers.Adam):
         m = self._momentums[index].value
         v = self._velocities[index].value
         step = tf.cast(self.iterations + 1, dtype)
-        beta_1 = tf.cast(self.beta_1, dtype)
-        beta_2 = tf.cast(self.beta_2, dtype)
+        # tf.constant, not tf.cast: casting a Python float goes through float32, which in
+        # float64 moved beta_2 = 0.999 by 1.3e-8 (and v by 1.3e-5 of itself).
+        beta_1 = tf.constant(self.beta_1, dtype)
+        beta_2 = tf.constant(self.beta_2, dtype)
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle,
             m=m.handle,
@@ -128,6 +130,6 @@ class FusedAdam(keras.optimizers.Adam):
             lr=tf.cast(learning_rate, dtype),
             beta1=beta_1,
             beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype),
+            epsilon=tf.constant(self.epsilon, dtype),
             grad=tf.cast(gradient, dtype),
         )

@@ -264,7 +264,7 @@ class VAE(Autoencoder):
             [
                 networks.conv2d_transpose(c, self.grid, use_bias=False, initialization=init),
                 FusedBatchNorm(**bn),
-                keras.layers.LeakyReLU(0.2),
+                networks.LeakyReLU(0.2),
             ],
             name="expand",
         )

@@ -60,6 +60,19 @@ def conv2d_transpose(
     )
 
 
+@keras.saving.register_keras_serializable(package="patchvae_tf")
+class LeakyReLU(layers.LeakyReLU):
+    """Keras's LeakyReLU, exact in float64 too: TF's LeakyRelu op holds its slope in a float32
+    attribute (0.2 becomes 0.200000003), so in float64 the slope is applied here, where
+    x > 0 fails (as PyTorch's leaky_relu). Other dtypes run the op.
+    """
+
+    def call(self, inputs):
+        if keras.backend.standardize_dtype(inputs.dtype) != "float64":
+            return super().call(inputs)
+        return keras.ops.where(inputs > 0, inputs, inputs * self.negative_slope)
+
+
 class _Styled(layers.Layer):
     """A layer built of convolutions and BatchNorms that share one initialization and one
     set of BatchNorm constants (``initialization``, ``batch_norm_momentum`` and
@@ -244,7 +257,7 @@ class PyramidEncoder(_StagedEncoder):
             # As in DCGAN, no BatchNorm on the first layer.
             if i > 0:
                 block.append(self._bn())
-            block.append(layers.LeakyReLU(_LEAK))
+            block.append(LeakyReLU(_LEAK))
             self.stages.append(keras.Sequential(block, name=f"stage{i + 1}"))
         self.channels = base_channels * 2 ** (depth - 1)
         _track_stages(self)
@@ -268,13 +281,13 @@ class PyramidDecoder(_Styled):
         _check_positive("out_channels", out_channels)
         self.scale, self.base_channels, self.out_channels = scale, base_channels, out_channels
         width = base_channels * 2 ** (depth - 1)
-        blocks = [self._deconv(width, 1, use_bias=False), self._bn(), layers.LeakyReLU(_LEAK)]
+        blocks = [self._deconv(width, 1, use_bias=False), self._bn(), LeakyReLU(_LEAK)]
         for _ in range(depth - 1):
             width //= 2
             blocks += [
                 self._deconv(max(width, 8), 4, 2, padding="same", use_bias=False),
                 self._bn(),
-                layers.LeakyReLU(_LEAK),
+                LeakyReLU(_LEAK),
             ]
         # No bias on the output, as the authors' decoder.
         blocks.append(self._deconv(out_channels, 4, 2, padding="same", use_bias=False))

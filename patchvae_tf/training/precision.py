@@ -97,12 +97,15 @@ def policy_scope(name: str):
     the latent math (pooling, KL terms, TFP sampling, temperature) and the loss stay in
     float32. "float64" builds everything in float64 (the parity harness).
     """
-    previous = keras.config.dtype_policy()
+    previous, floatx = keras.config.dtype_policy(), keras.config.floatx()
     keras.config.set_dtype_policy("float32" if name == "none" else name)
+    if name == "float64":  # also the optimizers' own variables (the learning rate)
+        keras.config.set_floatx("float64")
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+        keras.config.set_floatx(floatx)
 
 
 def build_model_in_policy(model_cfg, name: str):
