@@ -111,9 +111,7 @@ def test_session_loader_runs_the_saved_model_as_tf_serving_does(exported):
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], _version_dir(ecfg, rep))
         sig = meta.signature_def["serving_default"]
-        got = sess.run(
-            {k: v.name for k, v in sig.outputs.items()}, {sig.inputs["images"].name: x}
-        )
+        got = sess.run({k: v.name for k, v in sig.outputs.items()}, {sig.inputs["images"].name: x})
     assert sorted(got) == sorted(want) == ["appearance", "features", "occurrence"]
     for k, v in got.items():
         np.testing.assert_allclose(v, want[k].numpy(), atol=1e-5, err_msg=k)

@@ -139,7 +139,8 @@ def test_kernels_are_chosen_by_dtype_and_float64_computes_the_same():
     # Configs saved with the former "fused" flag still load.
     config = {**FusedBatchNorm().get_config(), "fused": True}
     assert isinstance(FusedBatchNorm.from_config(config), FusedBatchNorm)
-    assert isinstance(FusedAdam.from_config({**FusedAdam().get_config(), "fused": False}), FusedAdam)
+    config = {**FusedAdam().get_config(), "fused": False}
+    assert isinstance(FusedAdam.from_config(config), FusedAdam)
 
 
 def test_adam_checkpoints_are_interchangeable_with_keras_adam(tmp_path):
