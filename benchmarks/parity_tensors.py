@@ -82,6 +82,10 @@ AUTHORS_VALUES = {
 }
 
 
+# The documented differences whose project default is not the authors' value.
+PROJECT_DEFAULTS = ("occurrence_rate_epsilon", "hard_categorical")
+
+
 def _relevant(option_name: str, model) -> bool:
     if option_name == "hard_categorical":
         return model.categorical and model.hard
@@ -92,7 +96,9 @@ def _relevant(option_name: str, model) -> bool:
 
 def variant_config(name: str, image_size: int | None = None, values: str = "authors"):
     """The variant's Config. values: "authors" sets every AUTHORS_VALUES option that
-    matters for it to the authors' value, "project" to this project's default.
+    matters for it to the authors' value; "project" sets the PROJECT_DEFAULTS options to
+    this project's defaults and keeps the recipe's values for the rest (the variant as
+    train.py runs its recipe).
     """
     from patchvae_tf.config import ModelConfig
 
@@ -102,11 +108,10 @@ def variant_config(name: str, image_size: int | None = None, values: str = "auth
         cfg.model, **changes, **({"image_size": image_size} if image_size else {})
     )
     defaults = ModelConfig()
-    settings = {
-        k: (v if values == "authors" else getattr(defaults, k))
-        for k, v in AUTHORS_VALUES.items()
-        if _relevant(k, model)
-    }
+    settings = {k: v for k, v in AUTHORS_VALUES.items() if _relevant(k, model)}
+    if values == "project":
+        # The documented differences at this project's defaults, the rest as the recipe.
+        settings = {k: getattr(defaults, k) for k in settings if k in PROJECT_DEFAULTS}
     return cfg.replace(model=dataclasses.replace(model, **settings))
 
 
