@@ -274,6 +274,7 @@ def markdown(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [_summary_cells(s) for s in results["project_summary"]]
+    lines += ["", "## Worst difference per step", ""] + step_table(results["summary"])
     outside = [r for r in results["rows"] if not r["within_tolerance"]]
     lines += [
         "",
@@ -298,6 +299,27 @@ def markdown(results: dict) -> str:
             )
         )
     return "\n".join(lines) + "\n"
+
+
+def step_table(summary: list) -> list:
+    """One row per variant: its worst difference at each step and in inference mode, then
+    the worst tensor overall with its step.
+    """
+    by_variant: dict = {}
+    for s in summary:
+        by_variant.setdefault(s["variant"], []).append(s)
+    steps = max((s["step"] for s in summary if s["group"] != "inference"), default=0)
+    head = [str(t) for t in range(1, steps + 1)] + ["inference", "worst tensor (step)"]
+    lines = ["| variant | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for variant, entries in by_variant.items():
+        cells = {s["step"] if s["group"] != "inference" else "inference": s for s in entries}
+        worst = max(entries, key=lambda s: s["difference"] / s["tolerance"])
+        where = "inference" if worst["group"] == "inference" else worst["step"]
+        values = [_e(cells[k]["difference"], 1) if k in cells else "" for k in range(1, steps + 1)]
+        values.append(_e(cells["inference"]["difference"], 1) if "inference" in cells else "")
+        values.append(f"{worst['worst']} ({where})")
+        lines.append(_cells(variant, *values))
+    return lines
 
 
 def _summary_cells(s: dict) -> str:
