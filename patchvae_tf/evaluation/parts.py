@@ -179,7 +179,7 @@ def cell_count_accuracy(cells: np.ndarray, labels: np.ndarray, label: str = "lar
 def part_discovery(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict:
     """part_scores for the trained model, with a random-init model's as the floor: parts are
     chosen and matched to regions on the first --eval_examples training images and scored
-    on as many test images.
+    on the test images (up to as many).
 
     The regions are the shape classes and the background: a part that learns the background
     has found a consistent region too (the decoder can only paint a background where some
