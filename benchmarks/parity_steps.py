@@ -410,6 +410,8 @@ def compare_classifier(ref, pcfg, tmp: str, head: str = "flatten") -> dict:
         if "exact" in got:
             extra["ours_vs_float64"] = difference(ours[key], got["exact"][key])[2]
             extra["theirs_vs_float64"] = difference(theirs[key], got["exact"][key])[2]
-        tol = _tolerance(pcfg, group, 1)
-        rows.append(row(label, group, name, ours[key], theirs[key], tol, step=1, **extra))
+        # The inference-mode logits come after the step: step 2, as compare_model's.
+        step = 2 if group == "inference" else 1
+        tol = _tolerance(pcfg, group, step)
+        rows.append(row(label, group, name, ours[key], theirs[key], tol, step=step, **extra))
     return {"rows": rows}

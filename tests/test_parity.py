@@ -220,4 +220,5 @@ def test_float64_harness_flags_each_injected_bug(ref, controls, tmp_path, monkey
     results = _run(ref, tmp_path, (variant,), steps=steps)
     first = results["first_outside"]
     assert first is not None, f"{mutation} was not flagged"
+    print(f"\n{mutation}: first outside {first}")  # pytest -s shows what caught it
     assert first["difference"] > 1e3 * max(r["difference"] for r in control["rows"]), first
