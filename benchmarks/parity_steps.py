@@ -129,6 +129,9 @@ _TERMS = {
 _TERMS["vae"] = {"loss": "loss", "distortion": "recon", "rate_app": "kld"}
 
 
+_ORDER = ("fwd", "term", "grad", "state", "adam_m", "adam_v")
+
+
 def _tolerance(pcfg, group: str, step: int) -> float:
     table = TOLERANCES64 if pcfg.dtype == "float64" else TOLERANCES
     first = step == 1 and (group in ("forward", "loss") or pcfg.dtype == "float32")
@@ -232,7 +235,8 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
         missing = sorted(set(theirs) ^ set(ours))
         if missing:
             raise ValueError(f"{label} step {t}: tensors on one side only: {missing[:8]}")
-        for key in sorted(ours):
+        # In the order the step computes them, so the first row outside is the cause.
+        for key in sorted(ours, key=lambda k: (_ORDER.index(k.split("/", 1)[0]), k)):
             group = group_of or _group(key, names)
             tensor = key.split("/", 1)[1]
             prefix = key.split("/", 1)[0]
