@@ -1,10 +1,6 @@
 """Runs the benchmarks: python -m benchmarks --out=benchmarks/results/run.json [--quick]."""
 
-import os
-
-# Checks the flags before TensorFlow loads (see patchvae_tf/__init__.py).
-os.environ["PATCHVAE_TF_COMMAND"] = "1"
-from patchvae_tf.config import cli  # noqa: E402
+from patchvae_tf.config import cli
 
 cli.define_bench()
 

@@ -1,11 +1,8 @@
 """Exports a trained encoder: python -m export --workdir=W --export_dir=E [--quantize=int8]."""
 
-import os
 import sys
 
-# Checks the flags before TensorFlow loads (see patchvae_tf/__init__.py).
-os.environ["PATCHVAE_TF_COMMAND"] = "1"
-from patchvae_tf.config import cli  # noqa: E402
+from patchvae_tf.config import cli
 
 cli.define_export()
 

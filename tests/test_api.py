@@ -272,7 +272,7 @@ import sys
 import keras
 import numpy as np
 
-import patchvae_tf  # registers the layers: nothing else of the repository is importable here
+import patchvae_tf.model  # registers the layers: nothing else of the repository is importable here
 
 assert patchvae_tf.__file__.startswith(sys.argv[3]), patchvae_tf.__file__
 path, arrays = sys.argv[1], np.load(sys.argv[2])

@@ -5,7 +5,6 @@ entry point whose user mistakes end in one line and exit status 2.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from collections.abc import Callable
 
@@ -14,9 +13,6 @@ from absl import app, flags, logging
 from patchvae_tf import config
 from patchvae_tf.config import checks
 from patchvae_tf.errors import UserError
-
-# Set by the command scripts for the package's import only; their children import it whole.
-os.environ.pop("PATCHVAE_TF_COMMAND", None)
 
 # A field's annotation (a string under `from __future__ import annotations`) -> absl kind.
 _KINDS = {
