@@ -180,31 +180,6 @@ def test_part_labels_name_the_match():
     assert evaluation.part_labels(None, 2) == ["part 0", "part 1"]
 
 
-def test_receptive_field_matches_the_gradient_support(trained):
-    import tensorflow as tf
-
-    from patchvae_tf.evaluation import drawing
-    from patchvae_tf.model import models
-
-    cfg, _ = trained
-    model = models.build_model(cfg.model)
-    x = tf.random.normal([1, 32, 32, 3])
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        logit = model.heads(model.encoder(x))[2][0, 4, 4, 0]  # an interior cell
-    support = np.nonzero(np.abs(tape.gradient(logit, x).numpy()[0]).sum(axis=(1, 2)))[0]
-    assert support.max() - support.min() + 1 == drawing.receptive_field(model.encoder) == 18
-
-
-def test_resnet_receptive_field():
-    from patchvae_tf.evaluation import drawing
-    from patchvae_tf.model import networks
-
-    # Stem 7x7/2 and 3x3/2 pool (11 px), stage 1 four 3x3 convs (+32), stage 2 (+64),
-    # the 3x3 head at stride 8 (+16).
-    assert drawing.receptive_field(networks.ResNetEncoder(8)) == 115
-
-
 def test_part_gallery_keeps_the_strongest_image_and_boxes_its_cell():
     from patchvae_tf.evaluation import drawing
 

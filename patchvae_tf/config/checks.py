@@ -1,8 +1,8 @@
 """What a command checks beyond its config: the environment it runs in (paths that must exist).
 
-Every value a user can get wrong is checked where its config is built (the dataclasses of
-config.py, through options.Checked); these functions are the commands' last step before
-they run, and return the config they were given.
+Every value a user can get wrong is checked where its config is built (each section's
+fields and `check`, in patchvae_tf/config/); these functions are the commands' last step
+before they run, and return the config they were given.
 """
 
 from __future__ import annotations

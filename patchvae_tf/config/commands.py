@@ -197,7 +197,7 @@ class BenchConfig(Checked):
 
     def check(self) -> None:
         # Whether --reference and --memory_folder exist is checked when the command runs
-        # (validation.validate_bench): a config may be built on another machine.
+        # (checks.validate_bench): a config may be built on another machine.
         if not self.out:
             raise UserError("--out is required: the JSON file the results go to")
         if not self.sections:
