@@ -2,13 +2,10 @@
 
 import sys
 
-from patchvae_tf.config import cli
-
-cli.define_export()
+from patchvae_tf.config import ExportConfig, cli
 
 
-def main():
-    cfg = cli.export_config()
+def main(cfg: ExportConfig) -> None:
     if cfg.version:  # known without the checkpoint: refuse before TensorFlow loads
         from export import layout
 
@@ -28,4 +25,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, ExportConfig)

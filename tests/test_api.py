@@ -215,17 +215,10 @@ def test_restore_of_another_architecture_is_refused_everywhere(trained, tmp_path
     ],
 )
 def test_python_and_the_command_line_give_one_message(args, build):
-    from absl import flags
+    from patchvae_tf.config import Config, cli
 
-    from patchvae_tf.config import cli
-
-    cli.define_train()
-    try:
-        flags.FLAGS(["train.py", *args])
-        with pytest.raises(UserError) as from_cli:
-            cli.train_config()
-    finally:
-        flags.FLAGS.unparse_flags()
+    with pytest.raises(UserError) as from_cli:
+        cli.parse(Config, ["train.py", *args])
     with pytest.raises(UserError) as from_python:
         build()
     assert str(from_python.value) == str(from_cli.value)

@@ -72,3 +72,12 @@ def test_lazy_names_resolve_and_unknown_names_raise():
     assert patchvae_tf.PatchVAE.__name__ == "PatchVAE"
     with pytest.raises(AttributeError, match="no_such_name"):
         patchvae_tf.no_such_name  # noqa: B018
+
+
+def test_help_lists_each_section_and_exits_0():
+    result = subprocess.run(
+        [sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Where the images come from" in result.stdout  # DataConfig's description
+    assert "--num_parts: N, number of parts (default: 16)" in result.stdout

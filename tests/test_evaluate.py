@@ -11,7 +11,6 @@ from conftest import tiny_config
 from PIL import Image
 
 from patchvae_tf.config import EvalConfig
-from patchvae_tf.config.checks import validate_eval
 from patchvae_tf.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,7 +314,7 @@ def test_classifier_head_reads_flattened_or_pooled_features(trained, head):
 
 def test_classifier_head_choices_are_checked():
     with pytest.raises(UserError, match="classifier_head.*'mean'"):
-        validate_eval(EvalConfig(classifier_head="mean"))
+        EvalConfig(classifier_head="mean")
 
 
 def test_sgd_schedule_divides_by_ten_every_step_epochs():
@@ -377,9 +376,9 @@ def test_bad_inputs_are_user_errors(trained, tmp_path):
     with pytest.raises(UserError, match="--freeze_stages=3 exceeds the 2 stages"):
         evaluation.evaluate(EvalConfig(workdir=workdir, mode="finetune", freeze_stages=(0, 3)))
     with pytest.raises(UserError, match="unknown --mode 'probes'"):
-        validate_eval(EvalConfig(mode="probes"))
+        EvalConfig(mode="probes")
     with pytest.raises(UserError, match="--probe_steps must be positive, got 0"):
-        validate_eval(EvalConfig(probe_steps=0))
+        EvalConfig(probe_steps=0)
     assert not [f for f in os.listdir(workdir) if "eval" in f]
 
 
@@ -505,7 +504,6 @@ def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_
     from export import exporter
     from patchvae_tf import evaluation, training
     from patchvae_tf.config import ExportConfig
-    from patchvae_tf.config.checks import validate_export
 
     images = tmp_path / "Images"
     _write_folder(images, ["blue", "red"], 6)  # images/{train,test}/CLASS/i.png
@@ -535,13 +533,11 @@ def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_
     assert report["linear_probe"]["train_examples"] == 4
     assert report["linear_probe"]["test_examples"] == 4
 
-    ecfg = validate_export(
-        ExportConfig(
-            workdir=cfg.train.workdir,
-            export_dir=str(tmp_path / "export"),
-            parity_images=4,
-            calibration_images=4,
-        )
+    ecfg = ExportConfig(
+        workdir=cfg.train.workdir,
+        export_dir=str(tmp_path / "export"),
+        parity_images=4,
+        calibration_images=4,
     )
     rep = exporter.export(ecfg)
     served = tf.saved_model.load(os.path.join(ecfg.export_dir, "saved_model", str(rep["version"])))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 from patchvae_tf.config.choices import (
     BENCH_SECTIONS,
@@ -85,9 +84,6 @@ class EvalConfig(Checked):
         """The sections to run: every one for "all"."""
         return EVAL_MODES[1:] if self.mode == "all" else (self.mode,)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 # --- export (python -m export) ----------------------------------------------------
 
@@ -145,9 +141,6 @@ class ExportConfig(Checked):
         name = self.model_name
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise UserError(f"--model_name must be letters, digits, - or _, got {name!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # --- benchmarks (python -m benchmarks) ----------------------------------------------
@@ -209,6 +202,3 @@ class BenchConfig(Checked):
                 "--reference_python, --reference_setup and --reference_venv need "
                 "--reference=PATH (a checkout of kampta/PatchVAE)"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
