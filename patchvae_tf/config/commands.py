@@ -17,22 +17,20 @@ from patchvae_tf.config.choices import (
     QUANTIZE_MODES,
 )
 from patchvae_tf.config.fields import Checked, option
+from patchvae_tf.config.training import SourceFields
 from patchvae_tf.errors import UserError
 
 # --- evaluation (evaluate.py) ----------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig(Checked):
+class EvalConfig(SourceFields):
     """What evaluate.py measures; the model itself comes from WORKDIR/config.json."""
 
+    # None evaluates on the data the model was trained on.
+    dataset: str | None = option(None, "Evaluate on this dataset instead of the training one")
     workdir: str = option("runs/shapes", "Training workdir: config.json and checkpoints")
     mode: str = option("all", " | ".join(EVAL_MODES), choices=EVAL_MODES)
-    # Dataset override; None evaluates on the data the model was trained on.
-    dataset: str | None = option(None, "Evaluate on this dataset instead of the training one")
-    data_dir: str | None = option(None, "TFDS data directory")
-    train_split_file: str | None = option(None, "Folder datasets: file of training image paths")
-    test_split_file: str | None = option(None, "Folder datasets: file of test image paths")
     image_size: int = option(0, "Must equal the model's; 0 means the model's", minimum=0)
     batch_size: int = option(128, "Batch size for features", positive=True)
     eval_examples: int = option(

@@ -28,13 +28,19 @@ from patchvae_tf.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig(Checked):
-    """Where the images come from and how they are read."""
+class SourceFields(Checked):
+    """Where images come from: the fields every command that reads a dataset shares."""
 
     dataset: str = option("shapes", "shapes | a TFDS name (cifar100, mnist, ...) | folder:PATH")
     data_dir: str | None = option(None, "TFDS data directory")
     train_split_file: str | None = option(None, "Folder datasets: file of training image paths")
     test_split_file: str | None = option(None, "Folder datasets: file of test image paths")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(SourceFields):
+    """Where the images come from and how they are read."""
+
     train_split: str = option(
         "listed",
         "Folder datasets with split files: listed (the training split file) | all_but_test "
