@@ -1,13 +1,11 @@
 """The commands' entry points: a bad flag is refused before TensorFlow loads."""
 
-import os
 import subprocess
 import sys
 import time
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 # Runs a command as `python X` / `python -m X` would, and reports at exit which of the heavy
 # packages it imported: the flags must be checked with none of them loaded.

@@ -7,13 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 from PIL import Image
 
 from patchvae_tf.config import EvalConfig
 from patchvae_tf.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for 2 shared cores: the probes see 256 images per split.
 FAST = dict(
     eval_examples=256,

@@ -10,11 +10,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from patchvae_tf.config import ExportConfig
 from patchvae_tf.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32  # tests/conftest.py tiny_config
 GRID, PARTS, APP_DIM, CHANNELS = 8, 8, 4, 32  # its scale 4, N, L and encoder width
 
@@ -337,7 +337,7 @@ def test_second_export_of_a_version_is_refused(exported):
             f"--export_dir={ecfg.export_dir}",
             "--version=300",
         ],
-        cwd=REPO,
+        cwd=ROOT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         capture_output=True,
         text=True,

@@ -3,10 +3,9 @@
 import os
 
 import pytest
+from conftest import ROOT
 
 from patchvae_tf.config import Config, EvalConfig, cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # run.py's defaults, which every one of the authors' commands keeps unless it says otherwise.
 RUN_PY = {

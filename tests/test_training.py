@@ -10,13 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from patchvae_tf import config, training
 from patchvae_tf.config import cli
 from patchvae_tf.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tags(logdir):
