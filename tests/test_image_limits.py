@@ -38,8 +38,11 @@ def real_png(width: int, height: int, colour: int = 2) -> bytes:
     channels = {0: 1, 2: 3}[colour]
     data = zlib.compress((b"\0" * (1 + width * channels)) * height)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
-    return image_limits.PNG_MAGIC + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", data) + _chunk(
-        b"IEND", b""
+    return (
+        image_limits.PNG_MAGIC
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", data)
+        + _chunk(b"IEND", b"")
     )
 
 

@@ -77,9 +77,7 @@ class ImageLimits:
 
     def fits(self, width: int, height: int) -> bool:
         short, long_ = min(width, height), max(width, height)
-        return (
-            short >= 1 and width * height <= self.max_pixels and long_ <= self.max_aspect * short
-        )
+        return short >= 1 and width * height <= self.max_pixels and long_ <= self.max_aspect * short
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -120,9 +120,10 @@ def _folder_source(cfg: DataConfig, image_size: int) -> Source:
         corrupt = [p for p, r in zip(paths, reasons, strict=True) if r == "corrupt"]
         large = [(p, r) for p, r in zip(paths, reasons, strict=True) if r and r != "corrupt"]
         if corrupt:
-            logging.warning("skipping %d corrupt image(s) in %s, e.g. %s", len(corrupt), split,
-                            corrupt[0])  # fmt: skip
-            print(f"skipped {len(corrupt)} corrupt image(s) in the {split} split, e.g. {corrupt[0]}")
+            first = corrupt[0]
+            n = len(corrupt)
+            logging.warning("skipping %d corrupt image(s) in %s, e.g. %s", n, split, first)
+            print(f"skipped {len(corrupt)} corrupt image(s) in the {split} split, e.g. {first}")
         if large:
             print(
                 f"skipped {len(large)} image(s) in the {split} split that cannot be read within "
