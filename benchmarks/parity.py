@@ -45,7 +45,7 @@ import os
 import sys
 import tempfile
 
-from patchvae_tf.config.fields import option
+from patchvae_tf.config.fields import Checked, option
 
 VARIANTS = (
     "cifar",
@@ -63,7 +63,7 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parity_worker
 
 
 @dataclasses.dataclass(frozen=True)
-class ParityConfig:
+class ParityConfig(Checked):
     """What the parity harness compares and against which checkout."""
 
     reference: str = option("", "A checkout of kampta/PatchVAE (model.py, loss.py, ...)")
@@ -107,9 +107,6 @@ class ParityConfig:
     project_defaults: bool = option(
         False, "Also run each variant with this project's defaults of the options that differ"
     )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 from benchmarks.parity_steps import compare_classifier, compare_model  # noqa: E402
@@ -384,12 +381,8 @@ def main(pcfg: ParityConfig) -> dict:
     return results
 
 
-def _cli() -> None:
-    from patchvae_tf.config import cli
-    from patchvae_tf.config.fields import check_options
-
-    pcfg = cli.read(ParityConfig)
-    check_options(pcfg)
+def _command(pcfg: ParityConfig) -> None:
+    """The command: exit 1 when a row is outside its tolerance with no reason."""
     if main(pcfg)["first_outside"]:
         sys.exit(1)
 
@@ -398,6 +391,4 @@ if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from patchvae_tf.config import cli
 
-    cli.define(ParityConfig)
-    cli.run(_cli)
-    sys.exit(0)
+    cli.run(_command, ParityConfig)

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from patchvae_tf.config.choices import (
     ANNEAL_SCHEDULES,
@@ -14,6 +14,8 @@ from patchvae_tf.config.choices import (
     ENCODERS,
     HARD_CATEGORICAL,
     INITIALIZATIONS,
+    MAX_IMAGE_ASPECT,
+    MAX_IMAGE_PIXELS,
     NORMALIZATIONS,
     PRECISIONS,
     RESNET_SCALES,
@@ -29,13 +31,19 @@ from patchvae_tf.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig(Checked):
-    """Where the images come from and how they are read."""
+class SourceFields(Checked):
+    """Where images come from: the fields every command that reads a dataset shares."""
 
     dataset: str = option("shapes", "shapes | a TFDS name (cifar100, mnist, ...) | folder:PATH")
     data_dir: str | None = option(None, "TFDS data directory")
     train_split_file: str | None = option(None, "Folder datasets: file of training image paths")
     test_split_file: str | None = option(None, "Folder datasets: file of test image paths")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(SourceFields):
+    """Where the images come from and how they are read."""
+
     train_split: str = option(
         "listed",
         "Folder datasets with split files: listed (the training split file) | all_but_test "
@@ -64,6 +72,19 @@ class DataConfig(Checked):
     )
     shuffle_buffer: int = option(10000, "TFDS: examples shuffled together", positive=True)
     download: bool = option(False, "TFDS: download and prepare a dataset not in --data_dir")
+    max_image_pixels: int = option(
+        MAX_IMAGE_PIXELS,
+        "Folder and TFDS images: skip one with more pixels (width x height from its JPEG/PNG "
+        "header, before decoding)",
+        positive=True,
+    )
+    max_image_aspect: float = option(
+        MAX_IMAGE_ASPECT,
+        "Folder and TFDS images: skip one whose long side is more than this many times its "
+        "short side",
+        minimum=1.0,
+        maximum=1e4,
+    )
 
     def check(self) -> None:
         if self.train_split == "all_but_test" and not self.test_split_file:
@@ -218,13 +239,16 @@ TRAIN_SECTIONS = (DataConfig, ModelConfig, TrainConfig, DistributeConfig)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Checked):
     """A training run: its data, model, optimisation and distribution, each checked when built."""
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     distribute: DistributeConfig = DistributeConfig()
+
+    # The sections train.py's flags are read into, in the order of the fields.
+    SECTIONS: ClassVar[tuple[type, ...]] = TRAIN_SECTIONS
 
     def __post_init__(self) -> None:
         # Each section checked itself when it was built; what is left is that each is one.
@@ -234,9 +258,6 @@ class Config:
                 raise UserError(
                     f"Config.{f.name} must be a {cls.__name__}, got {type(value).__name__}"
                 )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -6,6 +6,9 @@ import dataclasses
 
 import tensorflow as tf
 
+from patchvae_tf import pixels
+from patchvae_tf.data import image_limits
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -38,7 +41,7 @@ def preprocess_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
     left = (new_w - image_size) // 2
     image = image[top : top + image_size, left : left + image_size, :]
     image = tf.ensure_shape(image, [image_size, image_size, 3])
-    return tf.clip_by_value(image, 0.0, 255.0) / 127.5 - 1.0
+    return pixels.to_model(tf.clip_by_value(image, 0.0, 255.0))
 
 
 def to_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -63,7 +66,13 @@ def to_rgb(image: tf.Tensor) -> tf.Tensor:
     )
 
 
-def decode_image(data: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG bytes -> uint8 [h, w, 3]; palette, grey and RGBA become RGB."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return tf.ensure_shape(image, [None, None, 3])
+def decode_image(
+    data: tf.Tensor,
+    limits: image_limits.ImageLimits = image_limits.DEFAULT,
+    what: str = "the input",
+) -> tf.Tensor:
+    """Encoded JPEG/PNG bytes -> uint8 [h, w, 3]; palette, grey and RGBA become RGB.
+
+    Decoded only once the header's size fits limits (InvalidArgument naming size and limit).
+    """
+    return image_limits.tf_decode(data, limits, what)
