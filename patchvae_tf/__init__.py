@@ -1,5 +1,6 @@
 """PatchVAE in TensorFlow 2 / Keras 3 / TensorFlow Probability.
 
+``patchvae_tf.train(config, data)`` trains on data passed from Python and
 ``patchvae_tf.load(path)`` opens a training workdir or an export directory (docs/api.md);
 importing the package registers its layers and models for Keras serialization, so
 ``keras.saving.load_model("encoder.keras")`` opens an exported encoder.
@@ -23,5 +24,6 @@ if not os.environ.get("PATCHVAE_TF_COMMAND"):
     from patchvae_tf.model.keras_encoder import Encoder  # noqa: E402  (registers every layer)
     from patchvae_tf.model.models import VAE, PatchVAE  # noqa: E402
     from patchvae_tf.pretrained import Pretrained, load  # noqa: E402
+    from patchvae_tf.trainer import train  # noqa: E402
 
-    __all__ = ["VAE", "Encoder", "PatchVAE", "Pretrained", "load"]
+    __all__ = ["VAE", "Encoder", "PatchVAE", "Pretrained", "load", "train"]

@@ -269,16 +269,17 @@ def _preemption_handler(strategy, manager, checkpoint_dir: str, step: tf.Variabl
     )
 
 
-def train(cfg: Config) -> dict:
+def train(cfg: Config, *, source: data.Source | None = None) -> dict:
     """Trains cfg's model in cfg.train.workdir, resuming from its latest checkpoint.
 
-    Returns a summary: first and last logged loss, final step, images/s.
+    ``source``: the training data (patchvae_tf.train passes data from Python); None reads
+    cfg.data.dataset. Returns a summary: first and last logged loss, final step, images/s.
     """
     t, dc = cfg.train, cfg.distribute
     _check_workdir(cfg)
     strategy = create_strategy(cfg)
     chief = distribute.is_chief(strategy)
-    source = data.get_source(cfg.data, cfg.model.image_size, t.seed)
+    source = source or data.get_source(cfg.data, cfg.model.image_size, t.seed)
     if dc.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(t.seed)

@@ -1,0 +1,128 @@
+"""patchvae_tf.train(): data passed from Python (arrays, files, tf.data), what the workdir
+records about it, and the commands that refuse to read it again.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import tiny_config
+
+from patchvae_tf import data
+from patchvae_tf.data import python_source
+from patchvae_tf.errors import UserError
+
+RNG = np.random.default_rng(7)
+PIXELS = RNG.integers(0, 256, size=(13, 20, 28, 3), dtype=np.uint8)
+
+
+def _stream(source, start, count, batch=1):
+    ds = data.input_dataset(source, "train", batch, training=True, seed=3, start=start)
+    return np.concatenate([b["image"].numpy() for b in ds.take(count)])
+
+
+def _files(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i, image in enumerate(PIXELS):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["array", "files", "dataset", "function"])
+def test_python_data_resumes_at_any_example_exactly(kind, tmp_path):
+    given = {
+        "array": lambda: (PIXELS, np.arange(13)),
+        "files": lambda: _files(tmp_path),
+        "dataset": lambda: tf.data.Dataset.from_tensor_slices({"image": PIXELS}),
+        "function": lambda: lambda ctx: tf.data.Dataset.from_tensor_slices(PIXELS).batch(4),
+    }[kind]()
+    source = python_source.python_source(given, 16)
+    assert source.name == "python:" + kind
+    whole = _stream(source, 0, 30)  # more than two epochs
+    assert whole.shape == (30, 16, 16, 3)
+    for start in (1, 13, 17):
+        np.testing.assert_array_equal(_stream(source, start, 30 - start), whole[start:])
+    # Every image is resized and centre-cropped as the folder and TFDS pipelines do it.
+    expected = data.preprocess_image(tf.constant(PIXELS[0]), 16).numpy()
+    found = [np.abs(img - expected).max() for img in whole[:13]]
+    assert min(found) <= 1e-6  # image 0 is among the first epoch's images
+    if kind in ("array", "files"):  # shuffled per epoch from the seed
+        assert np.abs(whole[:13] - whole[13:26]).max() > 0.1
+    else:  # read in the dataset's own order
+        np.testing.assert_allclose(whole[0], expected, atol=1e-6)
+
+
+def test_images_of_any_dtype_and_channels_are_read_as_rgb_pixels():
+    grey = RNG.integers(0, 256, size=(3, 24, 24), dtype=np.uint8)
+    for given in (grey, grey.astype(np.float32), grey[..., None].astype(np.int32)):
+        source = python_source.python_source(tf.data.Dataset.from_tensor_slices(given), 8)
+        got = next(iter(data.input_dataset(source, "test", 3, training=False)))["image"].numpy()
+        rgb = np.repeat(grey[..., None], 3, axis=-1)
+        want = np.stack([data.preprocess_image(tf.constant(x), 8).numpy() for x in rgb])
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (PIXELS / 255.0, "pixels in [0, 1]?"),
+        (PIXELS.astype(np.float32) - 10.0, "expected pixels in [0, 255]"),
+        (tf.data.Dataset.from_tensor_slices({"x": PIXELS}), "without an 'image' (keys ['x'])"),
+        (tf.data.Dataset.from_tensor_slices(PIXELS[:, :, :, :2].reshape(13, -1)), "shape (1120,)"),
+        (tf.data.Dataset.from_tensor_slices(PIXELS[:0]), "the dataset is empty"),
+        (["/no/such.png"], "1 of the 1 image files do not exist, first '/no/such.png'"),
+        ({"image": PIXELS}, "got a dict"),
+        (lambda ctx: PIXELS, "returned a ndarray, not a tf.data.Dataset"),
+    ],
+)
+def test_what_training_cannot_read_is_refused_in_one_line(given, message):
+    with pytest.raises(UserError) as e:
+        python_source.python_source(given, 16)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_dataset_object_is_not_split_across_workers_a_function_is():
+    two = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1)
+    source = python_source.python_source(tf.data.Dataset.from_tensor_slices(PIXELS), 8)
+    with pytest.raises(UserError, match="cannot be split across the 2 input pipelines.*pass a "):
+        source.readers["train"](two, 0, 0)
+
+    def shard(ctx):
+        ds = tf.data.Dataset.from_tensor_slices(PIXELS)
+        return ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+
+    source = python_source.python_source(shard, 8)
+    mine = np.stack([ex["image"].numpy() for ex in source.readers["test"](two, None)])
+    want = [data.preprocess_image(tf.constant(x), 8).numpy() for x in PIXELS[1::2]]
+    np.testing.assert_allclose(mine, np.stack(want), atol=1e-6)  # the odd images: shard 1
+
+
+def test_train_on_an_array_records_it_and_the_commands_refuse_to_read_it(tmp_path, capsys):
+    import patchvae_tf
+    from patchvae_tf.config import EvalConfig, load_config
+    from patchvae_tf.evaluation.setup import setup as eval_setup
+
+    cfg = tiny_config(str(tmp_path / "w"), train_steps=4, log_every=2, checkpoint_every=2)
+    cfg = cfg.replace(train=dataclasses.replace(cfg.train, batch_size=8))
+    model = patchvae_tf.train(cfg, PIXELS)
+    assert model.step == 4 and model.config.data.dataset == "python:array"
+    with open(tmp_path / "w" / "config.json") as f:
+        assert json.load(f)["data"]["dataset"] == "python:array"
+    assert set(model.encode(PIXELS[:2])) == {"occurrence", "appearance", "features"}
+    saved = load_config(str(tmp_path / "w" / "config.json"))
+    with pytest.raises(UserError, match="trained on data passed from Python") as e:
+        data.get_source(saved.data, 32)
+    assert "evaluate.py --dataset=" in str(e.value)
+    with pytest.raises(UserError, match="trained on data passed from Python"):
+        eval_setup(EvalConfig(workdir=str(tmp_path / "w"), mode="probe"))
+    # Training on it again resumes (the array resumes exactly: no note about it).
+    longer = cfg.replace(train=dataclasses.replace(cfg.train, train_steps=6))
+    capsys.readouterr()
+    assert patchvae_tf.train(longer, PIXELS).step == 6
+    out = capsys.readouterr().out
+    assert "resuming from step 4" in out and "note: resuming on a tf.data.Dataset" not in out
