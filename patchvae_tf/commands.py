@@ -9,8 +9,10 @@ def train_main() -> None:
     """Trains PatchVAE or a VAE baseline from the parsed flags."""
     cfg = cli.train_config()
     from patchvae_tf import training  # imports TensorFlow: after flags are known to be good
+    from patchvae_tf.model import backbone
 
-    training.train(cfg)
+    # --encoder=module:function: imported now, and --scale follows its feature map.
+    training.train(cfg.replace(model=backbone.matched(cfg.model)))
 
 
 def evaluate_main() -> None:

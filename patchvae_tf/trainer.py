@@ -1,4 +1,6 @@
-"""patchvae_tf.train(): training from Python, on data passed from Python or a dataset name."""
+"""patchvae_tf.train(): training from Python, on data passed from Python (or a dataset name),
+with any Keras model as the encoder.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +9,15 @@ import os
 
 import tensorflow as tf
 
-from patchvae_tf.config import Config
+from patchvae_tf.config import KERAS_MODEL_PREFIX, Config, load_config
 from patchvae_tf.data import python_source
 from patchvae_tf.errors import UserError
+from patchvae_tf.model import backbone
 from patchvae_tf.pretrained import Pretrained, load
-from patchvae_tf.workdir import CHECKPOINT_DIR
+from patchvae_tf.workdir import BACKBONE_FILE, CHECKPOINT_DIR, CONFIG_FILE, remember_backbone
 
 
-def train(config: Config, data=None) -> Pretrained:
+def train(config: Config, data=None, *, encoder=None, preprocessing=None) -> Pretrained:
     """Trains config's model in config.train.workdir (resuming from its latest checkpoint,
     as train.py does) and returns ``patchvae_tf.load(workdir)``.
 
@@ -22,6 +25,12 @@ def train(config: Config, data=None) -> Pretrained:
     data passed from Python (python_source.EXPECTED): images of any size, uint8 or float
     pixels in [0, 255], resized, centre-cropped and normalised as the config says.
     config.json records the data as ``python:KIND``; the workdir does not hold it.
+
+    encoder: None (config.model.encoder), or any Keras model mapping images to a feature map
+    (a keras.Model, a function building one, which a multi-device strategy needs, or
+    ``module:function``), with ``preprocessing`` (a module-level function or
+    ``module:function`` taking pixels in [0, 255]) applied inside the model. The heads and a
+    decoder matched to its feature map are built around it; --scale follows the map.
     """
     if not isinstance(config, Config):
         raise UserError(f"config must be a patchvae_tf.config.Config, got {type(config).__name__}")
@@ -32,10 +41,39 @@ def train(config: Config, data=None) -> Pretrained:
         source = python_source.python_source(data, config.model.image_size)
         config = config.replace(data=dataclasses.replace(config.data, dataset=source.name))
         _say_how_it_resumes(config, source)
+    config, built = _with_encoder(config, encoder, preprocessing)
     from patchvae_tf import training  # the loop imports Keras models and TFP
+    from patchvae_tf.training import loop
 
+    loop._check_workdir(config)  # before anything is written into the workdir
+    if built is not None:
+        path = os.path.join(config.train.workdir, BACKBONE_FILE)
+        if not os.path.exists(path):  # a resumed run keeps what its checkpoints were of
+            backbone.save(path, built)
     training.train(config, source=source)
     return load(config.train.workdir)
+
+
+def _with_encoder(config: Config, encoder, preprocessing):
+    """The config with the encoder passed from Python (--scale matched to it), and the built
+    Backbone when it is a Keras model the workdir must keep (backbone.json), else None.
+    """
+    if encoder is None:
+        if preprocessing is not None:
+            raise UserError("preprocessing= goes with encoder=, the backbone it prepares for")
+        return config.replace(model=backbone.matched(config.model)), None
+    name, pre, built = backbone.register(encoder, preprocessing)
+    keep = name.startswith(KERAS_MODEL_PREFIX)
+    saved = os.path.join(config.train.workdir, CONFIG_FILE)
+    if keep and os.path.isfile(saved):
+        before = load_config(saved).model.encoder
+        if before.startswith(KERAS_MODEL_PREFIX):
+            # The same run again, with the model object made anew (Keras may have numbered
+            # its layers differently): the checkpoint's restore checks that it fits.
+            remember_backbone(before, backbone.workdir.saved_backbone(name))
+            name = before
+    model = dataclasses.replace(config.model, encoder=name, encoder_preprocessing=pre)
+    return config.replace(model=backbone.matched(model, built)), built if keep else None
 
 
 def _say_how_it_resumes(config: Config, source) -> None:
