@@ -17,7 +17,9 @@ from patchvae_tf.pretrained import Pretrained, load
 from patchvae_tf.workdir import BACKBONE_FILE, CHECKPOINT_DIR, CONFIG_FILE, remember_backbone
 
 
-def train(config: Config, data=None, *, encoder=None, preprocessing=None) -> Pretrained:
+def train(
+    config: Config, data=None, *, encoder=None, preprocessing=None, callbacks=()
+) -> Pretrained:
     """Trains config's model in config.train.workdir (resuming from its latest checkpoint,
     as train.py does) and returns ``patchvae_tf.load(workdir)``.
 
@@ -31,9 +33,19 @@ def train(config: Config, data=None, *, encoder=None, preprocessing=None) -> Pre
     ``module:function``), with ``preprocessing`` (a module-level function or
     ``module:function`` taking pixels in [0, 255]) applied inside the model. The heads and a
     decoder matched to its feature map are built around it; --scale follows the map.
+
+    callbacks: keras.callbacks.Callback objects, called at the start, at every logged step
+    with the logged metrics, and at the end; one that sets ``model.stop_training`` ends
+    training there (with a checkpoint; training again continues from it).
     """
     if not isinstance(config, Config):
         raise UserError(f"config must be a patchvae_tf.config.Config, got {type(config).__name__}")
+    from patchvae_tf import training  # the loop imports Keras models and TFP
+    from patchvae_tf.training import loop
+
+    # First: a multi-worker strategy configures TensorFlow's collectives, which must come
+    # before any other op (reading the data's first image, building the backbone).
+    strategy = training.create_strategy(config)
     source = None
     if isinstance(data, str):
         config = config.replace(data=dataclasses.replace(config.data, dataset=data))
@@ -42,15 +54,12 @@ def train(config: Config, data=None, *, encoder=None, preprocessing=None) -> Pre
         config = config.replace(data=dataclasses.replace(config.data, dataset=source.name))
         _say_how_it_resumes(config, source)
     config, built = _with_encoder(config, encoder, preprocessing)
-    from patchvae_tf import training  # the loop imports Keras models and TFP
-    from patchvae_tf.training import loop
-
     loop._check_workdir(config)  # before anything is written into the workdir
     if built is not None:
         path = os.path.join(config.train.workdir, BACKBONE_FILE)
         if not os.path.exists(path):  # a resumed run keeps what its checkpoints were of
             backbone.save(path, built)
-    training.train(config, source=source)
+    training.train(config, source=source, callbacks=callbacks, strategy=strategy)
     return load(config.train.workdir)
 
 

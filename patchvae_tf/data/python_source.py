@@ -166,7 +166,8 @@ def _stream_source(kind: str, make: Callable, image_size: int) -> Source:
     """A Dataset (or a function making one per input pipeline) read in its own order."""
 
     def read(input_context=None, shuffle_seed=None, start=0):
-        images = _images(make(input_context))
+        # A function always gets a context: one pipeline of one where no strategy gives one.
+        images = _images(make(input_context or tf.distribute.InputContext()))
         if shuffle_seed is not None:
             # Skipped before decoding and resizing: a resumed run pays only for reading.
             images = images.repeat().skip(start)

@@ -1,0 +1,48 @@
+"""Subprocess for tests/test_trainer.py: one worker of a two-worker patchvae_tf.train run on
+data from a function, with a callback that stops training on worker 1 only.
+
+Usage: python tests/library_worker.py CONFIG.json STOP_AT (TF_CONFIG names the cluster).
+Prints "RESULT <step>" with the step its returned model was loaded at.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import patchvae_tf  # noqa: E402
+from patchvae_tf.config import Config  # noqa: E402
+
+PIXELS = np.random.default_rng(0).integers(0, 256, size=(64, 36, 36, 3), dtype=np.uint8)
+
+
+class StopOnWorkerOne(keras.callbacks.Callback):
+    def __init__(self, stop_at: int):
+        super().__init__()
+        self.stop_at = stop_at
+        self.index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.index == 1 and batch >= self.stop_at:
+            self.model.stop_training = True
+
+
+def shard(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices(PIXELS)
+    return ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id).shuffle(64, seed=1)
+
+
+def main() -> None:
+    with open(sys.argv[1]) as f:
+        cfg = Config.from_dict(json.load(f))
+    model = patchvae_tf.train(cfg, shard, callbacks=[StopOnWorkerOne(int(sys.argv[2]))])
+    print(f"RESULT {model.step}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
