@@ -5,6 +5,7 @@ records about it, and the commands that refuse to read it again.
 import dataclasses
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -231,3 +232,118 @@ def test_two_workers_agree_on_a_stop_only_one_of_them_asked_for(tmp_path):
     for out in outs:
         assert "a callback stopped training at step 3" in out
         assert out.strip().splitlines()[-1] == "RESULT 3"
+
+
+def _write_pngs(folder, images):
+    from PIL import Image
+
+    os.makedirs(folder)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(os.path.join(folder, f"{i:02d}.png"))
+
+
+def test_export_without_the_training_data_checks_on_a_folder_and_calibrates_only_on_one(
+    trained, tmp_path
+):
+    from export import exporter
+    from patchvae_tf.config import ExportConfig
+    from patchvae_tf.config.checks import validate_export
+
+    cfg, _ = trained
+    python_data = tmp_path / "w"
+    shutil.copytree(cfg.train.workdir, python_data, ignore=shutil.ignore_patterns("logs"))
+    config = json.loads((python_data / "config.json").read_text())
+    config["data"]["dataset"] = "python:dataset"  # as if trained on a tf.data.Dataset
+    (python_data / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"^--check_images='/no/such' is not a directory$"):
+        validate_export(ExportConfig(workdir="w", export_dir="e", check_images="/no/such"))
+    base = dict(workdir=str(python_data), formats=("onnx",), parity_images=6)
+    with pytest.raises(UserError) as e:
+        exporter.export(ExportConfig(export_dir=str(tmp_path / "e0"), quantize="int8", **base))
+    assert str(e.value) == (
+        "--quantize=int8 calibrates on real images and the training data is not available "
+        "(the model was trained on data passed from Python, 'python:dataset'); pass "
+        "--calibration_folder=FOLDER"
+    )
+    assert not os.path.exists(tmp_path / "e0")
+    _write_pngs(tmp_path / "check", PIXELS[:5])
+    _write_pngs(tmp_path / "calib", PIXELS[5:])
+    rep = exporter.export(
+        ExportConfig(
+            export_dir=str(tmp_path / "e1"),
+            check_images=str(tmp_path / "check"),
+            quantize="int8",
+            calibration_folder=str(tmp_path / "calib"),
+            calibration_images=6,
+            force_int8=True,
+            **base,
+        )
+    )
+    assert rep["parity"]["images"] == 5  # every image of the folder (fewer than asked for)
+    assert rep["parity"]["checked_on"] == f"5 images of --check_images={tmp_path / 'check'}"
+    assert rep["calibrated_on"] == "6 images of --calibration_folder"
+    assert rep["int8"]["calibration_images"] == 6 and rep["int8"]["written"]
+    card = (tmp_path / "e1" / "MODEL_CARD.md").read_text()
+    assert f"- checked on 5 images of --check_images={tmp_path / 'check'}" in card
+
+
+def test_notebook_own_data_backbone_callback_then_export_from_the_workdir_alone(
+    tmp_path, monkeypatch
+):
+    """The issue's whole path, as in a notebook: images in a tf.data.Dataset, a
+    keras.applications backbone, a callback that stops training; load() the result, export
+    it where no training data is, and every runtime agrees with load().encode.
+    """
+    import onnxruntime as ort
+
+    import patchvae_tf
+    from export import exporter, litert_export
+    from patchvae_tf.config import ExportConfig
+
+    def mobilenet_stem():  # defined in the notebook: kept as backbone.json
+        base = keras.applications.MobileNetV2(weights=None, include_top=False, alpha=0.35)
+        return keras.Model(base.input, base.get_layer("block_2_add").output)
+
+    class StopAt(keras.callbacks.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            if step >= 3:
+                self.model.stop_training = True
+
+    cfg = tiny_config(str(tmp_path / "run"), train_steps=1000, log_every=1, checkpoint_every=500)
+    cfg = cfg.replace(train=dataclasses.replace(cfg.train, batch_size=8))
+    images = tf.data.Dataset.from_tensor_slices({"image": PIXELS, "label": np.arange(13)})
+    model = patchvae_tf.train(
+        cfg,
+        images.shuffle(13, seed=0),
+        encoder=mobilenet_stem,
+        preprocessing=keras.applications.mobilenet_v2.preprocess_input,
+        callbacks=[StopAt()],
+    )
+    assert model.step == 3 and model.config.model.scale == 4  # block_2_add: 1/4, 8 x 8 cells
+    codes = model.encode(PIXELS)
+
+    monkeypatch.chdir(tmp_path)  # nothing of the data here: the export has the workdir alone
+    ecfg = ExportConfig(
+        workdir=str(tmp_path / "run"),
+        export_dir=str(tmp_path / "export"),
+        formats=("saved_model", "onnx", "keras", "litert"),
+        parity_images=4,
+    )
+    rep = exporter.export(ecfg)
+    assert rep["parity"]["checked_on"].startswith("4 images drawn from the model's own decoder")
+    assert "drawn from the model's own decoder" in rep["model_card"]["parity_checked_on"]
+
+    pixels = next(model._chunks(PIXELS)).numpy()  # resized and cropped, 0..255
+    served = tf.saved_model.load(str(tmp_path / "export" / "saved_model" / str(rep["version"])))
+    outputs = {"serving_default": served.signatures["serving_default"](images=pixels)}
+    pngs = tf.stack([tf.io.encode_png(tf.constant(p)) for p in PIXELS])
+    outputs["serve_image_bytes"] = served.signatures["serve_image_bytes"](image_bytes=pngs)
+    session = ort.InferenceSession(str(tmp_path / "export" / "onnx" / "encoder.onnx"))
+    names = [o.name for o in session.get_outputs()]
+    outputs["onnx"] = dict(zip(names, session.run(names, {"images": pixels}), strict=True))
+    litert = litert_export.interpreter(str(tmp_path / "export" / "litert" / "encoder.tflite"))
+    outputs["litert"] = litert_export.runner(litert)(pixels)
+    outputs["load(export)"] = patchvae_tf.load(str(tmp_path / "export")).encode(PIXELS)
+    for where, out in outputs.items():
+        for name, want in codes.items():
+            np.testing.assert_allclose(np.asarray(out[name]), want, atol=2e-5, err_msg=where)

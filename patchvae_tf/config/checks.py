@@ -29,7 +29,13 @@ def validate_eval(cfg: EvalConfig) -> EvalConfig:
 
 
 def validate_export(cfg: ExportConfig) -> ExportConfig:
-    """cfg; the workdir and its checkpoint are checked when the export starts."""
+    """Checks that the image folders it names exist; the workdir and its checkpoint are
+    checked when the export starts.
+    """
+    for flag in ("check_images", "calibration_folder"):
+        folder = getattr(cfg, flag)
+        if folder and not os.path.isdir(folder):
+            raise UserError(f"--{flag}={folder!r} is not a directory")
     return cfg
 
 
