@@ -27,6 +27,7 @@ from export import (
     warmup,
 )
 from patchvae_tf.config import ExportConfig, load_config
+from patchvae_tf.config.checks import validate_export
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import models
 from patchvae_tf.workdir import CONFIG_FILE
@@ -52,6 +53,7 @@ def export(cfg: ExportConfig) -> dict:
 
     Nothing appears in export_dir unless every check passed.
     """
+    validate_export(cfg)
     model_cfg = load_config(os.path.join(cfg.workdir, CONFIG_FILE))
     path = checkpoint.find_checkpoint(cfg.workdir, cfg.checkpoint)
     step = checkpoint.checkpoint_step(path)
