@@ -182,3 +182,25 @@ def test_train_py_takes_encoder_module_function_and_load_imports_it(tmp_path):
     model = patchvae_tf.load(workdir)  # imports test_backbone (on sys.path in pytest)
     assert model.config.model.encoder == "test_backbone:resnet_stem" and model.step == 2
     assert model.encode(PIXELS[:2])["occurrence"].shape == (2, 8, 8, 4)
+
+
+def test_a_backbones_receptive_field_is_measured_as_the_walk_computes_it():
+    from patchvae_tf.model import networks
+    from patchvae_tf.model.backbone import Backbone
+    from patchvae_tf.model.receptive_field import receptive_field
+
+    layers = [
+        keras.layers.Conv2D(8, 5, strides=2, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(3, 2, padding="same"),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+    ]
+    walked = receptive_field(keras.Sequential(layers))  # 5, then 3 at 2, 3 at 4, head at 4
+    assert walked == 5 + 2 * 2 + 2 * 4 + 2 * 4 == 25
+    inputs = keras.Input((None, None, 3))
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    assert receptive_field(Backbone(keras.Model(inputs, x))) == walked
+    resnet = networks.ResNetEncoder(8)
+    inputs = keras.Input((None, None, 3))
+    assert receptive_field(Backbone(keras.Model(inputs, resnet(inputs)))) == 115
