@@ -347,3 +347,35 @@ def test_notebook_own_data_backbone_callback_then_export_from_the_workdir_alone(
     for where, out in outputs.items():
         for name, want in codes.items():
             np.testing.assert_allclose(np.asarray(out[name]), want, atol=2e-5, err_msg=where)
+
+
+@pytest.mark.slow
+def test_a_dataset_and_a_backbone_function_train_under_a_mirrored_strategy(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = tiny_config(str(tmp_path / "w"), train_steps=3, log_every=1, checkpoint_every=3)
+    cfg = cfg.replace(
+        train=dataclasses.replace(cfg.train, batch_size=8),
+        distribute=dataclasses.replace(cfg.distribute, strategy="mirrored", virtual_cpu_devices=2),
+    )
+    (tmp_path / "cfg.json").write_text(cfg.to_json())
+    worker = os.path.join(root, "tests", "library_worker.py")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    result = subprocess.run(
+        [sys.executable, worker, str(tmp_path / "cfg.json"), "mirrored"],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": root},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    refused = [line for line in lines if line.startswith("REFUSED")]
+    assert refused == [
+        "REFUSED a keras.Model object cannot be copied to the 2 replicas of this strategy; "
+        "pass a function that builds it (encoder=make_backbone), which training calls inside "
+        "the strategy's scope"
+    ]
+    assert [line for line in lines if line.startswith("RESULT 3 keras.Model:")]
