@@ -191,6 +191,19 @@ def test_a_callback_sees_every_logged_metric_and_stops_training(tmp_path, capsys
     assert patchvae_tf.train(cfg, PIXELS).step == 10
 
 
+def test_keras_early_stopping_stops_training_after_a_logging_interval_without_progress(
+    tmp_path,
+):
+    import patchvae_tf
+
+    cfg = tiny_config(str(tmp_path / "w"), train_steps=8, log_every=2, checkpoint_every=8)
+    cfg = cfg.replace(train=dataclasses.replace(cfg.train, batch_size=8))
+    # No loss falls by 1e9: the first interval after the first logged step stops it.
+    stop = keras.callbacks.EarlyStopping(monitor="loss", min_delta=1e9, patience=1)
+    assert patchvae_tf.train(cfg, PIXELS, callbacks=[stop]).step == 2
+    assert stop.stopped_epoch == 2
+
+
 @pytest.mark.slow
 def test_two_workers_agree_on_a_stop_only_one_of_them_asked_for(tmp_path):
     import socket

@@ -17,7 +17,9 @@ class Callbacks:
     ``on_train_begin`` once the model is restored; ``on_train_batch_end(step, logs)`` at every
     step the loop logs (every --log_every steps and the last), ``step`` the number of steps
     done and ``logs`` the logged metrics (the loss terms, temperature, learning_rate,
-    images_per_second); ``on_train_end`` with the last logs. A callback that sets
+    images_per_second), then ``on_epoch_end(step, logs)``: the loop has no epochs, so each
+    logging interval counts as one for callbacks that act per epoch (keras.callbacks.
+    EarlyStopping(monitor="loss"), CSVLogger); ``on_train_end`` with the last logs. One that sets
     ``model.stop_training = True`` ends training after that step, with a checkpoint there;
     under several workers the stop is agreed (any worker's stop stops all), so none waits on
     a collective the others left.
@@ -34,7 +36,7 @@ class Callbacks:
         model.stop_training = False
         for cb in self.callbacks:
             cb.set_model(model)
-            cb.set_params(params)
+            cb.set_params({"verbose": 0, **params})
         self.logs: dict = {}
 
     def begin(self) -> None:
@@ -48,6 +50,8 @@ class Callbacks:
         self.logs = dict(logs)
         for cb in self.callbacks:
             cb.on_train_batch_end(step, dict(logs))
+        for cb in self.callbacks:
+            cb.on_epoch_end(step, dict(logs))
         return self._agreed(bool(self.model.stop_training))
 
     def end(self) -> None:
