@@ -14,7 +14,13 @@ from patchvae_tf.data import python_source
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import backbone
 from patchvae_tf.pretrained import Pretrained, load
-from patchvae_tf.workdir import BACKBONE_FILE, CHECKPOINT_DIR, CONFIG_FILE, remember_backbone
+from patchvae_tf.workdir import (
+    BACKBONE_FILE,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    remember_backbone,
+    saved_backbone,
+)
 
 
 def train(
@@ -79,7 +85,7 @@ def _with_encoder(config: Config, encoder, preprocessing):
         if before.startswith(KERAS_MODEL_PREFIX):
             # The same run again, with the model object made anew (Keras may have numbered
             # its layers differently): the checkpoint's restore checks that it fits.
-            remember_backbone(before, backbone.workdir.saved_backbone(name))
+            remember_backbone(before, saved_backbone(name))
             name = before
     model = dataclasses.replace(config.model, encoder=name, encoder_preprocessing=pre)
     return config.replace(model=backbone.matched(model, built)), built if keep else None

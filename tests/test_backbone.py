@@ -150,6 +150,13 @@ def test_train_with_a_keras_applications_model_object_and_load_it(tmp_path):
     again = keras.saving.load_model(path)(tf.constant(pixels))
     for name, value in codes.items():
         np.testing.assert_allclose(again[name].numpy(), value, atol=1e-5)
+    # Resumed with a new object (Keras numbers the new model differently: another digest),
+    # the run continues under the workdir's name for it.
+    longer = cfg.replace(train=dataclasses.replace(cfg.train, train_steps=5))
+    resumed = patchvae_tf.train(
+        longer, PIXELS, encoder=resnet_stem(), preprocessing=PREPROCESS.replace(".src", "")
+    )
+    assert resumed.step == 5 and resumed.config.model.encoder == model.config.model.encoder
 
 
 @pytest.mark.slow

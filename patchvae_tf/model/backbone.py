@@ -208,8 +208,10 @@ def _preprocessing_name(preprocessing) -> str:
     if preprocessing is None or preprocessing == "":
         return ""
     if isinstance(preprocessing, str):
-        import_function(preprocessing, "--encoder_preprocessing")
-        return preprocessing
+        # Under the name the function gives itself, so a re-export's name and the
+        # function's own name (keras.applications... is keras.src.applications...) agree.
+        fn = import_function(preprocessing, "--encoder_preprocessing")
+        return function_name(fn) or preprocessing
     name = function_name(preprocessing) if callable(preprocessing) else None
     if not name:
         given = getattr(preprocessing, "__qualname__", preprocessing)
