@@ -92,11 +92,20 @@ def _with_encoder(config: Config, encoder, preprocessing):
 
 
 def _say_how_it_resumes(config: Config, source) -> None:
-    if source.name not in (python_source.PREFIX + k for k in ("dataset", "function")):
+    kind = source.name[len(python_source.PREFIX) :]
+    if kind not in ("dataset", "function"):
         return
-    if tf.train.latest_checkpoint(os.path.join(config.train.workdir, CHECKPOINT_DIR)):
+    if not tf.train.latest_checkpoint(os.path.join(config.train.workdir, CHECKPOINT_DIR)):
+        return
+    if kind == "dataset":
         print(
-            "note: resuming on a tf.data.Dataset skips the examples already seen; this "
-            "continues exactly only if the dataset yields the same examples in the same "
-            "order each time it is iterated (a seeded shuffle does, an unseeded one does not)"
+            "note: resuming on a tf.data.Dataset object skips the examples already seen, "
+            "exactly only if it yields the same order each time it is iterated (no shuffle, "
+            "or shuffle(..., reshuffle_each_iteration=False)); a function that builds it "
+            "(with a seeded shuffle) resumes exactly"
+        )
+    else:
+        print(
+            "note: resuming skips the examples already seen in the stream the data function "
+            "builds: exact if each call builds the same stream (a seeded shuffle does)"
         )
