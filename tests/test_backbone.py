@@ -150,6 +150,12 @@ def test_train_with_a_keras_applications_model_object_and_load_it(tmp_path):
     again = keras.saving.load_model(path)(tf.constant(pixels))
     for name, value in codes.items():
         np.testing.assert_allclose(again[name].numpy(), value, atol=1e-5)
+    # Evaluation builds fresh (random-init) copies from backbone.json, as often as it needs.
+    from patchvae_tf.model import models
+
+    for _ in range(2):
+        fresh = models.build_model(model.config.model).encoder.network
+        assert len(fresh.weights) == len(network.weights) and fresh is not network
     # Resumed with a new object (Keras numbers the new model differently: another digest),
     # the run continues under the workdir's name for it.
     longer = cfg.replace(train=dataclasses.replace(cfg.train, train_steps=5))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib
@@ -68,7 +69,7 @@ class Backbone(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if isinstance(network, dict):
-            network = keras.saving.deserialize_keras_object(network)
+            network = keras.saving.deserialize_keras_object(copy.deepcopy(network))
         if not isinstance(network, keras.Model):
             raise ValueError(
                 "`network` must be a keras.Model mapping images to a feature map. "
@@ -141,7 +142,8 @@ def build(encoder: str, preprocessing: str = "") -> Backbone:
                 f"(patchvae_tf.load, evaluate.py, python -m export), which holds it as "
                 f"{workdir.BACKBONE_FILE}"
             )
-        return entry() if callable(entry) else Backbone.from_config(entry)
+        # A copy: Keras's deserialization empties the nested configs it reads.
+        return entry() if callable(entry) else Backbone.from_config(copy.deepcopy(entry))
     made = import_function(encoder)()
     if not isinstance(made, keras.Model):
         raise UserError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import keras
 import tensorflow as tf
 
@@ -138,7 +140,8 @@ def _backbone(encoder: str, preprocessing: str, backbone, image_size: int, scale
     from patchvae_tf.model import backbone as custom
 
     if isinstance(backbone, dict):
-        layer = keras.saving.deserialize_keras_object(backbone)
+        # A copy: Keras's deserialization empties the nested configs it reads.
+        layer = keras.saving.deserialize_keras_object(copy.deepcopy(backbone))
     elif isinstance(backbone, custom.Backbone):
         layer = backbone
     else:
