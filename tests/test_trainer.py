@@ -354,6 +354,10 @@ def test_notebook_own_data_backbone_callback_then_export_from_the_workdir_alone(
     outputs = {"serving_default": served.signatures["serving_default"](images=pixels)}
     pngs = tf.stack([tf.io.encode_png(tf.constant(p)) for p in PIXELS])
     outputs["serve_image_bytes"] = served.signatures["serve_image_bytes"](image_bytes=pngs)
+    for name, signature in served.signatures.items():  # a uint8 pixel signature, if any
+        inputs = signature.structured_input_signature[1]
+        if [spec.dtype for spec in inputs.values()] == [tf.uint8]:
+            outputs[name] = signature(**{next(iter(inputs)): tf.constant(PIXELS)})
     session = ort.InferenceSession(str(tmp_path / "export" / "onnx" / "encoder.onnx"))
     names = [o.name for o in session.get_outputs()]
     outputs["onnx"] = dict(zip(names, session.run(names, {"images": pixels}), strict=True))
