@@ -43,8 +43,8 @@ def test_python_data_resumes_at_any_example_exactly(kind, tmp_path):
         "files": lambda: _files(tmp_path),
         "dataset": lambda: tf.data.Dataset.from_tensor_slices({"image": PIXELS}),
         # Built afresh at each call: a seeded reshuffling stream starts over identically.
-        "function": lambda: lambda ctx: (
-            tf.data.Dataset.from_tensor_slices(PIXELS).shuffle(13, seed=5).batch(4)
+        "function": lambda: (
+            lambda ctx: tf.data.Dataset.from_tensor_slices(PIXELS).shuffle(13, seed=5).batch(4)
         ),
     }[kind]()
     source = python_source.python_source(given, 16)
