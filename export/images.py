@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from patchvae_tf import data
-from patchvae_tf.data import python_source
+from patchvae_tf.data import image_limits, python_source
 from patchvae_tf.errors import UserError
 
 SAMPLED = "images drawn from the model's own decoder"
@@ -27,7 +27,7 @@ def training_images(cfg, count: int) -> np.ndarray:
     return images
 
 
-def folder_images(folder: str, count: int, image_size: int, flag: str) -> np.ndarray:
+def folder_images(folder: str, count: int, image_size: int, flag: str, limits) -> np.ndarray:
     """Up to `count` JPEG / PNG images under folder (sorted paths, subfolders too), resized
     and centre-cropped as in training: [k, S, S, 3] in [-1, 1].
     """
@@ -45,9 +45,10 @@ def folder_images(folder: str, count: int, image_size: int, flag: str) -> np.nda
     out = []
     for path in paths:
         try:
-            image = data.decode_image(tf.io.read_file(path))
-        except tf.errors.OpError:
-            raise UserError(f"--{flag}: cannot read image {path!r}") from None
+            image = data.decode_image(tf.io.read_file(path), limits, f"--{flag}")
+        except tf.errors.OpError as e:
+            reason = e.message.splitlines()[0] if e.message else type(e).__name__
+            raise UserError(f"--{flag}: cannot read image {path!r} ({reason})") from None
         out.append(data.preprocess_image(image, image_size).numpy())
     return np.stack(out)
 
@@ -68,6 +69,7 @@ def export_images(cfg, model_cfg, model) -> tuple[np.ndarray, np.ndarray, str, s
     is refused without real images.
     """
     n, size = cfg.parity_images, model.image_size
+    limits = image_limits.ImageLimits(cfg.max_image_pixels, cfg.max_image_aspect)
     calib = cfg.calibration_images if cfg.quantize else 0
     wanted = (0 if cfg.check_images else n) + (0 if cfg.calibration_folder else calib)
     training, missing = None, ""
@@ -81,7 +83,7 @@ def export_images(cfg, model_cfg, model) -> tuple[np.ndarray, np.ndarray, str, s
             except UserError as e:
                 missing = str(e)
     if cfg.check_images:
-        parity = folder_images(cfg.check_images, n, size, "check_images")
+        parity = folder_images(cfg.check_images, n, size, "check_images", limits)
         parity_from = f"{len(parity)} images of --check_images={cfg.check_images}"
     elif training is not None:
         parity, training = training[:n], training[n:]
@@ -96,7 +98,7 @@ def export_images(cfg, model_cfg, model) -> tuple[np.ndarray, np.ndarray, str, s
     calibration, calibration_from = np.zeros([0, size, size, 3], np.float32), ""
     if cfg.quantize and cfg.calibration_folder:
         flag = "calibration_folder"
-        calibration = folder_images(cfg.calibration_folder, calib, size, flag)
+        calibration = folder_images(cfg.calibration_folder, calib, size, flag, limits)
         calibration_from = f"{len(calibration)} images of --calibration_folder"
     elif cfg.quantize:
         if training is None or not len(training):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from patchvae_tf.data import positions
+from patchvae_tf.data import image_limits, positions
 from patchvae_tf.data.source import Source, decode_image, preprocess_image, to_rgb
 from patchvae_tf.errors import UserError
 
@@ -45,7 +45,9 @@ def not_stored(dataset: str) -> UserError:
     )
 
 
-def python_source(data, image_size: int) -> Source:
+def python_source(
+    data, image_size: int, limits: image_limits.ImageLimits = image_limits.DEFAULT
+) -> Source:
     """The Source of data passed to patchvae_tf.train; raises UserError for anything else.
 
     Arrays and file lists are shuffled per epoch from the seed and resume exactly at any
@@ -77,7 +79,7 @@ def python_source(data, image_size: int) -> Source:
         and data
         and all(isinstance(p, (str, os.PathLike)) for p in data)
     ):
-        return _files_source([os.fspath(p) for p in data], image_size)
+        return _files_source([os.fspath(p) for p in data], image_size, limits)
     raise UserError(f"data must be {EXPECTED}; got {_describe(data)}")
 
 
@@ -205,7 +207,7 @@ def _array_source(images: np.ndarray, image_size: int) -> Source:
     return _source("array", read, read, len(images))
 
 
-def _files_source(paths: list[str], image_size: int) -> Source:
+def _files_source(paths: list[str], image_size: int, limits) -> Source:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise UserError(
@@ -221,9 +223,10 @@ def _files_source(paths: list[str], image_size: int) -> Source:
             order = tf.data.Dataset.range(pid, len(paths), num)
 
         def load(i):
-            return _prepared(decode_image(tf.io.read_file(tf.gather(names, i))), image_size)
+            blob = tf.io.read_file(tf.gather(names, i))
+            return _prepared(decode_image(blob, limits, "a training image"), image_size)
 
-        # A file that fails to decode is dropped, as in folder datasets.
+        # A file that fails to decode, or is past the size limits, is dropped, as in folders.
         return order.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
 
     return _source("files", read, read, len(paths))
