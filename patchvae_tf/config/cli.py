@@ -5,6 +5,7 @@ entry point whose user mistakes end in one line and exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -111,12 +112,61 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+_FLAGFILE = "--flagfile="
+
+
+def check_flagfiles(argv: list[str]) -> None:
+    """Raises UserError for a flagfile that includes itself, directly or through others:
+    absl only warns and goes on, and the run trained with every default.
+    """
+
+    def walk(path: str, chain: tuple[str, ...]) -> None:
+        real = os.path.realpath(path)
+        if real in chain:
+            cycle = " -> ".join([*chain[chain.index(real) :], real])
+            raise UserError(f"--flagfile={path} includes itself ({cycle})")
+        try:
+            with open(path) as f:
+                lines = [line.strip() for line in f]
+        except OSError:
+            return  # absl says that it cannot open it
+        for line in lines:
+            if line.startswith(_FLAGFILE):
+                walk(line[len(_FLAGFILE) :], (*chain, real))
+
+    for arg in argv[1:]:
+        if arg.startswith(_FLAGFILE):
+            walk(arg[len(_FLAGFILE) :], ())
+
+
 def _parse(argv: list[str]) -> list[str]:
     try:
+        check_flagfiles(argv)
         return flags.FLAGS(argv)
     except flags.Error as e:
         _fail(str(e))
+    except UserError as e:
+        _fail(str(e))
     return []
+
+
+# Faults of the disk a command writes to: one line naming the file, not a traceback.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_DISK_WORDS = ("No space left on device", "Disk quota exceeded", "Read-only file system")
+
+
+def disk_fault(e: BaseException) -> str:
+    """One line for a write that failed for want of space or permission, or ""."""
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+        where = f" {e.filename!r}" if e.filename else ""
+        return f"cannot write{where}: {e.strerror}; nothing saved before was changed"
+    text = str(e)
+    for words in _DISK_WORDS:
+        if words in text:
+            first = next((line for line in text.splitlines() if words in line), words)
+            first = " ".join(first.split())[:300]
+            return f"cannot write: {first}; nothing saved before was changed"
+    return ""
 
 
 def run(main: Callable[[], None]) -> None:
@@ -132,5 +182,10 @@ def run(main: Callable[[], None]) -> None:
             main()
         except UserError as e:
             _fail(str(e))
+        except Exception as e:  # a full disk or a read-only one: TF's errors and OSError
+            message = disk_fault(e)
+            if not message:
+                raise
+            _fail(message)
 
     app.run(guarded, flags_parser=_parse)
