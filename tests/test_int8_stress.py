@@ -99,3 +99,25 @@ def test_an_empty_batch_gives_empty_outputs_in_onnx_runtime(exported):
         proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True)
         assert proc.returncode == 0, (name, proc.returncode, proc.stderr[-500:])
         assert proc.stdout.split()[-1] == "0]" and proc.stdout.count("0") == 3, proc.stdout
+
+
+def test_what_bare_model_files_do_with_nan_and_empty_batches(exported):
+    """The table of docs/serving.md: what a caller of a bare .onnx / .tflite must check."""
+    import onnxruntime as ort
+
+    from export import litert_export
+
+    ecfg, _ = exported
+    nan = np.full((1, 32, 32, 3), np.nan, np.float32)
+    for name, finite in (("encoder.onnx", False), ("encoder.int8.onnx", True)):
+        path = os.path.join(ecfg.export_dir, "onnx", name)
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        out = session.run(names, {"images": nan})
+        assert all(np.all(np.isfinite(o)) == finite for o in out), name
+    for name, finite in (("encoder.tflite", False), ("encoder.int8.tflite", True)):
+        path = os.path.join(ecfg.export_dir, "litert", name)
+        run = litert_export.runner(litert_export.interpreter(path))
+        assert all(np.all(np.isfinite(o)) == finite for o in run(nan).values()), name
+        with pytest.raises(RuntimeError, match="XNNPack"):
+            litert_export.runner(litert_export.interpreter(path))(np.zeros((0, 32, 32, 3)))
