@@ -186,17 +186,15 @@ class EncoderServing(tf.Module):
         each image resized and centre-cropped as in training, after the size and count
         checks of the image-bytes signature.
         """
-        expected = "`image_tensor` must be uint8 [batch, height, width, 3]"
-        rank = tf.debugging.assert_rank(image_tensor, 4, message=expected)
-        with tf.control_dependencies([rank]):
-            shape = tf.shape(image_tensor)
-            channels = tf.debugging.assert_equal(shape[3], 3, message=expected)
-        with tf.control_dependencies([channels]):
-            count = image_limits.tf_check_count(shape[0], IMAGE_TENSOR, self._limits)
+        # EnsureShape fails with InvalidArgument naming the expected shape, for a wrong rank
+        # or channel count alike, as serving_default's does.
+        images = tf.ensure_shape(image_tensor, [None, None, None, 3])
+        shape = tf.shape(images)
+        count = image_limits.tf_check_count(shape[0], IMAGE_TENSOR, self._limits)
         with tf.control_dependencies([count]):
             size = image_limits.tf_check_size(shape[1], shape[2], self._limits, f"`{IMAGE_TENSOR}`")
         with tf.control_dependencies([size]):
-            images = tf.ensure_shape(image_tensor, [None, None, None, 3])
+            images = tf.identity(images)
         s = self.image_size
         # One image at a time, as the bytes signature: one image's float copy at most.
         x = tf.map_fn(
