@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from patchvae_tf.config import cli
+from patchvae_tf.config import Config, EvalConfig, cli
 
 
-def train_main() -> None:
-    """Trains PatchVAE or a VAE baseline from the parsed flags."""
-    cfg = cli.train_config()
+def train(cfg: Config) -> None:
+    """Trains PatchVAE or a VAE baseline."""
     from patchvae_tf import training  # imports TensorFlow: after flags are known to be good
 
     training.train(cfg)
 
 
-def evaluate_main() -> None:
-    """Evaluates a trained workdir (or compares evaluated ones) from the parsed flags."""
-    ecfg = cli.eval_config()
+def evaluate(ecfg: EvalConfig) -> None:
+    """Evaluates a trained workdir, or compares evaluated ones."""
     if ecfg.compare:
         from patchvae_tf.evaluation import comparison
 
@@ -27,13 +25,11 @@ def evaluate_main() -> None:
     print(evaluation.summary_line(evaluation.evaluate(ecfg)))
 
 
-def train() -> None:
+def train_script() -> None:
     """Console script patchvae-train: python train.py's flags and behaviour."""
-    cli.define_train()
-    cli.run(train_main)
+    cli.run(train, Config)
 
 
-def evaluate() -> None:
+def evaluate_script() -> None:
     """Console script patchvae-evaluate: python evaluate.py's flags and behaviour."""
-    cli.define_eval()
-    cli.run(evaluate_main)
+    cli.run(evaluate, EvalConfig)

@@ -139,6 +139,9 @@ def test_self_including_flagfiles_are_refused(tmp_path):
     ok.write_text(f"--flagfile={tmp_path / 'leaf.cfg'}\n")
     (tmp_path / "leaf.cfg").write_text("--num_parts=4\n")
     cli.check_flagfiles(["train.py", f"--flagfile={ok}", f"--flagfile={ok}"])  # twice is fine
+    # Through the command line's parser: the same one line.
+    with pytest.raises(UserError, match="includes itself"):
+        cli.parse(Config, ["train.py", f"--flagfile={loop}"])
 
 
 @pytest.mark.parametrize(
@@ -178,27 +181,18 @@ def test_disk_faults_end_in_one_line(capsys):
     assert "Read-only file system" in cli.disk_fault(read_only)
     assert cli.disk_fault(ValueError("a bug")) == ""
 
-    def main():
+    def main(cfg):
         raise full
 
     with pytest.raises(SystemExit) as info:
-        _guarded(cli, main)
+        cli.run(main, EvalConfig, argv=["evaluate.py", "--workdir=w"])
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: cannot write '/data/w/config.json': No space left on device; "
                    "nothing saved before was changed"]  # fmt: skip
-
-
-def _guarded(cli, main):
-    """cli.run's body without absl's app.run (which parses sys.argv)."""
-    from absl import app
-
-    real = app.run
-    try:
-        app.run = lambda fn, flags_parser=None: fn(["prog"])
-        cli.run(main)
-    finally:
-        app.run = real
+    # Any other exception is a bug, and keeps its traceback.
+    with pytest.raises(ZeroDivisionError):
+        cli.run(lambda cfg: 1 / 0, EvalConfig, argv=["evaluate.py", "--workdir=w"])
 
 
 def test_atomic_writes_are_readable_by_everyone_as_other_files(tmp_path):
