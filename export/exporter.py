@@ -83,8 +83,11 @@ def export(cfg: ExportConfig) -> dict:
     # noisy), so every valid input is within the quantized ranges; gated on the parity
     # images and on a stress set made from them (not from the calibration images).
     calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
+    rep_calibration = {"calibration_images": len(calibration), "calibration_extremes": 0}
     if len(calibration):
-        calibration = np.concatenate([calibration, stress.stack(stress.stress_images(calibration))])
+        extremes = stress.stack(stress.stress_images(calibration))
+        rep_calibration["calibration_extremes"] = len(extremes)
+        calibration = np.concatenate([calibration, extremes])
     stress_sets = stress.stress_images(pixels, seed=1)
     keras_out = _numpy(model.encode(tf.constant(unit), training=False))
 
@@ -117,6 +120,7 @@ def export(cfg: ExportConfig) -> dict:
         "files": {},
         "parity": {"images": int(len(pixels)), "tolerance": parity.TOLERANCE},
         "latency_ms_batch1": {},
+        "calibration": rep_calibration,
     }
     sections = [*cfg.formats, *(["int8"] if cfg.quantize else [])]
     print(
@@ -280,7 +284,7 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calibration, stress_set
         int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
         int8_out = run(int8_session, pixels)
         agreement = parity.agreement(onnx_out, int8_out)
-        entry = _int8_entry(cfg, quantize.METHOD, calibration, int8_path, path, agreement)
+        entry = _int8_entry(cfg, quantize.METHOD, rep["calibration"], int8_path, path, agreement)
         entry["stress"] = _stress(
             lambda x: run(session, x), lambda x: run(int8_session, x), stress_sets
         )
@@ -316,7 +320,9 @@ def _litert(cfg, module, stage, pixels, keras_out, sm_out, calibration, stress_s
     int8_info = litert_export.describe(int8_path)
     int8_run = litert_export.runner(litert_export.interpreter(int8_path))
     agreement = parity.agreement(out, int8_run(pixels))
-    entry = _int8_entry(cfg, litert_export.INT8_METHOD, calibration, int8_path, path, agreement)
+    entry = _int8_entry(
+        cfg, litert_export.INT8_METHOD, rep["calibration"], int8_path, path, agreement
+    )
     entry["ops"] = int8_info["ops"]
     entry["stress"] = _stress(run, int8_run, stress_sets)
     if not _gate_int8(cfg, rep, "litert_int8", int8_path, entry):
@@ -362,12 +368,14 @@ def _stress(float_run, int8_run, sets: dict) -> dict:
     return out
 
 
-def _int8_entry(cfg, method: str, calibration, int8_path: str, float_path: str, agreement) -> dict:
+def _int8_entry(cfg, method: str, counts: dict, int8_path: str, float_path: str, agreement) -> dict:
     """What the report says of an int8 model: how it was made, its size, its agreement."""
     size = report.size_bytes(int8_path)
     return {
         "method": method,
-        "calibration_images": int(len(calibration)),
+        # The training images, and the variants of them at the range's edges (stress.py).
+        "calibration_images": int(counts["calibration_images"]),
+        "calibration_extremes": int(counts["calibration_extremes"]),
         "evaluated_on": "the parity images (not used for calibration), and a stress set made "
         "from them: uniform images at 0, 128, 200 and 255, white and black backgrounds, "
         "bright and dark contrast, noise",

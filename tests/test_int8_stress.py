@@ -57,8 +57,10 @@ def test_int8_models_are_finite_and_close_on_every_stress_set(exported):
             assert result["non_finite"] == 0, (key, name)
             cosine = result["agreement"]["features"]["mean_cosine"]
             assert cosine >= ecfg.int8_min_cosine, (key, name, cosine)
-    # The calibration covered the training images and their extremes (32 + 6 sets of them).
-    assert rep["int8"]["calibration_images"] > ecfg.calibration_images
+    # The calibration covered the training images and their extremes (6 variants of each, and
+    # 4 uniform images).
+    assert rep["int8"]["calibration_images"] == ecfg.calibration_images == 32
+    assert rep["int8"]["calibration_extremes"] == 4 + 5 * 32
 
 
 def test_the_pooling_stays_float_in_the_int8_models(exported):

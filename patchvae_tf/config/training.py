@@ -304,7 +304,8 @@ def from_dict(section, values: dict[str, Any]):
 
 # Beside the checkpoints, training keeps the config they were trained with: a config.json
 # edited since (image_size 32 -> 64) is noticed instead of used silently.
-TRAINED_CONFIG = os.path.join("checkpoints", "config.json")
+# Not named config.json: load() takes a directory holding a config.json for a workdir.
+TRAINED_CONFIG = os.path.join("checkpoints", "trained_config.json")
 
 
 def _read(path: str) -> Config:

@@ -16,6 +16,7 @@ import tensorflow as tf
 from patchvae_tf import data, pixels
 from patchvae_tf import restore as strict
 from patchvae_tf.config import Config
+from patchvae_tf.config.training import TRAINED_CONFIG
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import latents, models
 from patchvae_tf.model.fused import FusedAdam
@@ -340,7 +341,7 @@ def _train(cfg: Config, held: contextlib.ExitStack) -> dict:
         os.makedirs(t.workdir, exist_ok=True)
         write_text_atomic(os.path.join(t.workdir, CONFIG_FILE), cfg.to_json())
         # What the checkpoints are trained with, so readers notice an edited config.json.
-        write_text_atomic(os.path.join(checkpoint_dir, CONFIG_FILE), cfg.to_json())
+        write_text_atomic(os.path.join(t.workdir, TRAINED_CONFIG), cfg.to_json())
     if start:
         print(f"resuming from step {start} ({latest})")
     if start >= t.train_steps:
