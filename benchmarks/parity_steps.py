@@ -280,7 +280,7 @@ def compare_classifier(ref, pcfg, tmp: str) -> dict:
     keras.utils.set_random_seed(pcfg.seed)
     model = models.build_model(m)
     ecfg = EvalConfig(finetune_learning_rate=SGD["lr"], seed=pcfg.seed)
-    clf = finetune.Classifier(model, ecfg, pcfg.num_classes, frozen=0)
+    clf = finetune.classifier(model, ecfg, pcfg.num_classes, frozen=0)
     spec = {
         "image_size": m.image_size,
         "num_parts": m.num_parts,

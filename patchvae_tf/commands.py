@@ -1,4 +1,6 @@
-"""The train and evaluate commands: train.py, evaluate.py and the installed console scripts."""
+"""The train, evaluate and train_classifier commands, for the scripts and the installed
+console scripts.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +29,14 @@ def evaluate_main() -> None:
     print(evaluation.summary_line(evaluation.evaluate(ecfg)))
 
 
+def train_classifier_main() -> None:
+    """Trains (or resumes) a recognizer on a trained encoder from the parsed flags."""
+    rcfg = cli.recognizer_config()
+    from patchvae_tf.recognition import recognizer  # imports TensorFlow: flags are good
+
+    print(recognizer.summary_line(recognizer.train(rcfg)))
+
+
 def train() -> None:
     """Console script patchvae-train: python train.py's flags and behaviour."""
     cli.define_train()
@@ -37,3 +47,9 @@ def evaluate() -> None:
     """Console script patchvae-evaluate: python evaluate.py's flags and behaviour."""
     cli.define_eval()
     cli.run(evaluate_main)
+
+
+def train_classifier() -> None:
+    """Console script patchvae-train-classifier: python train_classifier.py's flags."""
+    cli.define_recognizer()
+    cli.run(train_classifier_main)

@@ -7,6 +7,7 @@ from patchvae_tf.config.choices import (
     ARCHS,
     BENCH_SECTIONS,
     CLASSIFIER_HEADS,
+    CLASSIFIER_INPUTS,
     DEFAULT_BENCH_SECTIONS,
     DEFAULT_EXPORT_FORMATS,
     ENCODERS,
@@ -18,6 +19,7 @@ from patchvae_tf.config.choices import (
     NORMALIZATIONS,
     PRECISIONS,
     QUANTIZE_MODES,
+    RECOGNIZER_HEADS,
     RESNET_SCALES,
     SHAPES_LABELS,
     STRATEGIES,
@@ -29,6 +31,7 @@ from patchvae_tf.config.commands import (
     EvalConfig,
     ExportConfig,
 )
+from patchvae_tf.config.recognition import RecognizerConfig
 from patchvae_tf.config.training import (
     TRAIN_SECTIONS,
     Config,
@@ -46,6 +49,7 @@ __all__ = [
     "BENCH_SECTIONS",
     "BenchConfig",
     "CLASSIFIER_HEADS",
+    "CLASSIFIER_INPUTS",
     "Config",
     "DEFAULT_BENCH_SECTIONS",
     "DEFAULT_EXPORT_FORMATS",
@@ -63,6 +67,8 @@ __all__ = [
     "NORMALIZATIONS",
     "PRECISIONS",
     "QUANTIZE_MODES",
+    "RECOGNIZER_HEADS",
+    "RecognizerConfig",
     "RESNET_SCALES",
     "SHAPES_LABELS",
     "STRATEGIES",

@@ -90,6 +90,14 @@ def eval_config(values: flags.FlagValues | None = None) -> config.EvalConfig:
     return checks.validate_eval(read(config.EvalConfig, values))
 
 
+def define_recognizer() -> None:
+    define(config.RecognizerConfig)
+
+
+def recognizer_config(values: flags.FlagValues | None = None) -> config.RecognizerConfig:
+    return read(config.RecognizerConfig, values)
+
+
 def define_export() -> None:
     define(config.ExportConfig)
 
