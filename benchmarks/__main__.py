@@ -1,20 +1,15 @@
 """Runs the benchmarks: python -m benchmarks --out=benchmarks/results/run.json [--quick]."""
 
-import os
-
-# Checks the flags before TensorFlow loads (see patchvae_tf/__init__.py).
-os.environ["PATCHVAE_TF_COMMAND"] = "1"
-from patchvae_tf.config import cli  # noqa: E402
-
-cli.define_bench()
+from patchvae_tf.config import BenchConfig, cli
+from patchvae_tf.config.checks import validate_bench
 
 
-def main():
-    cfg = cli.bench_config()
+def main(cfg: BenchConfig) -> None:
+    validate_bench(cfg)
     from benchmarks import runner  # imports TensorFlow: after the flags are known to be good
 
     runner.main(cfg)
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, BenchConfig)

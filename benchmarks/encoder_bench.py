@@ -14,7 +14,6 @@ from benchmarks import hardware, paired
 from benchmarks.progress import log, ratio_text
 from benchmarks.recipes import recipe_config
 from patchvae_tf.config import Config, ExportConfig
-from patchvae_tf.config.checks import validate_export
 from patchvae_tf.model import models
 from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
@@ -37,15 +36,13 @@ def export_artifacts(cfg: Config, root: str, calibration_images: int, parity_ima
     ).save(checkpoint_number=1)
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(cfg.to_json())
-    ecfg = validate_export(
-        ExportConfig(
-            workdir=workdir,
-            export_dir=export_dir,
-            formats=("saved_model", "onnx", "litert"),
-            quantize="int8",
-            parity_images=parity_images,
-            calibration_images=calibration_images,
-        )
+    ecfg = ExportConfig(
+        workdir=workdir,
+        export_dir=export_dir,
+        formats=("saved_model", "onnx", "litert"),
+        quantize="int8",
+        parity_images=parity_images,
+        calibration_images=calibration_images,
     )
     rep = exporter.export(ecfg)
     return model, export_dir, rep

@@ -30,10 +30,9 @@ import dataclasses
 import datetime
 import json
 import os
-import sys
 import tempfile
 
-from patchvae_tf.config.fields import option
+from patchvae_tf.config.fields import Checked, option
 
 VARIANTS = ("cifar", "categorical", "hard", "vae", "classifier")
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parity_worker.py")
@@ -41,7 +40,7 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parity_worker
 
 
 @dataclasses.dataclass(frozen=True)
-class ParityConfig:
+class ParityConfig(Checked):
     """What the parity harness compares and against which checkout."""
 
     reference: str = option("", "A checkout of kampta/PatchVAE (model.py, loss.py, ...)")
@@ -65,9 +64,6 @@ class ParityConfig:
         100, "Classes of the finetuning classifier (CIFAR-100's)", positive=True
     )
     seed: int = option(0, "Seed of the weights, the batch and the noise", minimum=0)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 from benchmarks.parity_steps import compare_classifier, compare_model  # noqa: E402
@@ -266,19 +262,8 @@ def main(pcfg: ParityConfig) -> dict:
     return results
 
 
-def _cli() -> None:
-    from patchvae_tf.config import cli
-    from patchvae_tf.config.fields import check_options
-
-    pcfg = cli.read(ParityConfig)
-    check_options(pcfg)
-    main(pcfg)
-
-
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from patchvae_tf.config import cli
 
-    cli.define(ParityConfig)
-    cli.run(_cli)
-    sys.exit(0)
+    cli.run(main, ParityConfig)

@@ -1,17 +1,11 @@
 """Exports a trained encoder: python -m export --workdir=W --export_dir=E [--quantize=int8]."""
 
-import os
 import sys
 
-# Checks the flags before TensorFlow loads (see patchvae_tf/__init__.py).
-os.environ["PATCHVAE_TF_COMMAND"] = "1"
-from patchvae_tf.config import cli  # noqa: E402
-
-cli.define_export()
+from patchvae_tf.config import ExportConfig, cli
 
 
-def main():
-    cfg = cli.export_config()
+def main(cfg: ExportConfig) -> None:
     if cfg.version:  # known without the checkpoint: refuse before TensorFlow loads
         from export import layout
 
@@ -31,4 +25,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, ExportConfig)

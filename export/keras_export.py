@@ -27,7 +27,7 @@ def write(model, stage, pixels: np.ndarray, keras_out: dict, rep: dict) -> None:
     rep["files"][os.path.join(layout.KERAS_DIR, layout.KERAS_FILE)] = report.size_bytes(path)
     rep["keras"] = {
         "file": os.path.join(layout.KERAS_DIR, layout.KERAS_FILE),
-        "load": "import patchvae_tf, keras; keras.saving.load_model(path)",
+        "load": "import patchvae_tf.model, keras; keras.saving.load_model(path)",
         "input": f"float32 [batch, {model.image_size}, {model.image_size}, 3], 0..255",
         "outputs": {k: [None, *v.shape[1:]] for k, v in out.items()},
     }

@@ -120,7 +120,8 @@ def _use(rep: dict) -> list[str]:
     if "onnx/" in files:
         out.append("ONNX Runtime: `onnx/encoder.onnx`, input `images`")
     if "keras/" in files:
-        out.append("Keras: `import patchvae_tf; keras.saving.load_model('keras/encoder.keras')`")
+        load = "keras.saving.load_model('keras/encoder.keras')"
+        out.append(f"Keras: `import patchvae_tf.model; {load}`")
     return out
 
 

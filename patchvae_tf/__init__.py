@@ -1,7 +1,8 @@
 """PatchVAE in TensorFlow 2 / Keras 3 / TensorFlow Probability.
 
 ``patchvae_tf.load(path)`` opens a training workdir or an export directory (docs/api.md);
-importing the package registers its layers and models for Keras serialization, so
+its public names load on first use, so the commands check their flags before TensorFlow loads.
+``import patchvae_tf.model`` registers the layers and models for Keras serialization, so
 ``keras.saving.load_model("encoder.keras")`` opens an exported encoder.
 """
 
@@ -16,12 +17,27 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # TF_ENABLE_ONEDNN_OPTS=0 before running python -m benchmarks to compare.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-# The commands (train.py, evaluate.py, python -m export / benchmarks) set this before they
-# import the package: they check their flags first and refuse a bad one in a tenth of a
-# second, then import TensorFlow themselves. Everyone else gets the library on import.
-if not os.environ.get("PATCHVAE_TF_COMMAND"):
-    from patchvae_tf.model.keras_encoder import Encoder  # noqa: E402  (registers every layer)
-    from patchvae_tf.model.models import VAE, PatchVAE  # noqa: E402
-    from patchvae_tf.pretrained import Pretrained, load  # noqa: E402
+# The names below load on first use (PEP 562), so `from patchvae_tf.config import cli` checks a
+# command's flags without TensorFlow, and `import patchvae_tf` alone stays cheap.
+_LAZY = {
+    "Encoder": "patchvae_tf.model.keras_encoder",
+    "PatchVAE": "patchvae_tf.model.models",
+    "VAE": "patchvae_tf.model.models",
+    "Pretrained": "patchvae_tf.pretrained",
+    "load": "patchvae_tf.pretrained",
+}
+__all__ = sorted(_LAZY)
 
-    __all__ = ["VAE", "Encoder", "PatchVAE", "Pretrained", "load"]
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'patchvae_tf' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,23 +1,21 @@
-"""The train, evaluate and train_classifier commands, for the scripts and the installed
-console scripts.
+"""The train, evaluate and train_classifier commands: the scripts and the installed console
+scripts.
 """
 
 from __future__ import annotations
 
-from patchvae_tf.config import cli
+from patchvae_tf.config import Config, EvalConfig, RecognizerConfig, cli
 
 
-def train_main() -> None:
-    """Trains PatchVAE or a VAE baseline from the parsed flags."""
-    cfg = cli.train_config()
+def train(cfg: Config) -> None:
+    """Trains PatchVAE or a VAE baseline."""
     from patchvae_tf import training  # imports TensorFlow: after flags are known to be good
 
     training.train(cfg)
 
 
-def evaluate_main() -> None:
-    """Evaluates a trained workdir (or compares evaluated ones) from the parsed flags."""
-    ecfg = cli.eval_config()
+def evaluate(ecfg: EvalConfig) -> None:
+    """Evaluates a trained workdir, or compares evaluated ones."""
     if ecfg.compare:
         from patchvae_tf.evaluation import comparison
 
@@ -29,27 +27,23 @@ def evaluate_main() -> None:
     print(evaluation.summary_line(evaluation.evaluate(ecfg)))
 
 
-def train_classifier_main() -> None:
-    """Trains (or resumes) a recognizer on a trained encoder from the parsed flags."""
-    rcfg = cli.recognizer_config()
+def train_classifier(rcfg: RecognizerConfig) -> None:
+    """Trains (or resumes) a recognizer on a trained encoder."""
     from patchvae_tf.recognition import recognizer  # imports TensorFlow: flags are good
 
     print(recognizer.summary_line(recognizer.train(rcfg)))
 
 
-def train() -> None:
+def train_script() -> None:
     """Console script patchvae-train: python train.py's flags and behaviour."""
-    cli.define_train()
-    cli.run(train_main)
+    cli.run(train, Config)
 
 
-def evaluate() -> None:
+def evaluate_script() -> None:
     """Console script patchvae-evaluate: python evaluate.py's flags and behaviour."""
-    cli.define_eval()
-    cli.run(evaluate_main)
+    cli.run(evaluate, EvalConfig)
 
 
-def train_classifier() -> None:
+def train_classifier_script() -> None:
     """Console script patchvae-train-classifier: python train_classifier.py's flags."""
-    cli.define_recognizer()
-    cli.run(train_classifier_main)
+    cli.run(train_classifier, RecognizerConfig)

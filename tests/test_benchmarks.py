@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
 
 
 @pytest.mark.slow
@@ -32,7 +31,7 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
             "--sections=flops,train,encoder,memory,profile",
             f"--memory_folder={folder}",
         ],
-        cwd=REPO,
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,

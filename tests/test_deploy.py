@@ -6,9 +6,9 @@ import os
 import subprocess
 
 import pytest
+from conftest import ROOT
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEPLOY = os.path.join(REPO, "deploy")
+DEPLOY = os.path.join(ROOT, "deploy")
 KUBERNETES = "1.31"  # the oldest release whose Job API has everything used (podFailurePolicy GA)
 
 

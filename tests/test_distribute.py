@@ -12,13 +12,12 @@ import time
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from patchvae_tf.config import DistributeConfig
 from patchvae_tf.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(REPO, "tests", "scale_worker.py")
+WORKER = os.path.join(ROOT, "tests", "scale_worker.py")
 PYTHON = sys.executable
 
 
@@ -39,7 +38,7 @@ def _config(workdir, steps=4, batch=16, **distribute):
 
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO, **extra}
+    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT, **extra}
 
 
 def _worker(tmp_path, name, runs, env=None, **popen):
@@ -51,7 +50,7 @@ def _worker(tmp_path, name, runs, env=None, **popen):
         env=env or _env(),
         stdout=log,
         stderr=subprocess.STDOUT,
-        cwd=REPO,
+        cwd=ROOT,
         **popen,
     )
 
@@ -106,7 +105,7 @@ def test_bad_input_exits_2(tmp_path):
         name: subprocess.Popen(
             [*base, f"--workdir={tmp_path / name}", *flags],
             env=_env(**env),
-            cwd=REPO,
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -281,7 +280,7 @@ def test_sigkill_resumes_at_checkpoint(tmp_path):
     proc = subprocess.Popen(
         [*flags, "--train_steps=100000"],
         env=_env(),
-        cwd=REPO,
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -298,7 +297,7 @@ def test_sigkill_resumes_at_checkpoint(tmp_path):
     done = subprocess.run(
         [*flags, f"--train_steps={saved + 3}"],
         env=_env(),
-        cwd=REPO,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

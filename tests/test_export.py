@@ -10,12 +10,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from patchvae_tf.config import ExportConfig
-from patchvae_tf.config.checks import validate_export
 from patchvae_tf.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32  # tests/conftest.py tiny_config
 GRID, PARTS, APP_DIM, CHANNELS = 8, 8, 4, 32  # its scale 4, N, L and encoder width
 
@@ -111,9 +110,7 @@ def test_session_loader_runs_the_saved_model_as_tf_serving_does(exported):
     with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], _version_dir(ecfg, rep))
         sig = meta.signature_def["serving_default"]
-        got = sess.run(
-            {k: v.name for k, v in sig.outputs.items()}, {sig.inputs["images"].name: x}
-        )
+        got = sess.run({k: v.name for k, v in sig.outputs.items()}, {sig.inputs["images"].name: x})
     assert sorted(got) == sorted(want) == ["appearance", "features", "occurrence"]
     for k, v in got.items():
         np.testing.assert_allclose(v, want[k].numpy(), atol=1e-5, err_msg=k)
@@ -340,7 +337,7 @@ def test_second_export_of_a_version_is_refused(exported):
             f"--export_dir={ecfg.export_dir}",
             "--version=300",
         ],
-        cwd=REPO,
+        cwd=ROOT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         capture_output=True,
         text=True,
@@ -456,7 +453,7 @@ def test_vae_exports_its_outputs(trained, tmp_path):
 def test_export_config_validation(change, message):
     base = ExportConfig(workdir="w", export_dir="e")
     with pytest.raises(UserError, match=message):
-        validate_export(dataclasses.replace(base, **change))
+        dataclasses.replace(base, **change)
 
 
 def test_benchmark_iobinding_runner_returns_what_run_returns(exported):
@@ -488,7 +485,7 @@ def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_pa
         parity_images=8,
         calibration_images=16,
     )
-    rep = exporter.export(validate_export(ecfg))
+    rep = exporter.export(ecfg)
     int8 = rep["int8"]
     cosine = int8["agreement_with_float32"]["features"]["mean_cosine"]
     assert 0.9 < cosine < 1.0

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from patchvae_tf.config import ModelConfig
 from patchvae_tf.model import models, networks
+from patchvae_tf.model.receptive_field import receptive_field
 
 
 def _grads(model, x):
@@ -181,3 +182,20 @@ def test_get_config_round_trip():
 def test_layers_validate_arguments(make, needle):
     with pytest.raises(ValueError, match=needle):
         make()
+
+
+def test_receptive_field_matches_the_gradient_support(trained):
+    cfg, _ = trained
+    model = models.build_model(cfg.model)
+    x = tf.random.normal([1, 32, 32, 3])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logit = model.heads(model.encoder(x))[2][0, 4, 4, 0]  # an interior cell
+    support = np.nonzero(np.abs(tape.gradient(logit, x).numpy()[0]).sum(axis=(1, 2)))[0]
+    assert support.max() - support.min() + 1 == receptive_field(model.encoder) == 18
+
+
+def test_resnet_receptive_field():
+    # Stem 7x7/2 and 3x3/2 pool (11 px), stage 1 four 3x3 convs (+32), stage 2 (+64),
+    # the 3x3 head at stride 8 (+16).
+    assert receptive_field(networks.ResNetEncoder(8)) == 115

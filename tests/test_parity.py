@@ -4,10 +4,9 @@ import json
 import os
 
 import pytest
+from conftest import ROOT
 
 from benchmarks import parity, parity_tensors, reference
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _checkout() -> str | None:

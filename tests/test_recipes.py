@@ -3,11 +3,9 @@
 import os
 
 import pytest
-from absl import flags
+from conftest import ROOT
 
-from patchvae_tf.config import EvalConfig, cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from patchvae_tf.config import Config, EvalConfig, cli
 
 # run.py's defaults, which every one of the authors' commands keeps unless it says otherwise.
 RUN_PY = {
@@ -87,12 +85,7 @@ RECIPES = {
 
 
 def _load(name):
-    cli.define_train()
-    try:
-        flags.FLAGS(["train.py", f"--flagfile={ROOT}/configs/{name}.cfg"])
-        return cli.train_config()
-    finally:
-        flags.FLAGS.unparse_flags()
+    return cli.parse(Config, ["train.py", f"--flagfile={ROOT}/configs/{name}.cfg"])
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -119,12 +112,7 @@ def test_every_recipe_is_pinned():
 
 
 def test_eval_flagfile_of_the_default_run():
-    cli.define_eval()
-    try:
-        flags.FLAGS(["evaluate.py", f"--flagfile={ROOT}/configs/eval/shapes.cfg"])
-        ecfg = cli.eval_config()
-    finally:
-        flags.FLAGS.unparse_flags()
+    ecfg = cli.parse(EvalConfig, ["evaluate.py", f"--flagfile={ROOT}/configs/eval/shapes.cfg"])
     assert ecfg.workdir == "runs/shapes" and ecfg.freeze_stages == (0, -1)
     assert (ecfg.finetune_epochs, ecfg.finetune_lr_step_epochs) == (4, 2)
     # The rest of the protocol is the authors'.
@@ -132,12 +120,7 @@ def test_eval_flagfile_of_the_default_run():
 
 
 def test_eval_flagfile_of_imagenet_is_their_classifier_command():
-    cli.define_eval()
-    try:
-        flags.FLAGS(["evaluate.py", f"--flagfile={ROOT}/configs/eval/imagenet.cfg"])
-        ecfg = cli.eval_config()
-    finally:
-        flags.FLAGS.unparse_flags()
+    ecfg = cli.parse(EvalConfig, ["evaluate.py", f"--flagfile={ROOT}/configs/eval/imagenet.cfg"])
     # Their README's ImageNet classifier runs --arch=resnet18 (the last --arch): pooled.
     assert ecfg.classifier_head == "pool" and ecfg.workdir == "runs/imagenet"
     assert (ecfg.finetune_epochs, ecfg.finetune_batch_size, ecfg.finetune_learning_rate) == (

@@ -10,14 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from patchvae_tf import config, training
 from patchvae_tf.config import cli
 from patchvae_tf.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tags(logdir):
@@ -123,20 +120,22 @@ def test_workdir_from_before_image_size_moved_to_the_model_still_restores(traine
 
 
 def test_flagfile_parsing():
-    cli.define_train()
-    try:
-        flags.FLAGS(["train.py", f"--flagfile={ROOT}/configs/shapes.cfg", "--num_parts=5"])
-        cfg = cli.train_config()
-    finally:
-        flags.FLAGS.unparse_flags()
+    argv = ["train.py", f"--flagfile={ROOT}/configs/shapes.cfg", "--num_parts=5"]
+    cfg = cli.parse(config.Config, argv)
     assert cfg.data.dataset == "shapes" and cfg.model.encoder == "pyramid"
     assert cfg.model.num_parts == 5 and cfg.model.prior == 0.2
     for name in ("cifar100", "indoor67", "places205", "imagenet", "mnist"):
-        try:
-            flags.FLAGS(["train.py", f"--flagfile={ROOT}/configs/{name}.cfg"])
-            assert cli.train_config().train.workdir == f"runs/{name}"
-        finally:
-            flags.FLAGS.unparse_flags()
+        parsed = cli.parse(config.Config, ["train.py", f"--flagfile={ROOT}/configs/{name}.cfg"])
+        assert parsed.train.workdir == f"runs/{name}"
+
+
+def test_commands_sharing_a_flag_name_keep_their_own_defaults():
+    """evaluate.py's --dataset defaults to None (the training data), train.py's to shapes,
+    whichever command parsed first in this process.
+    """
+    assert cli.parse(config.EvalConfig, ["evaluate.py"]).dataset is None
+    assert cli.parse(config.Config, ["train.py"]).data.dataset == "shapes"
+    assert cli.parse(config.EvalConfig, ["evaluate.py"]).dataset is None
 
 
 def _run(args, cwd=ROOT):
@@ -424,25 +423,19 @@ def test_cifar_recipe_trains_on_shapes_without_nan(tmp_path, normalization):
     """configs/cifar100.cfg (ResNet cut at 1/8, N=16, the authors' initialization and
     constants) on shapes instead of CIFAR, a few small steps, in both input spaces.
     """
-    cli.define_train()
-    try:
-        flags.FLAGS(
-            [
-                "train.py",
-                f"--flagfile={ROOT}/configs/cifar100.cfg",
-                "--dataset=shapes",
-                f"--normalization={normalization}",
-                "--shapes_train_size=256",
-                "--shapes_test_size=64",
-                "--batch_size=16",
-                "--train_steps=12",
-                "--log_every=4",
-                f"--workdir={tmp_path}",
-            ]
-        )
-        cfg = cli.train_config()
-    finally:
-        flags.FLAGS.unparse_flags()
+    argv = [
+        "train.py",
+        f"--flagfile={ROOT}/configs/cifar100.cfg",
+        "--dataset=shapes",
+        f"--normalization={normalization}",
+        "--shapes_train_size=256",
+        "--shapes_test_size=64",
+        "--batch_size=16",
+        "--train_steps=12",
+        "--log_every=4",
+        f"--workdir={tmp_path}",
+    ]
+    cfg = cli.parse(config.Config, argv)
     assert cfg.model.initialization == "reference" and cfg.model.normalization == normalization
     summary = training.train(cfg)
     assert summary["step"] == 12

@@ -1,36 +1,16 @@
 """What a command checks beyond its config: the environment it runs in (paths that must exist).
 
-Every value a user can get wrong is checked where its config is built (the dataclasses of
-config.py, through options.Checked); these functions are the commands' last step before
-they run, and return the config they were given.
+Every value a user can get wrong is checked where its config is built (each section's
+fields and `check`, in patchvae_tf/config/); what is left here needs the machine the
+command runs on, since a config may be built on another.
 """
 
 from __future__ import annotations
 
 import os
 
-from patchvae_tf.config import BenchConfig, Config, DistributeConfig, EvalConfig, ExportConfig
+from patchvae_tf.config import BenchConfig
 from patchvae_tf.errors import UserError
-
-
-def validate(cfg: Config) -> Config:
-    """cfg, whose sections checked themselves when they were built."""
-    return cfg
-
-
-def validate_distribute(d: DistributeConfig) -> DistributeConfig:
-    """d; TF_CONFIG and the devices are checked when the strategy is made."""
-    return d
-
-
-def validate_eval(cfg: EvalConfig) -> EvalConfig:
-    """cfg; the workdir and its data are checked when the evaluation sets up."""
-    return cfg
-
-
-def validate_export(cfg: ExportConfig) -> ExportConfig:
-    """cfg; the workdir and its checkpoint are checked when the export starts."""
-    return cfg
 
 
 def validate_bench(cfg: BenchConfig) -> BenchConfig:

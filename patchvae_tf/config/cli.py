@@ -1,144 +1,108 @@
-"""The command line: flags generated from the config dataclasses, read once into them, and an
+"""The command line: a command's flags made from its config sections, parsed into them, and an
 entry point whose user mistakes end in one line and exit status 2.
+
+Each command parses into flags of its own (a fresh ``absl.flags.FlagValues``), so commands
+that share a field name (workdir, dataset, seed) never see each other's defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from patchvae_tf import config
-from patchvae_tf.config import checks
+from patchvae_tf.config import fields
 from patchvae_tf.errors import UserError
 
-# Set by the command scripts for the package's import only; their children import it whole.
-os.environ.pop("PATCHVAE_TF_COMMAND", None)
 
-# A field's annotation (a string under `from __future__ import annotations`) -> absl kind.
-_KINDS = {
-    "str": "string",
-    "str | None": "string",
-    "int": "integer",
-    "float": "float",
-    "bool": "boolean",
-    "bool | None": "boolean",
-    "tuple[str, ...]": "list",
-    "tuple[int, ...]": "list",
-}
-
-
-def define(*sections) -> None:
-    """Defines a flag for every field of the dataclasses, with its default and help text.
-
-    Names already defined are skipped: commands share some (workdir, dataset, seed, ...), and
-    the first definition stands. Safe to call twice.
+def sections_of(spec) -> tuple[type, ...]:
+    """The sections a command's config is read into: a composite config's SECTIONS (train.py's
+    Config), or the one section itself.
     """
-    for section in sections:
+    return getattr(spec, "SECTIONS", (spec,))
+
+
+def define(spec, values: flags.FlagValues) -> None:
+    """Defines in values a flag for every field of spec's sections, with its default and help."""
+    for section in sections_of(spec):
         for f in dataclasses.fields(section):
-            if f.name in flags.FLAGS:
-                continue
-            kind = _KINDS[f.type]
+            kind = fields.flag_kind(f)
             default = list(f.default) if kind == "list" else f.default
-            getattr(flags, f"DEFINE_{kind}")(f.name, default, f.metadata["help"])
+            getattr(flags, f"DEFINE_{kind}")(
+                f.name, default, f.metadata["help"], flag_values=values
+            )
 
 
-def read(section, values: flags.FlagValues | None = None):
-    """An instance of the dataclass section from parsed flags, which checks them (UserError);
-    lists become tuples.
+def read(spec, values: flags.FlagValues) -> Any:
+    """The config of parsed flags for spec, which checks every value (UserError); lists become
+    tuples.
     """
-    values = values or flags.FLAGS
-    kwargs = {}
-    for f in dataclasses.fields(section):
-        value = getattr(values, f.name)
-        if _KINDS[f.type] == "list":
-            items = [str(v).strip() for v in value or () if str(v).strip()]
-            if f.type == "tuple[int, ...]":
-                try:
-                    items = [int(v) for v in items]
-                except ValueError:
-                    raise UserError(
-                        f"--{f.name} must be comma-separated integers, got {','.join(items)!r}"
-                    ) from None
-            value = tuple(items)
-        elif f.type == "str" and value is None:
-            # A string flag left unset reads back as None where another command defined it
-            # first (with a None default).
-            value = ""
-        kwargs[f.name] = value
-    return section(**kwargs)
+    built = []
+    for section in sections_of(spec):
+        kwargs = {}
+        for f in dataclasses.fields(section):
+            value = values[f.name].value
+            if fields.flag_kind(f) == "list":
+                items = [str(v).strip() for v in value or () if str(v).strip()]
+                if f.type == "tuple[int, ...]":
+                    try:
+                        items = [int(v) for v in items]
+                    except ValueError:
+                        raise UserError(
+                            f"--{f.name} must be comma-separated integers, got {','.join(items)!r}"
+                        ) from None
+                value = tuple(items)
+            kwargs[f.name] = value
+        built.append(section(**kwargs))
+    return spec(*built) if hasattr(spec, "SECTIONS") else built[0]
 
 
-def define_train() -> None:
-    define(*config.TRAIN_SECTIONS)
+def parse(spec, argv: Sequence[str]) -> Any:
+    """The config of a command line (argv[0] is the program; --flagfile works).
 
-
-def train_config(values: flags.FlagValues | None = None) -> config.Config:
-    """The validated Config of train.py's parsed flags."""
-    data, model, train, distribute = (read(s, values) for s in config.TRAIN_SECTIONS)
-    return checks.validate(config.Config(data, model, train, distribute))
-
-
-def define_eval() -> None:
-    define(config.EvalConfig)
-
-
-def eval_config(values: flags.FlagValues | None = None) -> config.EvalConfig:
-    return checks.validate_eval(read(config.EvalConfig, values))
-
-
-def define_recognizer() -> None:
-    define(config.RecognizerConfig)
-
-
-def recognizer_config(values: flags.FlagValues | None = None) -> config.RecognizerConfig:
-    return read(config.RecognizerConfig, values)
-
-
-def define_export() -> None:
-    define(config.ExportConfig)
-
-
-def export_config(values: flags.FlagValues | None = None) -> config.ExportConfig:
-    return checks.validate_export(read(config.ExportConfig, values))
-
-
-def define_bench() -> None:
-    define(config.BenchConfig)
-
-
-def bench_config(values: flags.FlagValues | None = None) -> config.BenchConfig:
-    return checks.validate_bench(read(config.BenchConfig, values))
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _parse(argv: list[str]) -> list[str]:
+    Raises UserError for an unknown or malformed flag, a positional argument or a bad value;
+    prints the flags' help and exits 0 for --help.
+    """
+    values = flags.FlagValues()
+    define(spec, values)
+    flags.DEFINE_boolean("help", False, "Show the flags and exit", flag_values=values)
     try:
-        return flags.FLAGS(argv)
+        rest = values(list(argv))
     except flags.Error as e:
-        _fail(str(e))
-    return []
+        raise UserError(str(e)) from None
+    if values["help"].value:
+        print(usage(spec, argv[0]))
+        sys.exit(0)
+    if len(rest) > 1:
+        raise UserError(f"unexpected arguments {rest[1:]!r}; flags start with --")
+    return read(spec, values)
 
 
-def run(main: Callable[[], None]) -> None:
-    """Like ``absl.app.run``, but a bad flag, a positional argument or a UserError prints one
-    line and exits 2. ``main`` reads its config from the parsed flags.
+def usage(spec, program: str) -> str:
+    """--help's text: each section's description, then its flags with their defaults."""
+    lines = [f"usage: {program} [--flagfile=FILE] [--flag=value ...]"]
+    for section in sections_of(spec):
+        lines += ["", (section.__doc__ or section.__name__).strip().splitlines()[0]]
+        for f in dataclasses.fields(section):
+            default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+            lines.append(f"  --{f.name}: {f.metadata['help']} (default: {default!r})")
+    return "\n".join(lines)
+
+
+def run(main: Callable[[Any], None], spec, argv: Sequence[str] | None = None) -> None:
+    """Parses sys.argv into spec's config and calls main(config); a bad flag or a UserError
+    prints one line and exits 2.
     """
-
-    def guarded(argv: list[str]) -> None:
-        logging.set_verbosity(logging.WARNING)
-        try:
-            if len(argv) > 1:
-                raise UserError(f"unexpected arguments {argv[1:]!r}; flags start with --")
-            main()
-        except UserError as e:
-            _fail(str(e))
-
-    app.run(guarded, flags_parser=_parse)
+    # Our flags live apart from absl's global ones; marking those parsed keeps absl logging
+    # from warning that it logs before flag parsing.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    logging.set_verbosity(logging.WARNING)
+    try:
+        main(parse(spec, sys.argv if argv is None else argv))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

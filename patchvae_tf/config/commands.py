@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 from patchvae_tf.config.choices import (
     BENCH_SECTIONS,
@@ -18,22 +17,20 @@ from patchvae_tf.config.choices import (
     QUANTIZE_MODES,
 )
 from patchvae_tf.config.fields import Checked, option
+from patchvae_tf.config.training import SourceFields
 from patchvae_tf.errors import UserError
 
 # --- evaluation (evaluate.py) ----------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig(Checked):
+class EvalConfig(SourceFields):
     """What evaluate.py measures; the model itself comes from WORKDIR/config.json."""
 
+    # None evaluates on the data the model was trained on.
+    dataset: str | None = option(None, "Evaluate on this dataset instead of the training one")
     workdir: str = option("runs/shapes", "Training workdir: config.json and checkpoints")
     mode: str = option("all", " | ".join(EVAL_MODES), choices=EVAL_MODES)
-    # Dataset override; None evaluates on the data the model was trained on.
-    dataset: str | None = option(None, "Evaluate on this dataset instead of the training one")
-    data_dir: str | None = option(None, "TFDS data directory")
-    train_split_file: str | None = option(None, "Folder datasets: file of training image paths")
-    test_split_file: str | None = option(None, "Folder datasets: file of test image paths")
     image_size: int = option(0, "Must equal the model's; 0 means the model's", minimum=0)
     batch_size: int = option(128, "Batch size for features", positive=True)
     eval_examples: int = option(
@@ -84,9 +81,6 @@ class EvalConfig(Checked):
     def modes(self) -> tuple[str, ...]:
         """The sections to run: every one for "all"."""
         return EVAL_MODES[1:] if self.mode == "all" else (self.mode,)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # --- export (python -m export) ----------------------------------------------------
@@ -146,9 +140,6 @@ class ExportConfig(Checked):
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise UserError(f"--model_name must be letters, digits, - or _, got {name!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 # --- benchmarks (python -m benchmarks) ----------------------------------------------
 
@@ -197,7 +188,7 @@ class BenchConfig(Checked):
 
     def check(self) -> None:
         # Whether --reference and --memory_folder exist is checked when the command runs
-        # (validation.validate_bench): a config may be built on another machine.
+        # (checks.validate_bench): a config may be built on another machine.
         if not self.out:
             raise UserError("--out is required: the JSON file the results go to")
         if not self.sections:
@@ -209,6 +200,3 @@ class BenchConfig(Checked):
                 "--reference_python, --reference_setup and --reference_venv need "
                 "--reference=PATH (a checkout of kampta/PatchVAE)"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

@@ -36,17 +36,22 @@ def option(
 
 
 # A field's annotation (a string under `from __future__ import annotations`) -> the Python
-# types its value may have, and how a message names them.
+# types its value may have, how a message names them, and the kind of its absl flag.
 _TYPES = {
-    "str": ((str,), "a string"),
-    "str | None": ((str, type(None)), "a string or None"),
-    "int": ((numbers.Integral,), "an integer"),
-    "float": ((numbers.Real,), "a number"),
-    "bool": ((bool,), "True or False"),
-    "bool | None": ((bool, type(None)), "True, False or None"),
-    "tuple[str, ...]": ((str,), "a list of strings"),
-    "tuple[int, ...]": ((numbers.Integral,), "a list of integers"),
+    "str": ((str,), "a string", "string"),
+    "str | None": ((str, type(None)), "a string or None", "string"),
+    "int": ((numbers.Integral,), "an integer", "integer"),
+    "float": ((numbers.Real,), "a number", "float"),
+    "bool": ((bool,), "True or False", "boolean"),
+    "bool | None": ((bool, type(None)), "True, False or None", "boolean"),
+    "tuple[str, ...]": ((str,), "a list of strings", "list"),
+    "tuple[int, ...]": ((numbers.Integral,), "a list of integers", "list"),
 }
+
+
+def flag_kind(field: dataclasses.Field) -> str:
+    """The absl flag kind of a config field: string, integer, float, boolean or list."""
+    return _TYPES[field.type][2]
 
 
 def check_types(section) -> None:
@@ -56,7 +61,7 @@ def check_types(section) -> None:
     """
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
-        types, kind = _TYPES[f.type]
+        types, kind, _ = _TYPES[f.type]
         many = f.type.startswith("tuple")
         if many and isinstance(value, list):
             value = tuple(value)
@@ -87,6 +92,10 @@ class Checked:
 
     def check(self) -> None:
         """Checks across this section's fields; raises UserError. None by default."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as plain values (nested sections as dicts), as config.json holds it."""
+        return dataclasses.asdict(self)
 
 
 def check_options(section) -> None:

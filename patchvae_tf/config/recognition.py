@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 from patchvae_tf.config.choices import CLASSIFIER_INPUTS, RECOGNIZER_HEADS
-from patchvae_tf.config.fields import Checked, option
+from patchvae_tf.config.fields import option
+from patchvae_tf.config.training import SourceFields
 from patchvae_tf.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
-class RecognizerConfig(Checked):
+class RecognizerConfig(SourceFields):
     """What the recognizer reads, how it is trained, and where it is kept."""
+
+    dataset: str | None = option(
+        None,
+        "Labelled data: a TFDS name, or folder:PATH (PATH/train/CLASS/*.jpg and "
+        "PATH/test/CLASS/*.jpg); unset: the data the encoder was trained on",
+    )
 
     encoder_workdir: str = option("", "Training workdir of the encoder (train.py's --workdir)")
     workdir: str = option(
         "", "The recognizer's own workdir: config.json, checkpoints, logs, results.json"
     )
-    dataset: str = option(
-        "",
-        "Labelled data: a TFDS name, or folder:PATH (PATH/train/CLASS/*.jpg and "
-        "PATH/test/CLASS/*.jpg); empty: the data the encoder was trained on",
-    )
-    data_dir: str | None = option(None, "TFDS data directory")
-    train_split_file: str | None = option(None, "Folder datasets: file of training image paths")
-    test_split_file: str | None = option(None, "Folder datasets: file of test image paths")
     labels_per_class: int = option(
         0,
         "Train on this many labelled images per class, drawn from the training split with "
@@ -87,6 +85,3 @@ class RecognizerConfig(Checked):
                 f"--workdir={self.workdir!r} must differ from --encoder_workdir: a recognizer "
                 "keeps its own config and checkpoints"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

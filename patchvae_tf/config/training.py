@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from patchvae_tf.config.choices import (
     ANNEAL_SCHEDULES,
@@ -28,13 +28,19 @@ from patchvae_tf.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig(Checked):
-    """Where the images come from and how they are read."""
+class SourceFields(Checked):
+    """Where images come from: the fields every command that reads a dataset shares."""
 
     dataset: str = option("shapes", "shapes | a TFDS name (cifar100, mnist, ...) | folder:PATH")
     data_dir: str | None = option(None, "TFDS data directory")
     train_split_file: str | None = option(None, "Folder datasets: file of training image paths")
     test_split_file: str | None = option(None, "Folder datasets: file of test image paths")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(SourceFields):
+    """Where the images come from and how they are read."""
+
     train_split: str = option(
         "listed",
         "Folder datasets with split files: listed (the training split file) | all_but_test "
@@ -204,13 +210,16 @@ TRAIN_SECTIONS = (DataConfig, ModelConfig, TrainConfig, DistributeConfig)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Checked):
     """A training run: its data, model, optimisation and distribution, each checked when built."""
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     distribute: DistributeConfig = DistributeConfig()
+
+    # The sections train.py's flags are read into, in the order of the fields.
+    SECTIONS: ClassVar[tuple[type, ...]] = TRAIN_SECTIONS
 
     def __post_init__(self) -> None:
         # Each section checked itself when it was built; what is left is that each is one.
@@ -220,9 +229,6 @@ class Config:
                 raise UserError(
                     f"Config.{f.name} must be a {cls.__name__}, got {type(value).__name__}"
                 )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -6,6 +6,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from patchvae_tf import pixels
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -43,7 +45,7 @@ def preprocess_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
     left = (new_w - image_size) // 2
     image = image[top : top + image_size, left : left + image_size, :]
     image = tf.ensure_shape(image, [image_size, image_size, 3])
-    return tf.clip_by_value(image, 0.0, 255.0) / 127.5 - 1.0
+    return pixels.to_model(tf.clip_by_value(image, 0.0, 255.0))
 
 
 def to_rgb(image: tf.Tensor) -> tf.Tensor:

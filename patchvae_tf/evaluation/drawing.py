@@ -1,5 +1,5 @@
 """The report's figures: labelled grids, occurrence and part-gallery figures, training
-curves, the encoder's receptive field, and PNG writing.
+curves, and PNG writing.
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from patchvae_tf.training.summaries import to_display, upsample_nearest
+from patchvae_tf.pixels import to_display, upsample_nearest
 from patchvae_tf.workdir import write_bytes_atomic
 
 
@@ -15,42 +15,6 @@ def save_png(image: tf.Tensor | np.ndarray, path: str) -> None:
     """Writes [H, W, C] in [0, 1] as PNG (atomically: a reader never sees half a file)."""
     pixels = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
     write_bytes_atomic(path, tf.io.encode_png(pixels).numpy())
-
-
-# --- receptive fields ----------------------------------------------------------
-
-
-def _conv_chain(layer) -> list[tuple[int, int]]:
-    """(kernel, stride) of the convolutions and poolings on layer's longest path, in order."""
-    import keras  # Only the receptive-field walk needs Keras itself.
-
-    from patchvae_tf.model import networks
-
-    if isinstance(layer, keras.Sequential):
-        return [ks for sub in layer.layers for ks in _conv_chain(sub)]
-    if hasattr(layer, "stages"):  # the encoders
-        return [ks for stage in layer.stages for ks in _conv_chain(stage)]
-    if isinstance(layer, networks.ResidualBlock):
-        # The residual path (two 3x3 convs) sees further than the 1x1 shortcut.
-        return _conv_chain(layer.conv1) + _conv_chain(layer.conv2)
-    if isinstance(layer, keras.layers.Conv2D):
-        return [(int(layer.kernel_size[0]), int(layer.strides[0]))]
-    if isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
-        return [(int(layer.pool_size[0]), int(layer.strides[0]))]
-    return []
-
-
-def receptive_field(encoder, head_kernel: int = 3) -> int:
-    """Side in pixels of the input region one occurrence logit sees.
-
-    Walks the encoder's convolutions and poolings (each adds (k - 1) * jump), then the
-    head_kernel x head_kernel head conv on the feature map.
-    """
-    size, jump = 1, 1
-    for kernel, stride in _conv_chain(encoder) + [(head_kernel, 1)]:
-        size += (kernel - 1) * jump
-        jump *= stride
-    return size
 
 
 class PartGallery:

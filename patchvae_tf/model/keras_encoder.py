@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from patchvae_tf import pixels
 from patchvae_tf.model import models
 
 
@@ -37,7 +38,7 @@ class Encoder(keras.Model):
 
     @classmethod
     def from_autoencoder(cls, model: models.PatchVAE | models.VAE, **kwargs) -> Encoder:
-        """The encoder of a trained model, sharing its layers (and so its weights)."""
+        """The encoder of a trained model, with a copy of its encoder's and heads' weights."""
         config = {"class": type(model).__name__, "config": model.get_config()}
         encoder = cls(config, **kwargs)
         encoder(tf.zeros([1, model.image_size, model.image_size, 3]))
@@ -47,8 +48,8 @@ class Encoder(keras.Model):
         return encoder
 
     def call(self, images, training=False):
-        # The scaling is the last step of source.preprocess_image, as in export/serving.py.
-        x = tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0) / 127.5 - 1.0
+        # The same clip and scaling as the last step of source.preprocess_image.
+        x = pixels.to_model(tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0))
         return self._encode(x, training=training)
 
     def build(self, input_shape=None):

@@ -128,8 +128,7 @@ def _track_stages(layer: layers.Layer) -> None:
     """Names each of ``layer.stages`` as an attribute so TF checkpoints save it.
 
     Keras 3 tracks a list attribute for its own weights but leaves it out of the TF object
-    graph, so a tf.train.Checkpoint of the model silently held no encoder weights (trainable
-    ones survived only through the optimizer, BatchNorm moving statistics not at all).
+    graph, which tf.train.Checkpoint saves.
     """
     for i, stage in enumerate(layer.stages):
         setattr(layer, f"stage_{i}", stage)

@@ -12,7 +12,7 @@ import time
 import keras
 import tensorflow as tf
 
-from patchvae_tf import data
+from patchvae_tf import data, pixels
 from patchvae_tf import restore as strict
 from patchvae_tf.config import Config
 from patchvae_tf.errors import UserError
@@ -74,18 +74,18 @@ def _log_images(model, images: tf.Tensor, step: int, tau: tf.Tensor) -> None:
     pairs = tf.concat([images, out["reconstruction"]], axis=0)
     tf.summary.image(
         "reconstructions",
-        summaries.image_grid(summaries.to_display(pairs), cols=images.shape[0])[None],
+        summaries.image_grid(pixels.to_display(pairs), cols=images.shape[0])[None],
         step=step,
     )
     tf.summary.image(
         "inputs",
-        summaries.image_grid(summaries.to_display(images), cols=images.shape[0])[None],
+        summaries.image_grid(pixels.to_display(images), cols=images.shape[0])[None],
         step=step,
     )
     tf.summary.image(
         "samples",
         summaries.image_grid(
-            summaries.to_display(model.sample(images.shape[0])), cols=images.shape[0]
+            pixels.to_display(model.sample(images.shape[0])), cols=images.shape[0]
         )[None],
         step=step,
     )

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-
-def to_display(images: tf.Tensor) -> tf.Tensor:
-    """[-1, 1] -> [0, 1], float32."""
-    return tf.clip_by_value((tf.cast(images, tf.float32) + 1.0) / 2.0, 0.0, 1.0)
+from patchvae_tf.pixels import to_display, upsample_nearest
 
 
 def image_grid(images: tf.Tensor, cols: int, pad: int = 1) -> tf.Tensor:
@@ -24,11 +21,6 @@ def image_grid(images: tf.Tensor, cols: int, pad: int = 1) -> tf.Tensor:
     grid = tf.reshape(cells, [rows, cols, h + pad, w + pad, c])
     grid = tf.reshape(tf.transpose(grid, [0, 2, 1, 3, 4]), [rows * (h + pad), cols * (w + pad), c])
     return tf.pad(grid, [[0, pad], [0, pad], [0, 0]], constant_values=1.0)
-
-
-def upsample_nearest(maps: tf.Tensor, size: int) -> tf.Tensor:
-    """[B, h, w, N] -> [B, size, size, N] by nearest neighbour (each cell is a patch)."""
-    return tf.image.resize(maps, [size, size], method="nearest")
 
 
 def occurrence_overlays(images: tf.Tensor, q_occ: tf.Tensor) -> tf.Tensor:
