@@ -392,3 +392,12 @@ def summary_line(results: dict) -> str:
         f"on {t['examples']} images; per class: "
         + ", ".join(f"{k} {v:.3f}" for k, v in t["per_class_top1"].items())
     )
+
+
+def read_results(workdir: str) -> dict | None:
+    """A recognizer workdir's results.json, or None when it has none (yet)."""
+    try:
+        with open(os.path.join(workdir, RESULTS_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
