@@ -34,6 +34,29 @@ def trainable(stages, frozen: int) -> list:
     return out
 
 
+@keras.saving.register_keras_serializable(package="patchvae_tf")
+class Standardize(keras.layers.Layer):
+    """(x - mean) / std per feature, with mean and std fixed weights set from training images
+    (``set``): the linear head's input scaling, as the linear probes standardise theirs.
+    """
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        if dim is None:
+            raise ValueError(f"Standardize needs a known last axis. Received: {input_shape}")
+        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
+        self.std = self.add_weight(shape=(dim,), initializer="ones", trainable=False, name="std")
+
+    def set(self, features) -> None:
+        """Sets mean and std from features [n, D] (std floored at 1e-6)."""
+        x = tf.convert_to_tensor(features, tf.float32)
+        self.mean.assign(tf.reduce_mean(x, 0))
+        self.std.assign(tf.maximum(tf.math.reduce_std(x, 0), 1e-6))
+
+    def call(self, x, training=False):
+        return (x - self.mean) / self.std
+
+
 def num_stages(model) -> int:
     """The encoder's stages a classifier can freeze one by one (0: frozen whole only)."""
     return len(getattr(model.encoder, "stages", None) or ())
@@ -44,7 +67,8 @@ class Classifier:
 
     head flatten: flatten -> dropout -> dense 512 -> ReLU -> dense classes (normal(0, 0.01)
     weights, zero biases), the authors' classifier.py; pool: the same on the input averaged
-    over its grid (their ``--arch=resnet18``); linear: dense classes on the pooled input.
+    over its grid (their ``--arch=resnet18``); linear: dense classes on the pooled input,
+    standardised with the training images' statistics (``standardize``), as a linear probe.
     inputs features: phi(x) [B, h, w, D]; codes: PatchVAE's occurrence maps q_occ [B, h, w, N]
     (flatten) or their maximum over the grid [B, N] (pool, linear) beside the appearance
     means [B, N * L] (a VAE: its code [B, N * L]).
@@ -91,7 +115,11 @@ class Classifier:
         else:  # codes arrive flat ([B, C]) from _head_input; flatten is their identity
             reduce = keras.layers.Flatten()
         if head == "linear":
-            layers = [reduce, keras.layers.Dense(num_classes, **init)]
+            layers = [
+                reduce,
+                Standardize(name="standardize"),
+                keras.layers.Dense(num_classes, **init),
+            ]
         else:
             layers = [
                 reduce,
@@ -134,6 +162,16 @@ class Classifier:
         else:
             occurrence = tf.reduce_max(q, axis=[1, 2])
         return tf.concat([occurrence, appearance], axis=-1), encoded["features"]
+
+    def standardize(self, batches) -> None:
+        """The linear head: sets its input scaling from the images of batches ((images,
+        labels) pairs in [-1, 1]), run in inference mode. Nothing for the authors' head.
+        """
+        if self.head_kind != "linear":
+            return
+        reduce, standardize = self.head.layers[:2]
+        fn = tf.function(lambda x: reduce(self._head_input(x, False)[0]), reduce_retracing=True)
+        standardize.set(tf.concat([fn(x) for x, _ in batches], 0))
 
     def logits(self, x, training, dropout_mask=None):
         """Logits [B, classes] of images [B, S, S, 3] in [-1, 1]."""

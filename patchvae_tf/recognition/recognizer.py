@@ -301,6 +301,8 @@ def train(rcfg: RecognizerConfig) -> dict:
     if manager.latest_checkpoint:
         strict.restore(manager.latest_checkpoint, workdir, **parts)
     start = int(epoch.numpy())
+    if not manager.latest_checkpoint:  # resumed runs restored it
+        clf.standardize(train_images.batches(SCORE_BATCH))
 
     stages = num_stages(clf.model)
     frozen_text = (
@@ -337,7 +339,9 @@ def train(rcfg: RecognizerConfig) -> dict:
                 logits, y = fit.predict(clf, validation.batches(SCORE_BATCH))
                 top1 = fit.topk_accuracy(logits, y, 1)
                 tf.summary.scalar("validation_top1", top1)
-                improved = top1 > float(best.numpy())
+                # Ties go to the later epoch: on a few validation images they are common,
+                # and the later one has trained longer.
+                improved = top1 >= float(best.numpy())
                 if improved:
                     best.assign(top1)
         last = e + 1 == rcfg.epochs
