@@ -190,7 +190,9 @@ def recognizer_card(rep: dict) -> dict:
     labels = "every labelled training image"
     if r["labels_per_class"]:
         labels = f"{r['labels_per_class']} labelled training images per class"
-    frozen = f"{r['frozen_stages']} encoder stages frozen"
+    frozen = "none: the encoder frozen"
+    if r["frozen_stages"] < r["encoder_stages"]:
+        frozen = f"the encoder's stages after the first {r['frozen_stages']} finetuned"
     return {
         "model": (
             f"recognizer of {len(rep['class_names'])} classes: {r['head']} head on the "

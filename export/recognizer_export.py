@@ -32,6 +32,7 @@ from patchvae_tf import restore as strict
 from patchvae_tf.config import ExportConfig
 from patchvae_tf.errors import UserError
 from patchvae_tf.recognition import fit, recognizer
+from patchvae_tf.recognition.classifier import num_stages
 
 # Test images every runtime is checked on (all of them, up to this many).
 MAX_TEST_IMAGES = 2000
@@ -124,6 +125,7 @@ def export(cfg: ExportConfig) -> dict:
             "head": rec.config.classifier_head,
             "input": rec.config.classifier_input,
             "frozen_stages": clf.frozen,
+            "encoder_stages": num_stages(clf.model),
             "labels_per_class": rec.config.labels_per_class,
             "dataset": source.name,
         },
