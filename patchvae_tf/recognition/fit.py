@@ -40,13 +40,11 @@ class LabelledImages:
         self.indices = None if indices is None else np.asarray(indices, np.int64)
         total = source.sizes.get(split) or 0
         self.count = total if self.indices is None else len(self.indices)
-        size = None
         self.arrays = None
-        if self.indices is not None and self.count:
+        if self.count:
             spec = source.readers[split](None, None).element_spec["image"]
-            size = int(np.prod(spec.shape)) * 4 * self.count
-        if size is not None and size <= _IN_MEMORY_BYTES:
-            self.arrays = self._gather()
+            if int(np.prod(spec.shape)) * 4 * self.count <= _IN_MEMORY_BYTES:
+                self.arrays = self._gather()
 
     def _read(self) -> tf.data.Dataset:
         """The split's (image, label) pairs in reader order, restricted to the indices."""
