@@ -27,6 +27,7 @@ from export import (
 )
 from patchvae_tf import data
 from patchvae_tf.config import ExportConfig, load_config
+from patchvae_tf.data import image_limits
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import models
 from patchvae_tf.workdir import CONFIG_FILE
@@ -69,7 +70,10 @@ def export(cfg: ExportConfig) -> dict:
 
     model = models.build_model(model_cfg.model)
     restored = checkpoint.restore_encoder(model, path, cfg.workdir)
-    module = serving.EncoderServing(model)
+    limits = image_limits.ImageLimits(
+        cfg.max_image_pixels, cfg.max_image_aspect, cfg.max_request_images
+    )
+    module = serving.EncoderServing(model, limits)
     n = cfg.parity_images
     calib = cfg.calibration_images if cfg.quantize else 0
     unit = training_images(model_cfg, n + calib)
@@ -95,7 +99,9 @@ def export(cfg: ExportConfig) -> dict:
         },
         "input": {
             "images": f"float32 [batch, {model.image_size}, {model.image_size}, 3], 0..255",
-            "image_bytes": "string [batch], JPEG or PNG files of any size",
+            "image_bytes": "string [batch], JPEG or PNG files of any size within the limits",
+            # What the image signatures refuse, before decoding (load() reads them here).
+            "limits": limits.to_dict(),
         },
         "outputs": serving.output_shapes(model),
         "versions": report.versions(),

@@ -30,6 +30,7 @@ from export import recognizer_serving as rs
 from patchvae_tf import data
 from patchvae_tf import restore as strict
 from patchvae_tf.config import ExportConfig
+from patchvae_tf.data import image_limits
 from patchvae_tf.errors import UserError
 from patchvae_tf.recognition import fit, recognizer
 from patchvae_tf.recognition.classifier import num_stages
@@ -111,7 +112,10 @@ def export(cfg: ExportConfig) -> dict:
     calibration = None
     if cfg.quantize:
         calibration = (_images(source, "train", cfg.calibration_images)[0] + 1.0) * 127.5
-    module = rs.RecognizerServing(clf, names)
+    limits = image_limits.ImageLimits(
+        cfg.max_image_pixels, cfg.max_image_aspect, cfg.max_request_images
+    )
+    module = rs.RecognizerServing(clf, names, limits)
     results = recognizer.read_results(cfg.workdir)
     rep = {
         "kind": "recognizer",
@@ -138,10 +142,11 @@ def export(cfg: ExportConfig) -> dict:
         },
         "input": {
             "images": f"float32 [batch, {rec.image_size}, {rec.image_size}, 3], 0..255",
-            "image_bytes": "string [batch], JPEG or PNG files of any size",
+            "image_bytes": "string [batch], JPEG or PNG files of any size within the limits",
             "classification": (
                 f"serialized tf.Example [batch], the file under {rs.EXAMPLE_IMAGE_KEY}"
             ),
+            "limits": limits.to_dict(),
         },
         "test": {
             "images": int(len(labels)),

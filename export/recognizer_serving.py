@@ -7,6 +7,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from export import serving
+from patchvae_tf.data import image_limits
 
 CLASSIFY_SIGNATURE = "classification"
 # TF Serving's Classify RPC accepts a signature only under this method name; TF 2's
@@ -26,8 +27,14 @@ class RecognizerServing(serving.EncoderServing):
     as TF variables, as EncoderServing does, so TF Serving's session loader finds them.
     """
 
-    def __init__(self, classifier, class_names, name: str = "patchvae_recognizer"):
-        super().__init__(classifier.model, name=name)
+    def __init__(
+        self,
+        classifier,
+        class_names,
+        limits: image_limits.ImageLimits = image_limits.DEFAULT,
+        name: str = "patchvae_recognizer",
+    ):
+        super().__init__(classifier.model, limits, name=name)
         self.head_variables = {
             "classifier." + v.path.replace("/", "."): v.value for v in classifier.head.variables
         }
@@ -76,16 +83,18 @@ class RecognizerServing(serving.EncoderServing):
         [B, C] (every class name) and "scores" [B, C] (their probabilities), the tensors
         TF Serving's Classify answers with.
         """
-        nonempty = tf.debugging.assert_positive(
-            tf.size(inputs), message="`inputs` is an empty batch; send 1 or more tf.Examples"
-        )
-        with tf.control_dependencies([nonempty]):
+        count = image_limits.tf_check_count(tf.size(inputs), CLASSIFY_INPUTS, self._limits)
+        with tf.control_dependencies([count]):
             inputs = tf.identity(inputs)
         spec = {EXAMPLE_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
         blobs = tf.io.parse_example(inputs, spec)[EXAMPLE_IMAGE_KEY]
         s = self.image_size
+        # One image at a time, as serve_image_bytes decodes them: memory bounded by the limit.
         x = tf.map_fn(
-            self._decode_one, blobs, fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32)
+            self._decode_one,
+            blobs,
+            fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32),
+            parallel_iterations=1,
         )
         scores = self._classify_outputs(x)[PROBABILITIES]
         classes = tf.tile(self._names()[None], [tf.shape(scores)[0], 1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from patchvae_tf import data
+from patchvae_tf.data import image_limits
 from patchvae_tf.model import models
 
 IMAGES = "images"
@@ -14,7 +15,6 @@ BYTES_SIGNATURE = "serve_image_bytes"
 # serving_default's checks, then the encoder compiled by XLA: half serving_default's op time
 # at batch 1 in the profile, slower at batch 128 (docs/performance.md has the figures).
 XLA_SIGNATURE = "serving_xla"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def encoder_parts(model) -> dict:
@@ -48,8 +48,15 @@ class EncoderServing(tf.Module):
     Only the encoder's variables are tracked, so the SavedModel holds no decoder weights.
     """
 
-    def __init__(self, model, name: str = "patchvae_encoder"):
+    def __init__(
+        self,
+        model,
+        limits: image_limits.ImageLimits = image_limits.DEFAULT,
+        name: str = "patchvae_encoder",
+    ):
         super().__init__(name=name)
+        # Plain Python values: the graphs hold them as constants.
+        self._limits = limits
         # The TF variables the functions read, by their Keras path, and not the Keras layers:
         # a layer tracks Keras's variable wrappers, which the saver restores in place of the
         # variables the functions capture, so TF Serving's session loader (and saved_model_cli
@@ -140,17 +147,10 @@ class EncoderServing(tf.Module):
             return tf.identity(images)
 
     def _decode_one(self, blob):
-        """One JPEG/PNG file (scalar string) -> [S, S, 3] in [-1, 1], as in training."""
-        is_png = tf.equal(tf.strings.substr(blob, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
-        check = tf.debugging.Assert(
-            tf.logical_or(tf.io.is_jpeg(blob), is_png),
-            [
-                "`image_bytes` must hold JPEG or PNG files; one starts with",
-                tf.strings.substr(blob, 0, 8),
-            ],
-        )
-        with tf.control_dependencies([check]):
-            image = data.decode_image(blob)
+        """One JPEG/PNG file (scalar string) -> [S, S, 3] in [-1, 1], as in training; the
+        header's size is checked against the limits before anything is decoded.
+        """
+        image = data.decode_image(blob, self._limits, f"`{IMAGE_BYTES}`")
         return data.preprocess_image(image, self.image_size)
 
     def _serve_image_bytes(self, image_bytes):
@@ -159,15 +159,16 @@ class EncoderServing(tf.Module):
             image_bytes, 1, message="`image_bytes` must be a string [batch] of JPEG or PNG files"
         )
         with tf.control_dependencies([check]):
-            nonempty = tf.debugging.assert_positive(
-                tf.size(image_bytes), message="`image_bytes` is an empty batch; send 1 or more"
-            )
-        with tf.control_dependencies([nonempty]):
+            count = image_limits.tf_check_count(tf.size(image_bytes), IMAGE_BYTES, self._limits)
+        with tf.control_dependencies([count]):
             image_bytes = tf.identity(image_bytes)
         s = self.image_size
+        # One image at a time: a request holds one full-size decoded image at most, so its
+        # memory is bounded by the pixel limit, not by the limit times the batch.
         x = tf.map_fn(
             self._decode_one,
             image_bytes,
             fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32),
+            parallel_iterations=1,
         )
         return self._encode_scaled(x)

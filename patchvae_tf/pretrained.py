@@ -11,17 +11,20 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from patchvae_tf.data import source
+from patchvae_tf.data import image_limits, source
 from patchvae_tf.errors import UserError
 from patchvae_tf.workdir import CONFIG_FILE
 
 _REPORT = "export_report.json"  # export/layout.py's REPORT, read without the export package
+# Where a SavedModel version holds its export's report (export/layout.py's GROUP_IN_MODEL).
+_REPORT_IN_MODEL = os.path.join("assets.extra", "export", _REPORT)
 _SAVED_MODEL = "saved_model"
 _SERVING = "serving_default"
 _CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: as the training pipeline reads files (source.to_rgb)
 EXPECTED = (
     "a batch [batch, height, width, 1 | 3 | 4] of uint8 pixels or float pixels in [0, 255], "
-    "a list (or other iterable) of such images of any sizes, or of JPEG / PNG file paths"
+    "a list (or other iterable) of such images of any sizes, of JPEG / PNG file paths or of "
+    "JPEG / PNG file contents (bytes)"
 )
 
 
@@ -48,8 +51,7 @@ def load(path: str, batch_size: int = 64) -> Pretrained:
 def _saved_model_dir(path: str) -> tuple[str, dict]:
     """(SavedModel directory, its export report) of an export dir or a version directory."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
-        report = os.path.join(path, "assets.extra", _REPORT)
-        return path, _read_json(report)
+        return path, _read_json(os.path.join(path, _REPORT_IN_MODEL))
     report = _read_json(os.path.join(path, _REPORT))
     root = os.path.join(path, _SAVED_MODEL)
     versions = (
@@ -67,7 +69,7 @@ def _saved_model_dir(path: str) -> tuple[str, dict]:
             f"patchvae_tf.load: export {path!r} has no SavedModel for version {version} "
             "(exported without saved_model in --formats?)"
         )
-    return version_dir, report or _read_json(os.path.join(version_dir, "assets.extra", _REPORT))
+    return version_dir, report or _read_json(os.path.join(version_dir, _REPORT_IN_MODEL))
 
 
 def _read_json(path: str) -> dict:
@@ -87,10 +89,14 @@ class Pretrained:
     """
 
     def __init__(self, encode_fn, image_size, outputs, *, batch_size, config=None, model=None,
-                 step=None, path="", classify_fn=None, class_names=None):  # fmt: skip
+                 step=None, path="", limits=image_limits.DEFAULT, classify_fn=None,
+                 class_names=None):  # fmt: skip
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
         self._encode_fn = encode_fn
+        # The size limits of the image signatures: encoded files are refused from their
+        # header, decoded arrays from their shape, before anything is resized.
+        self.limits = limits
         self.image_size, self.outputs, self.batch_size = image_size, outputs, batch_size
         self.config, self.model, self.step, self.path = config, model, step, path
         # A recognizer's: pixels [b, S, S, 3] in [0, 255] -> probabilities [b, classes].
@@ -107,6 +113,7 @@ class Pretrained:
             # config.json records where the run was trained; the workdir may have moved since.
             cfg = cfg.replace(train=dataclasses.replace(cfg.train, workdir=workdir))
             model, step = restore_model(cfg)
+            limits = image_limits.ImageLimits(cfg.data.max_image_pixels, cfg.data.max_image_aspect)
         except UserError as e:
             raise ValueError(str(e)) from None
         encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
@@ -120,6 +127,7 @@ class Pretrained:
             model=model,
             step=step,
             path=workdir,
+            limits=limits,
         )
 
     @classmethod
@@ -149,6 +157,9 @@ class Pretrained:
             model=model,
             step=rec.encoder_step,
             path=workdir,
+            limits=image_limits.ImageLimits(
+                rec.encoder_config.data.max_image_pixels, rec.encoder_config.data.max_image_aspect
+            ),
             classify_fn=lambda pixels: probabilities(pixels / 127.5 - 1.0),
             class_names=rec.class_names,
         )
@@ -183,6 +194,8 @@ class Pretrained:
             batch_size=batch_size,
             step=report.get("step"),
             path=saved_model,
+            # The limits the export's signatures were built with (older exports: the defaults).
+            limits=image_limits.ImageLimits.from_dict(report.get("input", {}).get("limits")),
             classify_fn=classify if names else None,
             class_names=names,
         )
@@ -204,8 +217,10 @@ class Pretrained:
 
     def _prepare(self, item, index: int) -> tf.Tensor:
         if isinstance(item, (str, os.PathLike)):
-            item = _read_file(os.fspath(item))
-        image = _check_image(item, index)
+            item = _read_file(os.fspath(item), self.limits)
+        elif isinstance(item, bytes):
+            item = _decode_bytes(item, index, self.limits)
+        image = _check_image(item, index, self.limits)
         # source.preprocess_image scales to [-1, 1]; the encoders take 0..255 pixels, as the
         # SavedModel does, so both kinds of model see the same numbers.
         unit = source.preprocess_image(source.to_rgb(tf.constant(image)), self.image_size)
@@ -219,10 +234,13 @@ class Pretrained:
         "appearance" [B, N*L] and "features".
 
         images: a NumPy array or tensor [B, H, W, C] (C = 1, 3 or 4) of uint8 pixels or
-        float pixels in [0, 255], a list of such images [H, W, C] of any sizes, or a list
-        of JPEG / PNG file paths; any iterable of those (a generator of paths, say) is read
-        batch_size at a time. Each image is resized (shorter side to S) and centre-cropped
-        as in training. Raises ValueError naming what was received and what is expected.
+        float pixels in [0, 255], a list of such images [H, W, C] of any sizes, a list of
+        JPEG / PNG file paths or of JPEG / PNG files' bytes; any iterable of those (a
+        generator of paths, say) is read batch_size at a time. Each image is resized
+        (shorter side to S) and centre-cropped as in training. Files are held to
+        ``self.limits`` from their header before they are decoded, arrays by their shape, as
+        the SavedModel's image signatures are. Raises ValueError naming what was received
+        and what is expected.
         """
         parts = [
             {k: v.numpy() for k, v in self._encode_fn(c).items()} for c in self._chunks(images)
@@ -314,8 +332,16 @@ def _items(images) -> Iterable:
     return images
 
 
-def _read_file(path: str) -> np.ndarray:
+def _read_file(path: str, limits: image_limits.ImageLimits) -> np.ndarray:
+    """A JPEG/PNG file -> uint8 [H, W, C]; its header is checked before it is read whole."""
     try:
+        image_limits.check_file(path, limits)
+    except image_limits.ImageTooLarge as e:
+        raise ValueError(f"image file {path!r}: {e}") from None
+    except (OSError, ValueError):
+        pass  # said below, with the decoder's words for it
+    try:
+        image_limits.check_file(path, limits)
         with open(path, "rb") as f:
             blob = f.read()
         return tf.io.decode_image(blob, expand_animations=False).numpy()
@@ -326,12 +352,26 @@ def _read_file(path: str) -> np.ndarray:
         ) from None
 
 
-def _check_image(image, index: int) -> np.ndarray:
+def _decode_bytes(blob: bytes, index: int, limits: image_limits.ImageLimits) -> np.ndarray:
+    try:
+        return image_limits.decode(blob, limits)
+    except image_limits.ImageTooLarge as e:
+        raise ValueError(f"image {index}: {e}") from None
+    except (tf.errors.OpError, ValueError) as e:
+        raise ValueError(
+            f"cannot read image {index} ({str(e).splitlines()[0]}); expected a JPEG or PNG"
+        ) from None
+
+
+def _check_image(image, index: int, limits: image_limits.ImageLimits) -> np.ndarray:
     """One image [H, W, C] as a NumPy array, or ValueError naming image index and the fault."""
     array = np.asarray(image.numpy() if isinstance(image, tf.Tensor) else image)
     where = f"image {index}"
     if array.ndim != 3 or array.shape[-1] not in _CHANNELS or 0 in array.shape:
         raise ValueError(f"expected {EXPECTED}; {where} has shape {array.shape}")
+    why = limits.refusal(array.shape[1], array.shape[0])
+    if why:
+        raise ValueError(f"{where}: {why}")
     if array.dtype == np.uint8:
         return array
     if not np.issubdtype(array.dtype, np.floating):

@@ -30,3 +30,9 @@ MAX_ONNX_OPSET = 18  # the newest opset tf2onnx 1.17 converts to
 BENCH_SECTIONS = ("flops", "train", "encoder", "memory", "precision", "profile")
 # profile (where the time goes, for docs/performance.md) runs only when asked for.
 DEFAULT_BENCH_SECTIONS = BENCH_SECTIONS[:-1]
+# Encoded images (patchvae_tf/data/image_limits.py): 4096 x 4096 is 75 times the pixels of
+# the largest recipe's 224 x 224 crops and above nearly every photograph in the recipes'
+# datasets; a long side past 16 times the short one would grow a strip on resizing.
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_ASPECT = 16.0
+MAX_REQUEST_IMAGES = 128

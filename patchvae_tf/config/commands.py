@@ -12,7 +12,10 @@ from patchvae_tf.config.choices import (
     DEFAULT_EXPORT_FORMATS,
     EVAL_MODES,
     EXPORT_FORMATS,
+    MAX_IMAGE_ASPECT,
+    MAX_IMAGE_PIXELS,
     MAX_ONNX_OPSET,
+    MAX_REQUEST_IMAGES,
     MIN_ONNX_OPSET,
     QUANTIZE_MODES,
 )
@@ -128,6 +131,22 @@ class ExportConfig(Checked):
     )
     force_int8: bool = option(
         False, "Write the int8 model below --int8_min_cosine (--int8_min_top1_agreement)"
+    )
+    max_image_pixels: int = option(
+        MAX_IMAGE_PIXELS,
+        "Image signatures and load().encode: refuse an image with more pixels (width x height "
+        "read from its JPEG/PNG header, before decoding)",
+        positive=True,
+    )
+    max_image_aspect: float = option(
+        MAX_IMAGE_ASPECT,
+        "Image signatures and load().encode: refuse an image whose long side is more than "
+        "this many times its short side",
+        minimum=1.0,
+        maximum=1e4,
+    )
+    max_request_images: int = option(
+        MAX_REQUEST_IMAGES, "Image signatures: refuse a request of more images", positive=True
     )
 
     def check(self) -> None:

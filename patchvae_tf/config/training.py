@@ -13,6 +13,8 @@ from patchvae_tf.config.choices import (
     ARCHS,
     ENCODERS,
     INITIALIZATIONS,
+    MAX_IMAGE_ASPECT,
+    MAX_IMAGE_PIXELS,
     NORMALIZATIONS,
     PRECISIONS,
     RESNET_SCALES,
@@ -69,6 +71,19 @@ class DataConfig(SourceFields):
     )
     shuffle_buffer: int = option(10000, "TFDS: examples shuffled together", positive=True)
     download: bool = option(False, "TFDS: download and prepare a dataset not in --data_dir")
+    max_image_pixels: int = option(
+        MAX_IMAGE_PIXELS,
+        "Folder and TFDS images: skip one with more pixels (width x height from its JPEG/PNG "
+        "header, before decoding)",
+        positive=True,
+    )
+    max_image_aspect: float = option(
+        MAX_IMAGE_ASPECT,
+        "Folder and TFDS images: skip one whose long side is more than this many times its "
+        "short side",
+        minimum=1.0,
+        maximum=1e4,
+    )
 
     def check(self) -> None:
         if self.train_split == "all_but_test" and not self.test_split_file:

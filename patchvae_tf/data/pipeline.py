@@ -9,7 +9,7 @@ import tensorflow as tf
 from absl import logging
 
 from patchvae_tf.config import DataConfig
-from patchvae_tf.data import positions, shapes
+from patchvae_tf.data import image_limits, positions, shapes
 from patchvae_tf.data.source import Source, decode_image, preprocess_image
 from patchvae_tf.data.tfds_source import tfds_source
 from patchvae_tf.errors import UserError
@@ -21,20 +21,34 @@ FOLDER_PREFIX = "folder:"
 # --- folders ----------------------------------------------------------------
 
 
-def _check_images(paths: list[str]) -> list[bool]:
-    """Which files open as images; corrupt ones are skipped rather than failing training."""
+def limits_of(cfg: DataConfig) -> image_limits.ImageLimits:
+    """The size limits training images are read under (--max_image_pixels, --max_image_aspect)."""
+    return image_limits.ImageLimits(cfg.max_image_pixels, cfg.max_image_aspect)
+
+
+def _check_images(paths: list[str], limits: image_limits.ImageLimits) -> list[str]:
+    """Why each file cannot be read ("" when it can): corrupt files and files whose header
+    is past the size limits are skipped rather than failing training. The header is checked
+    first, so PIL never sees an image too large to decode.
+    """
     from PIL import Image  # Imported here: only folder datasets need it.
 
-    def ok(path: str) -> bool:
+    def why(path: str) -> str:
+        try:
+            image_limits.check_file(path, limits)
+        except image_limits.ImageTooLarge as e:
+            return str(e)
+        except (image_limits.ImageRefused, OSError):
+            return "corrupt"
         try:
             with Image.open(path) as im:
                 im.verify()
-            return True
+            return ""
         except Exception:  # PIL raises many types for a bad file.
-            return False
+            return "corrupt"
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(ok, paths))
+        return list(pool.map(why, paths))
 
 
 def _list_class_folder(root: str) -> list[tuple[str, str]]:
@@ -99,18 +113,28 @@ def _folder_source(cfg: DataConfig, image_size: int) -> Source:
     classes = sorted({c for items in splits.values() for _, c in items})
     index = {c: i for i, c in enumerate(classes)}
     readers, sizes, skipped, labels = {}, {}, 0, {}
+    limits = limits_of(cfg)
     for split, items in splits.items():
         paths = [os.path.join(bases[split], rel) for rel, _ in items]
-        good = _check_images(paths)
-        bad = [p for p, g in zip(paths, good, strict=True) if not g]
-        if bad:
-            logging.warning("skipping %d corrupt image(s) in %s, e.g. %s", len(bad), split, bad[0])
-            print(f"skipped {len(bad)} corrupt image(s) in the {split} split, e.g. {bad[0]}")
-        skipped += len(bad)
-        kept = [(p, index[c]) for p, (_, c), g in zip(paths, items, good, strict=True) if g]
+        reasons = _check_images(paths, limits)
+        corrupt = [p for p, r in zip(paths, reasons, strict=True) if r == "corrupt"]
+        large = [(p, r) for p, r in zip(paths, reasons, strict=True) if r and r != "corrupt"]
+        if corrupt:
+            first = corrupt[0]
+            n = len(corrupt)
+            logging.warning("skipping %d corrupt image(s) in %s, e.g. %s", n, split, first)
+            print(f"skipped {len(corrupt)} corrupt image(s) in the {split} split, e.g. {first}")
+        if large:
+            print(
+                f"skipped {len(large)} image(s) in the {split} split that cannot be read within "
+                f"--max_image_pixels / --max_image_aspect, e.g. {large[0][0]}: {large[0][1]}"
+            )
+        skipped += len(corrupt) + len(large)
+        kept = [(p, index[c]) for p, (_, c), r in zip(paths, items, reasons, strict=True) if not r]
         if split == "train" and not kept:
-            raise UserError(f"image folder {root!r}: every training image is corrupt")
-        readers[split] = _folder_reader(kept, image_size)
+            what = "corrupt" if corrupt and not large else "corrupt or past the size limits"
+            raise UserError(f"image folder {root!r}: every training image is {what}")
+        readers[split] = _folder_reader(kept, image_size, limits)
         sizes[split] = len(kept)
         labels[split] = [label for _, label in kept]
     return Source(
@@ -125,7 +149,7 @@ def _folder_source(cfg: DataConfig, image_size: int) -> Source:
     )
 
 
-def _folder_reader(items: list[tuple[str, int]], image_size: int):
+def _folder_reader(items: list[tuple[str, int]], image_size: int, limits):
     paths = [p for p, _ in items]
     labels = [label for _, label in items]
 
@@ -141,7 +165,9 @@ def _folder_reader(items: list[tuple[str, int]], image_size: int):
                 ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
         def load(path, label):
-            image = decode_image(tf.io.read_file(path))
+            # The header was checked when the folder was listed; checked again here, a file
+            # replaced since then cannot slip through.
+            image = decode_image(tf.io.read_file(path), limits, "a training image")
             return {"image": preprocess_image(image, image_size), "label": label}
 
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)

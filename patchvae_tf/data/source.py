@@ -7,6 +7,7 @@ import dataclasses
 import tensorflow as tf
 
 from patchvae_tf import pixels
+from patchvae_tf.data import image_limits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,13 @@ def to_rgb(image: tf.Tensor) -> tf.Tensor:
     )
 
 
-def decode_image(data: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG bytes -> uint8 [h, w, 3]; palette, grey and RGBA become RGB."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return tf.ensure_shape(image, [None, None, 3])
+def decode_image(
+    data: tf.Tensor,
+    limits: image_limits.ImageLimits = image_limits.DEFAULT,
+    what: str = "the input",
+) -> tf.Tensor:
+    """Encoded JPEG/PNG bytes -> uint8 [h, w, 3]; palette, grey and RGBA become RGB.
+
+    Decoded only once the header's size fits limits (InvalidArgument naming size and limit).
+    """
+    return image_limits.tf_decode(data, limits, what)

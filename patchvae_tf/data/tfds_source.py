@@ -7,7 +7,7 @@ import os
 import tensorflow as tf
 
 from patchvae_tf.config import DataConfig
-from patchvae_tf.data import positions
+from patchvae_tf.data import image_limits, positions
 from patchvae_tf.data.source import Source, preprocess_image, to_rgb
 from patchvae_tf.errors import UserError
 
@@ -70,8 +70,16 @@ def tfds_source(cfg: DataConfig, image_size: int) -> Source:
                     builder, split, cfg, input_context, shuffle_seed, start
                 ).map(convert, num_parallel_calls=tf.data.AUTOTUNE)
             read_config = tfds.ReadConfig(input_context=input_context, try_autocache=False)
-            ds = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
-            return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+            ds = builder.as_dataset(
+                split=split,
+                shuffle_files=False,
+                read_config=read_config,
+                decoders={"image": tfds.decode.SkipDecoding()},
+            )
+            ds = ds.map(_checked_decoder(builder, cfg), num_parallel_calls=tf.data.AUTOTUNE)
+            return ds.ignore_errors(log_warning=True).map(
+                convert, num_parallel_calls=tf.data.AUTOTUNE
+            )
 
         return read
 
@@ -201,12 +209,26 @@ def _tfds_training_stream(builder, split, cfg, input_context, seed, start) -> tf
 
         return ds.batch(cfg.shuffle_buffer).enumerate().flat_map(permute)
 
+    stream = positions.epochs(count, seed, start, epoch)
+    # An image past the size limits is dropped, as a folder's is; the examples after it
+    # move up by one, so a resume after a dropped image is off by that many.
+    stream = stream.map(_checked_decoder(builder, cfg), num_parallel_calls=tf.data.AUTOTUNE)
+    return stream.ignore_errors(log_warning=True)
+
+
+def _checked_decoder(builder, cfg: DataConfig):
+    """A map function: an example whose image is still encoded -> decoded by TFDS, once
+    its JPEG/PNG header fits --max_image_pixels and --max_image_aspect.
+    """
     image = builder.info.features["image"]
+    limits = image_limits.ImageLimits(cfg.max_image_pixels, cfg.max_image_aspect)
 
     def decode(ex):
         ex = dict(ex)
-        ex["image"] = image.decode_example(ex["image"])
+        size = image_limits.tf_header_size(ex["image"], "a TFDS image")
+        check = image_limits.tf_check_size(size[0], size[1], limits, "a TFDS image")
+        with tf.control_dependencies([check]):
+            ex["image"] = image.decode_example(ex["image"])
         return ex
 
-    stream = positions.epochs(count, seed, start, epoch)
-    return stream.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    return decode
