@@ -72,23 +72,36 @@ class LabelledImages:
         """Optimizer steps per epoch: every image once, the last batch possibly smaller."""
         return -(-self.count // batch_size)
 
-    def epoch(self, epoch: int, batch_size: int, seed: int) -> tf.data.Dataset:
+    def epoch(self, epoch: int, batch_size: int, seed: int):
         """Epoch ``epoch``'s shuffled (and flipped) batches of (images, labels)."""
+        key = seed * 100_003 + epoch
         if self.arrays is not None:
-            ds = tf.data.Dataset.from_tensor_slices(self.arrays)
-            buffer = self.count
-        else:
-            ds = self._read()
-            buffer = min(self.count, _SHUFFLE_BUFFER)
-        ds = ds.shuffle(max(buffer, 1), seed=seed * 100_003 + epoch)
+            return self._epoch_in_memory(key, batch_size)
+        ds = self._read().shuffle(max(min(self.count, _SHUFFLE_BUFFER), 1), seed=key)
         if self.flip:
 
             def flip(i, pair):
-                key = tf.stack([tf.constant(seed * 100_003 + epoch, tf.int64), i])
-                return tf.image.stateless_random_flip_left_right(pair[0], seed=key), pair[1]
+                stateless = tf.stack([tf.constant(key, tf.int64), i])
+                return tf.image.stateless_random_flip_left_right(pair[0], seed=stateless), pair[1]
 
             ds = ds.enumerate().map(flip)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _epoch_in_memory(self, key: int, batch_size: int):
+        """The in-memory images' epoch, shuffled and flipped in NumPy from key: a few labelled
+        images make epochs of one step, where building a tf.data pipeline per epoch would
+        cost more than the step.
+        """
+        images, labels = self.arrays
+        rng = np.random.default_rng(key)
+        order = rng.permutation(self.count)
+        flips = rng.random(self.count) < 0.5 if self.flip else None
+        for start in range(0, self.count, batch_size):
+            idx = order[start : start + batch_size]
+            x = images[idx]
+            if flips is not None:
+                x = np.where(flips[idx, None, None, None], x[:, :, ::-1], x)
+            yield tf.constant(x), tf.constant(labels[idx])
 
     def batches(self, batch_size: int) -> tf.data.Dataset:
         """Every image once, in order, unflipped: for scoring."""
