@@ -71,8 +71,10 @@ def _rows(cfg: RecognitionBenchConfig) -> list[tuple[str, str, str, bool]]:
     return rows
 
 
-def run(cfg: RecognitionBenchConfig) -> dict:
-    """Trains every recognizer (in a temporary directory) and returns the results."""
+def run(cfg: RecognitionBenchConfig, on_k=None) -> dict:
+    """Trains every recognizer (in a temporary directory) and returns the results;
+    ``on_k(results so far)`` after each K.
+    """
     import contextlib
     import io
 
@@ -94,8 +96,9 @@ def run(cfg: RecognitionBenchConfig) -> dict:
     total = sum(1 if k == 0 else cfg.draws for k in cfg.labels_per_class) * len(rows)
     done = 0
     with tempfile.TemporaryDirectory(prefix="recognition-bench-") as tmp:
-        for name, workdir, inputs, random_init in rows:
-            for k in cfg.labels_per_class:
+        # K by K, every row at each: a run stopped early still compares the rows.
+        for k in cfg.labels_per_class:
+            for name, workdir, inputs, random_init in rows:
                 top1, train_examples = [], 0
                 for seed in range(1 if k == 0 else cfg.draws):
                     rcfg = RecognizerConfig(
@@ -132,12 +135,15 @@ def run(cfg: RecognitionBenchConfig) -> dict:
                         "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
                     }
                 )
+            if on_k is not None:
+                on_k(out)
     return out
 
 
 def markdown(r: dict) -> str:
     """A table: one row per encoder and input, one column per K (mean +- std over draws)."""
-    ks = r["config"]["labels_per_class"]
+    done = {row["labels_per_class"] for row in r["rows"]}
+    ks = [k for k in r["config"]["labels_per_class"] if k in done]
     names = list(dict.fromkeys(row["row"] for row in r["rows"]))
     cell = {(row["row"], row["labels_per_class"]): row for row in r["rows"]}
     head = "| test top-1 | " + " | ".join(f"K = {k}" if k else "every label" for k in ks) + " |"
@@ -165,16 +171,21 @@ def main(cfg: RecognitionBenchConfig) -> None:
     for path in filter(None, (cfg.patchvae, cfg.vae)):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise UserError(f"{path!r} is not a training workdir (no config.json)")
-    r = run(cfg)
-    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    with open(cfg.out, "w") as f:
+    r = run(cfg, on_k=lambda partial: write(cfg.out, partial))
+    print(markdown(r))
+    print(f"wrote {cfg.out}", file=sys.stderr)
+
+
+def write(out: str, r: dict) -> None:
+    """The JSON at out and its table beside it (.md): after every K, so the figures so far
+    survive a run stopped early.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(r, f, indent=2)
         f.write("\n")
-    table = markdown(r)
-    with open(os.path.splitext(cfg.out)[0] + ".md", "w") as f:
-        f.write(table)
-    print(table)
-    print(f"wrote {cfg.out}", file=sys.stderr)
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write(markdown(r))
 
 
 if __name__ == "__main__":
