@@ -273,3 +273,14 @@ def test_recognition_benchmark_rows_and_table(trained, shapes_folder, tmp_path):
     table = recognition.markdown(r)
     assert f"| PatchVAE features | {two['mean']:.3f} ± {two['std']:.3f} |" in table
     assert "every label" in table and "majority label top-1 0.333" in table
+
+
+def test_class_names_come_from_folders_and_tfds(shapes_folder, tiny_tfds):
+    from patchvae_tf import data
+    from patchvae_tf.config import DataConfig
+
+    folder = data.get_source(DataConfig(dataset=f"folder:{shapes_folder}"), 32)
+    assert folder.class_names == ("circle", "square", "triangle")
+    assert sorted(set(folder.labels["train"])) == [0, 1, 2]
+    tfds = data.get_source(DataConfig(dataset="patchvae_tiny_images", data_dir=tiny_tfds), 8)
+    assert tfds.class_names == ("0", "1", "2")  # ClassLabel(num_classes=3)'s names
