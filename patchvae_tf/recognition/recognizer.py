@@ -262,7 +262,11 @@ def train(rcfg: RecognizerConfig) -> dict:
             f"has {list(names)}: use another --workdir"
         )
     clf = build(rcfg, cfg, len(names))
-    if not resumed and not rcfg.random_init:
+    checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
+    # Before the recognizer's first checkpoint (a run killed early too), the encoder's
+    # weights come from its workdir; after it, from the recognizer's checkpoint.
+    started = os.path.isdir(checkpoints) and tf.train.latest_checkpoint(checkpoints)
+    if not started and not rcfg.random_init:
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         manager = restore_workdir(cfg, clf.model, step=step_var)
         if not manager.latest_checkpoint:
@@ -290,7 +294,6 @@ def train(rcfg: RecognizerConfig) -> dict:
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_validation_top1")
     objects = rec.objects()
-    checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
     parts = dict(objects, optimizer=opt, epoch=epoch, best=best)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(**parts), checkpoints, max_to_keep=2)
     best_manager = tf.train.CheckpointManager(
