@@ -265,8 +265,8 @@ def train(rcfg: RecognizerConfig) -> dict:
     checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
     # Before the recognizer's first checkpoint (a run killed early too), the encoder's
     # weights come from its workdir; after it, from the recognizer's checkpoint.
-    started = os.path.isdir(checkpoints) and tf.train.latest_checkpoint(checkpoints)
-    if not started and not rcfg.random_init:
+    has_checkpoint = os.path.isdir(checkpoints) and tf.train.latest_checkpoint(checkpoints)
+    if not has_checkpoint and not rcfg.random_init:
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         manager = restore_workdir(cfg, clf.model, step=step_var)
         if not manager.latest_checkpoint:
