@@ -284,3 +284,21 @@ def test_class_names_come_from_folders_and_tfds(shapes_folder, tiny_tfds):
     assert sorted(set(folder.labels["train"])) == [0, 1, 2]
     tfds = data.get_source(DataConfig(dataset="patchvae_tiny_images", data_dir=tiny_tfds), 8)
     assert tfds.class_names == ("0", "1", "2")  # ClassLabel(num_classes=3)'s names
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_from_the_encoder(recognizer, tmp_path):
+    """config.json written, no checkpoint yet: the same command trains from the encoder's
+    weights (step 300), as the first run did, to the same recognizer.
+    """
+    import dataclasses
+    import shutil
+
+    from patchvae_tf.recognition import recognizer as rec
+
+    rcfg, results = recognizer
+    again = dataclasses.replace(rcfg, workdir=str(tmp_path / "killed"))
+    os.makedirs(again.workdir)
+    shutil.copy(os.path.join(rcfg.workdir, "config.json"), again.workdir)
+    rerun = rec.train(again)
+    assert rerun["encoder_step"] == 300
+    assert rerun["test"]["top1"] == pytest.approx(results["test"]["top1"], abs=0.02)
