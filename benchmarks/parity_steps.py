@@ -331,7 +331,7 @@ def compare_classifier(ref, pcfg, tmp: str, head: str = "flatten") -> dict:
     )
     with precision.policy_scope("float64" if float64 else "none"):
         model = precision.build_model_in_policy(m, "float64" if float64 else "none")
-        clf = finetune.Classifier(model, ecfg, pcfg.num_classes, frozen=0)
+        clf = finetune.classifier(model, ecfg, pcfg.num_classes, frozen=0)
     spec = {
         "image_size": m.image_size,
         "num_parts": m.num_parts,

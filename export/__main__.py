@@ -1,4 +1,6 @@
-"""Exports a trained encoder: python -m export --workdir=W --export_dir=E [--quantize=int8]."""
+"""Exports a trained encoder (a train.py workdir) or recognizer (a train_classifier.py workdir):
+python -m export --workdir=W --export_dir=E [--quantize=int8].
+"""
 
 import sys
 
@@ -11,15 +13,22 @@ def main(cfg: ExportConfig) -> None:
 
         layout.check_target(cfg.export_dir, cfg.version)
     # TensorFlow: after the flags are good.
-    from export import exporter, litert_export, onnx_export, parity
+    from export import exporter, litert_export, onnx_export, parity, recognizer_export
+    from patchvae_tf.recognition import recognizer
 
+    # A train_classifier.py workdir exports its recognizer; a train.py one, its encoder.
+    stage = recognizer_export if recognizer.is_recognizer(cfg.workdir) else exporter
     try:
-        rep = exporter.export(cfg)
+        rep = stage.export(cfg)
     except (parity.ParityError, onnx_export.OnnxCheckError, litert_export.LiteRTCheckError) as e:
         print(f"error: export check failed, nothing written: {e}", file=sys.stderr)
         sys.exit(1)
-    print(exporter.summary(cfg, rep))
-    for key, name in (("int8", "int8"), ("litert_int8", "LiteRT int8")):
+    print(stage.summary(cfg, rep))
+    for key, name in (
+        ("int8", "int8"),
+        ("litert_int8", "LiteRT int8"),
+        ("onnx_int8", "ONNX int8"),
+    ):
         if rep.get(key, {}).get("refused"):
             print(f"warning: {name} model not written: {rep[key]['refused']}", file=sys.stderr)
 

@@ -191,3 +191,103 @@ def _limits(rep: dict) -> str:
         f"{lim['max_aspect']:g} times the short one, {lim['max_images']} per request, "
         "checked from the file header before decoding"
     )
+
+
+RECOGNIZER_NOT_FOR = (
+    "Not checked beyond the classes and data it was trained on: an image of none of its "
+    "classes still gets one of their names, with a probability that does not say so.",
+    "Not for decisions about people: the recipes here were trained and measured on shapes, "
+    "object and scene benchmarks only, with no audit of bias.",
+)
+
+
+def recognizer_card(rep: dict) -> dict:
+    """A recognizer's model card fields from its export report."""
+    r, test = rep["recognizer"], rep["test"]
+    size = rep["model"]["image_size"]
+    labels = "every labelled training image"
+    if r["labels_per_class"]:
+        labels = f"{r['labels_per_class']} labelled training images per class"
+    frozen = "none: the encoder frozen"
+    if r["frozen_stages"] < r["encoder_stages"]:
+        frozen = f"the encoder's stages after the first {r['frozen_stages']} finetuned"
+    return {
+        "model": (
+            f"recognizer of {len(rep['class_names'])} classes: {r['head']} head on the "
+            f"{r['input']} of a {rep['model']['arch']} encoder ({rep['model']['encoder']})"
+        ),
+        "training": {
+            "dataset": r["dataset"],
+            "labels": labels,
+            "encoder": f"{rep['encoder']['workdir']} at step {rep['encoder']['step']}",
+            "finetuning": frozen,
+            "checkpoint": rep["checkpoint"],
+        },
+        "classes": rep["class_names"],
+        "evaluation": {
+            "test images": f"{test['images']} of {test['of']}",
+            "Keras test top-1": test["keras_top1"],
+            **(
+                {
+                    "test top-5": test["training_results"]["top5"],
+                    "majority label top-1": test["training_results"]["majority_top1"],
+                    "per-class top-1": test["training_results"]["per_class_top1"],
+                }
+                if test.get("training_results")
+                else {}
+            ),
+        },
+        "agreement": rep["agreement"],
+        "int8": {k: rep[k] for k in ("onnx_int8", "litert_int8") if k in rep},
+        "inputs": {
+            **rep["input"],
+        },
+        "outputs": {
+            "serving_default, serve_image_bytes": (
+                "probabilities [batch, classes]; classes [batch, k] (int64, best first); "
+                "class_names [batch, k]; features [batch, D] (the encoder's pooled features)"
+            ),
+            "classification (TF Serving Classify)": "classes [batch, classes] (names), scores",
+            "ONNX, LiteRT": (
+                "probabilities [batch, classes]; the names in the ONNX metadata "
+                "(class_names) and litert/labels.txt"
+            ),
+        },
+        "image_size": size,
+        "use": [
+            'Python: `patchvae_tf.load("EXPORT_DIR").classify(images)` (docs/recognition.md)',
+            "TF Serving: `--model_base_path=EXPORT_DIR/saved_model`, Predict or Classify",
+            f"ONNX Runtime: `onnx/recognizer.onnx`, input `images` float32 [batch, {size}, "
+            f"{size}, 3] 0..255",
+            "LiteRT: `litert/recognizer.tflite` with `litert/labels.txt`",
+        ],
+        "not_for": list(RECOGNIZER_NOT_FOR),
+    }
+
+
+def recognizer_markdown(fields: dict) -> str:
+    """MODEL_CARD.md of a recognizer from recognizer_card's fields."""
+    lines = [f"# Model card: {fields['model']}", "", "## Training", ""]
+    lines += [f"- {k}: {v}" for k, v in fields["training"].items()]
+    lines += [f"- classes: {', '.join(fields['classes'])}", "", "## Evaluation", ""]
+    lines += [f"- {k}: {_number(v)}" for k, v in fields["evaluation"].items()]
+    lines += ["", "## Agreement of the exported files with Keras, on the test images", ""]
+    for name, a in fields["agreement"].items():
+        lines.append(
+            f"- {name}: top-1 agreement {a['top1_agreement']:.4f}, max probability difference "
+            f"{a['max_abs_probability']:.2e}, test top-1 {a['test_top1']:.4f}"
+        )
+    for name, e in fields["int8"].items():
+        state = "written" if e["written"] else "not written"
+        lines.append(
+            f"- {name}: top-1 agreement with float32 {e['top1_agreement_with_float32']:.4f}, "
+            f"test top-1 {e['test_top1']:.4f}, {state}"
+        )
+    lines += ["", "## Inputs and outputs", ""]
+    lines += [f"- input `{k}`: {v}" for k, v in fields["inputs"].items()]
+    lines += [f"- {k}: {v}" for k, v in fields["outputs"].items()]
+    lines += ["", "## Use", ""]
+    lines += [f"- {line}" for line in fields["use"]]
+    lines += ["", "## Not for", ""]
+    lines += [f"- {line}" for line in fields["not_for"]]
+    return "\n".join(lines) + "\n"

@@ -41,12 +41,38 @@ def write_warmup(saved_model_dir: str, model_name: str, pixels: np.ndarray) -> l
         (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:1]),
         (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:big]),
     ]
+    return write_requests(saved_model_dir, model_name, requests)
+
+
+def _classify_log(model_name: str, signature: str, examples: list[bytes]):
+    from tensorflow_serving.apis import classification_pb2, prediction_log_pb2
+
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = signature
+    for blob in examples:
+        request.input.example_list.examples.add().ParseFromString(blob)
+    return prediction_log_pb2.PredictionLog(
+        classify_log=prediction_log_pb2.ClassifyLog(request=request)
+    )
+
+
+def write_requests(saved_model_dir: str, model_name: str, requests: list) -> list[dict]:
+    """Writes (signature, input name, value) Predict requests, and Classify requests where
+    the input name is None (value: serialized tf.Examples), as the warmup file.
+    """
     path = os.path.join(saved_model_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for signature, name, value in requests:
-            writer.write(_predict_log(model_name, signature, name, value).SerializeToString())
-    return [{"signature": s, "input": n, "batch": int(len(v))} for s, n, v in requests]
+            if name is None:
+                log = _classify_log(model_name, signature, list(value))
+            else:
+                log = _predict_log(model_name, signature, name, value)
+            writer.write(log.SerializeToString())
+    return [
+        {"signature": s, "input": n or "tf.Example", "batch": int(len(v))} for s, n, v in requests
+    ]
 
 
 def replay_warmup(saved_model_dir: str, loaded) -> int:
@@ -59,8 +85,13 @@ def replay_warmup(saved_model_dir: str, loaded) -> int:
     count = 0
     for raw in tf.data.TFRecordDataset(os.path.join(saved_model_dir, WARMUP_FILE)):
         log = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
-        request = log.predict_log.request
-        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        if log.HasField("classify_log"):
+            request = log.classify_log.request
+            blobs = [ex.SerializeToString() for ex in request.input.example_list.examples]
+            inputs = {"inputs": tf.constant(blobs)}
+        else:
+            request = log.predict_log.request
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         loaded.signatures[request.model_spec.signature_name](**inputs)
         count += 1
     return count

@@ -1,8 +1,10 @@
-"""The train and evaluate commands: train.py, evaluate.py and the installed console scripts."""
+"""The train, evaluate and train_classifier commands: the scripts and the installed console
+scripts.
+"""
 
 from __future__ import annotations
 
-from patchvae_tf.config import Config, EvalConfig, cli
+from patchvae_tf.config import Config, EvalConfig, RecognizerConfig, cli
 
 
 def train(cfg: Config) -> None:
@@ -29,6 +31,13 @@ def evaluate(ecfg: EvalConfig) -> None:
     print(evaluation.summary_line(evaluation.evaluate(ecfg)))
 
 
+def train_classifier(rcfg: RecognizerConfig) -> None:
+    """Trains (or resumes) a recognizer on a trained encoder."""
+    from patchvae_tf.recognition import recognizer  # imports TensorFlow: flags are good
+
+    print(recognizer.summary_line(recognizer.train(rcfg)))
+
+
 def train_script() -> None:
     """Console script patchvae-train: python train.py's flags and behaviour."""
     cli.run(train, Config)
@@ -37,3 +46,8 @@ def train_script() -> None:
 def evaluate_script() -> None:
     """Console script patchvae-evaluate: python evaluate.py's flags and behaviour."""
     cli.run(evaluate, EvalConfig)
+
+
+def train_classifier_script() -> None:
+    """Console script patchvae-train-classifier: python train_classifier.py's flags."""
+    cli.run(train_classifier, RecognizerConfig)

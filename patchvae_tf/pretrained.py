@@ -40,6 +40,10 @@ def load(path: str, batch_size: int = 64) -> Pretrained:
     if not os.path.isdir(path):
         raise ValueError(f"patchvae_tf.load: {path!r} is not a directory")
     if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        from patchvae_tf.recognition import recognizer
+
+        if recognizer.is_recognizer(path):
+            return Pretrained.from_recognizer(path, batch_size)
         return Pretrained.from_workdir(path, batch_size)
     return Pretrained.from_export(path, batch_size)
 
@@ -85,7 +89,8 @@ class Pretrained:
     """
 
     def __init__(self, encode_fn, image_size, outputs, *, batch_size, config=None, model=None,
-                 step=None, path="", limits=image_limits.DEFAULT):  # fmt: skip
+                 step=None, path="", limits=image_limits.DEFAULT, classify_fn=None,
+                 class_names=None):  # fmt: skip
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"`batch_size` must be a positive integer. Received: {batch_size!r}")
         self._encode_fn = encode_fn
@@ -94,6 +99,9 @@ class Pretrained:
         self.limits = limits
         self.image_size, self.outputs, self.batch_size = image_size, outputs, batch_size
         self.config, self.model, self.step, self.path = config, model, step, path
+        # A recognizer's: pixels [b, S, S, 3] in [0, 255] -> probabilities [b, classes].
+        self._classify_fn = classify_fn
+        self.class_names = None if class_names is None else tuple(class_names)
 
     @classmethod
     def from_workdir(cls, workdir: str, batch_size: int = 64) -> Pretrained:
@@ -123,6 +131,40 @@ class Pretrained:
         )
 
     @classmethod
+    def from_recognizer(cls, workdir: str, batch_size: int = 64) -> Pretrained:
+        """A train_classifier.py workdir: classify with its classifier, encode with its
+        (possibly finetuned) encoder.
+        """
+        from patchvae_tf.recognition import recognizer
+
+        try:
+            rec = recognizer.restore(workdir)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        clf = rec.classifier
+        model = clf.model
+        encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
+        probabilities = tf.function(
+            lambda x: clf.outputs(x)["probabilities"], reduce_retracing=True
+        )
+        outputs = {k: [None, *v.shape[1:]] for k, v in encode(_blank(model.image_size)).items()}
+        return cls(
+            lambda pixels: encode(pixels / 127.5 - 1.0),
+            model.image_size,
+            outputs,
+            batch_size=batch_size,
+            config=rec.encoder_config,
+            model=model,
+            step=rec.encoder_step,
+            path=workdir,
+            limits=image_limits.ImageLimits(
+                rec.encoder_config.data.max_image_pixels, rec.encoder_config.data.max_image_aspect
+            ),
+            classify_fn=lambda pixels: probabilities(pixels / 127.5 - 1.0),
+            class_names=rec.class_names,
+        )
+
+    @classmethod
     def from_export(cls, export_dir: str, batch_size: int = 64) -> Pretrained:
         saved_model, report = _saved_model_dir(export_dir)
         loaded = tf.saved_model.load(saved_model)
@@ -134,8 +176,16 @@ class Pretrained:
             )
         outputs = {k: [None, *v.shape[1:]] for k, v in serve(images=_blank(size)).items()}
 
+        names = report.get("class_names") if report.get("kind") == "recognizer" else None
+        if names:  # a recognizer's serving_default: its encoder gives only the features
+            outputs = {"features": outputs["features"]}
+
         def encode(pixels):
-            return serve(images=pixels)
+            out = serve(images=pixels)
+            return {k: out[k] for k in outputs}
+
+        def classify(pixels):
+            return serve(images=pixels)["probabilities"]
 
         pretrained = cls(
             encode,
@@ -146,6 +196,8 @@ class Pretrained:
             path=saved_model,
             # The limits the export's signatures were built with (older exports: the defaults).
             limits=image_limits.ImageLimits.from_dict(report.get("input", {}).get("limits")),
+            classify_fn=classify if names else None,
+            class_names=names,
         )
         pretrained._loaded = loaded  # the signature's variables live as long as the module
         return pretrained
@@ -195,6 +247,24 @@ class Pretrained:
         ]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+    def classify(self, images) -> dict[str, np.ndarray]:
+        """Images (as ``encode`` takes them) -> {"class_names" [B] (str), "classes" [B] (int64
+        indices into ``class_names``), "probabilities" [B, classes] (float32)} of a recognizer
+        (a train_classifier.py workdir or its export). Raises ValueError as ``encode`` does,
+        and for a model that is not a recognizer.
+        """
+        if self._classify_fn is None:
+            raise ValueError(
+                f"classify needs a recognizer: {self.path!r} is an encoder; train one with "
+                "train_classifier.py and load its workdir or its export"
+            )
+        probabilities = np.concatenate(
+            [np.asarray(self._classify_fn(c), np.float32) for c in self._chunks(images)]
+        )
+        classes = np.argmax(probabilities, axis=1).astype(np.int64)
+        names = np.array(self.class_names, dtype=object)[classes].astype(str)
+        return {"class_names": names, "classes": classes, "probabilities": probabilities}
+
     def _workdir_model(self, what: str):
         if self.model is None:
             raise ValueError(
@@ -234,6 +304,8 @@ class Pretrained:
 
     def __repr__(self) -> str:
         kind = "workdir" if self.model is not None else "export"
+        if self.class_names is not None:
+            kind = f"recognizer {kind} of {len(self.class_names)} classes"
         return f"Pretrained({kind} {self.path!r}, image_size={self.image_size}, step={self.step})"
 
 

@@ -118,3 +118,60 @@ def tiny_tfds(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     PatchvaeTinyImages(data_dir=data_dir).download_and_prepare()
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def shapes_folder(tmp_path_factory):
+    """A labelled image folder the tests write: 100 training and 50 test PNGs per class of
+    textured shapes labelled by the largest one, in circle/, square/ and triangle/ (balanced:
+    the majority label scores 1/3). Returns its path.
+    """
+    from patchvae_tf.data.shapes_folder import write_folder
+
+    root = str(tmp_path_factory.mktemp("labelled") / "shapes")
+    write_folder(root, 100, 50, seed=7, texture=True, label="largest")
+    return root
+
+
+@pytest.fixture(scope="session")
+def recognizer(trained, shapes_folder, tmp_path_factory):
+    """(RecognizerConfig, results) of a recognizer trained on the tiny PatchVAE from 20 labels
+    per class of shapes_folder (a linear head on its standardised features), a fifth of them
+    held out to pick the best epoch. Shared by the recognition tests.
+    """
+    from patchvae_tf.config import RecognizerConfig
+    from patchvae_tf.recognition import recognizer as rec
+
+    cfg, _ = trained
+    rcfg = RecognizerConfig(
+        encoder_workdir=cfg.train.workdir,
+        workdir=str(tmp_path_factory.mktemp("recognizer") / "workdir"),
+        dataset=f"folder:{shapes_folder}",
+        labels_per_class=20,
+        validation_share=0.2,
+        classifier_head="linear",
+        epochs=40,
+        lr_step_epochs=20,
+        learning_rate=0.05,
+        checkpoint_every=20,
+    )
+    return rcfg, rec.train(rcfg)
+
+
+@pytest.fixture(scope="session")
+def recognizer_export(recognizer, tmp_path_factory):
+    """(ExportConfig, report) of the session recognizer's export: SavedModel, ONNX and LiteRT,
+    each with its int8 model.
+    """
+    from export import recognizer_export as rx
+    from patchvae_tf.config import ExportConfig
+
+    rcfg, _ = recognizer
+    ecfg = ExportConfig(
+        workdir=rcfg.workdir,
+        export_dir=str(tmp_path_factory.mktemp("recognizer_export") / "recognizer"),
+        formats=("saved_model", "onnx", "litert"),
+        quantize="int8",
+        calibration_images=32,
+    )
+    return ecfg, rx.export(ecfg)

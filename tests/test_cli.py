@@ -29,6 +29,7 @@ else:
     [
         ("train.py", "--num_parts=0"),
         ("evaluate.py", "--mode=nope"),
+        ("train_classifier.py", "--labels_per_class=-1"),
         ("export", "--quantize=int3"),
         ("benchmarks", "--no_such_flag=1"),
     ],

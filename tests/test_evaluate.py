@@ -295,12 +295,12 @@ def test_classifier_head_reads_flattened_or_pooled_features(trained, head):
     """
     import tensorflow as tf
 
-    from patchvae_tf.evaluation.finetune import Classifier
+    from patchvae_tf.evaluation.finetune import classifier
     from patchvae_tf.model import models
 
     cfg, _ = trained
     model = models.build_model(cfg.model)
-    clf = Classifier(model, EvalConfig(classifier_head=head), num_classes=5, frozen=0)
+    clf = classifier(model, EvalConfig(classifier_head=head), num_classes=5, frozen=0)
     x = tf.random.stateless_uniform([3, 32, 32, 3], seed=[1, 2], minval=-1.0, maxval=1.0)
     f = model.features(x, training=False)[0].numpy()
     h = f.mean(axis=(1, 2)) if head == "pool" else f.reshape(3, -1)
@@ -551,14 +551,14 @@ def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_
 def test_finetuning_trains_every_conv_after_the_frozen_stages_and_no_batch_norm_scale():
     import tensorflow as tf
 
-    from patchvae_tf.evaluation import finetune
     from patchvae_tf.model import networks
+    from patchvae_tf.recognition import trainable
 
     encoder = networks.make_encoder("resnet", 8)
     encoder(tf.zeros([1, 32, 32, 3]))
     # ResNet-18 to 1/8: the stem's conv, then two blocks of two convs, the second stage's
     # first block with its 1x1 projection.
-    counts = [len(finetune._trainable(encoder.stages, k)) for k in range(3)]
+    counts = [len(trainable(encoder.stages, k)) for k in range(3)]
     assert counts == [1 + 4 + 5, 4 + 5, 5]
-    names = [v.path for v in finetune._trainable(encoder.stages, 0)]
+    names = [v.path for v in trainable(encoder.stages, 0)]
     assert all(n.endswith("/kernel") for n in names), names

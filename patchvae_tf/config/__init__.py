@@ -7,6 +7,7 @@ from patchvae_tf.config.choices import (
     ARCHS,
     BENCH_SECTIONS,
     CLASSIFIER_HEADS,
+    CLASSIFIER_INPUTS,
     DEFAULT_BENCH_SECTIONS,
     DEFAULT_EXPORT_FORMATS,
     ENCODERS,
@@ -20,6 +21,7 @@ from patchvae_tf.config.choices import (
     NORMALIZATIONS,
     PRECISIONS,
     QUANTIZE_MODES,
+    RECOGNIZER_HEADS,
     RESNET_SCALES,
     SHAPES_LABELS,
     STRATEGIES,
@@ -31,6 +33,7 @@ from patchvae_tf.config.commands import (
     EvalConfig,
     ExportConfig,
 )
+from patchvae_tf.config.recognition import RecognizerConfig
 from patchvae_tf.config.training import (
     TRAIN_SECTIONS,
     Config,
@@ -48,6 +51,7 @@ __all__ = [
     "BENCH_SECTIONS",
     "BenchConfig",
     "CLASSIFIER_HEADS",
+    "CLASSIFIER_INPUTS",
     "Config",
     "DEFAULT_BENCH_SECTIONS",
     "DEFAULT_EXPORT_FORMATS",
@@ -67,6 +71,8 @@ __all__ = [
     "NORMALIZATIONS",
     "PRECISIONS",
     "QUANTIZE_MODES",
+    "RECOGNIZER_HEADS",
+    "RecognizerConfig",
     "RESNET_SCALES",
     "SHAPES_LABELS",
     "STRATEGIES",

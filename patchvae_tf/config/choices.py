@@ -19,6 +19,11 @@ TEXTURE_CONTRAST = 0.65
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 CLASSIFIER_HEADS = ("flatten", "pool")
+# A recognizer's head: the authors' classifier (flatten or pool), or one dense layer on the
+# pooled input (linear).
+RECOGNIZER_HEADS = (*CLASSIFIER_HEADS, "linear")
+# What a recognizer's head reads: pooled encoder features or PatchVAE's part codes.
+CLASSIFIER_INPUTS = ("features", "codes")
 EVAL_MODES = ("all", "probe", "finetune", "parts", "visualize")
 # keras: encoder.keras, the deterministic encoder for keras.saving.load_model.
 EXPORT_FORMATS = ("saved_model", "onnx", "keras", "litert")

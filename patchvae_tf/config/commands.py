@@ -140,7 +140,16 @@ class ExportConfig(Checked):
     int8_min_cosine: float = option(
         0.99, "Refuse int8 features below this mean cosine to float32", minimum=-1.0, maximum=1.0
     )
-    force_int8: bool = option(False, "Write the int8 model below --int8_min_cosine")
+    int8_min_top1_agreement: float = option(
+        0.98,
+        "Recognizers: refuse an int8 model whose top-1 class agrees with float32's on a "
+        "smaller share of the test images",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    force_int8: bool = option(
+        False, "Write the int8 model below --int8_min_cosine (--int8_min_top1_agreement)"
+    )
     max_image_pixels: int = option(
         MAX_IMAGE_PIXELS,
         "Image signatures and load().encode: refuse an image with more pixels (width x height "

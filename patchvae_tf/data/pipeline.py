@@ -112,7 +112,7 @@ def _folder_source(cfg: DataConfig, image_size: int) -> Source:
         raise UserError(f"image folder {root!r} holds no JPEG or PNG training images")
     classes = sorted({c for items in splits.values() for _, c in items})
     index = {c: i for i, c in enumerate(classes)}
-    readers, sizes, skipped = {}, {}, 0
+    readers, sizes, skipped, labels = {}, {}, 0, {}
     limits = limits_of(cfg)
     for split, items in splits.items():
         paths = [os.path.join(bases[split], rel) for rel, _ in items]
@@ -136,7 +136,17 @@ def _folder_source(cfg: DataConfig, image_size: int) -> Source:
             raise UserError(f"image folder {root!r}: every training image is {what}")
         readers[split] = _folder_reader(kept, image_size, limits)
         sizes[split] = len(kept)
-    return Source(cfg.dataset, len(classes), False, readers, sizes, skipped)
+        labels[split] = [label for _, label in kept]
+    return Source(
+        cfg.dataset,
+        len(classes),
+        False,
+        readers,
+        sizes,
+        skipped,
+        class_names=tuple(classes),
+        labels=labels,
+    )
 
 
 def _folder_reader(items: list[tuple[str, int]], image_size: int, limits):
@@ -190,7 +200,15 @@ def _shapes_source(cfg: DataConfig, image_size: int, seed: int) -> Source:
 
         return read
 
-    return Source("shapes", len(shapes.CLASSES), True, {s: reader(s) for s in sizes}, sizes)
+    names = shapes.CLASSES if cfg.shapes_label == "largest" else shapes.KIND_NAMES
+    return Source(
+        "shapes",
+        len(shapes.CLASSES),
+        True,
+        {s: reader(s) for s in sizes},
+        sizes,
+        class_names=tuple(names),
+    )
 
 
 def get_source(cfg: DataConfig, image_size: int, seed: int = 0) -> Source:

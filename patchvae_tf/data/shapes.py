@@ -8,6 +8,8 @@ from patchvae_tf.config import TEXTURE_CONTRAST
 from patchvae_tf.data import positions
 
 CLASSES = ("circle", "triangle", "square")
+# The names of --shapes_label=kinds's labels 0 to 2.
+KIND_NAMES = ("one_kind", "two_kinds", "three_kinds")
 # A kind counts as shown when its visible pixels cover at least this share of the image:
 # slivers left by occlusion are too small for any encoder to see.
 KIND_MIN_SHARE = 0.01

@@ -23,6 +23,11 @@ class Source:
     skipped: int = 0
     # Why the test split cannot score recognition (its labels are missing), or "".
     unlabelled: str = ""
+    # The name of each label (folder names, TFDS's label names), or () when unknown.
+    class_names: tuple[str, ...] = ()
+    # split -> every label of the split in reader order, where known without decoding
+    # (folders); a recognizer drawing K images per class reads the others' once.
+    labels: dict = dataclasses.field(default_factory=dict)
 
 
 def preprocess_image(image: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -94,6 +94,7 @@ def tfds_source(cfg: DataConfig, image_size: int) -> Source:
         {"train": reader("train"), "test": reader(test_split)},
         sizes,
         unlabelled=unlabelled,
+        class_names=tuple(getattr(label, "names", None) or ()),
     )
 
 

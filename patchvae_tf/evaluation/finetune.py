@@ -1,18 +1,20 @@
-"""Recognition by finetuning a classifier on the encoder, the authors' classifier.py."""
+"""Recognition by finetuning a classifier on the encoder at each freeze depth, the authors'
+classifier.py, through the recognizer's classifier and training loop (patchvae_tf.recognition).
+"""
 
 from __future__ import annotations
 
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from patchvae_tf import data
 from patchvae_tf.config import EvalConfig
-from patchvae_tf.evaluation.probes import WEIGHT_DECAY, topk_accuracy
 from patchvae_tf.evaluation.setup import Setup, batches, duration, progbar, restore_model
 from patchvae_tf.model import models
+from patchvae_tf.recognition import fit
+from patchvae_tf.recognition.classifier import Classifier
+from patchvae_tf.recognition.fit import topk_accuracy
 
 
 def _freeze_depths(ecfg: EvalConfig, num_stages: int) -> list[int]:
@@ -22,123 +24,43 @@ def _freeze_depths(ecfg: EvalConfig, num_stages: int) -> list[int]:
     return list(dict.fromkeys(num_stages if k < 0 else k for k in ecfg.freeze_stages))
 
 
-def _trainable(stages, frozen: int) -> list:
-    """Variables the classifier trains in the encoder: those of the stages after the first
-    ``frozen``, without BatchNorm's scale and offset, which the authors never train
-    (set_bn_fix); BatchNorm statistics still follow the batches in every stage.
+def classifier(model, ecfg: EvalConfig, num_classes: int, frozen: int) -> Classifier:
+    """The authors' classifier.py (recognition.Classifier) on ``model``'s phi(x) with the first
+    ``frozen`` stages fixed and --classifier_head's reduction. As under PyTorch's
+    model.train(), BatchNorm normalises with batch statistics and updates its moving
+    averages in frozen stages too.
     """
-    out = []
-    for stage in stages[frozen:]:
-        # TrackableView walks every object a stage holds (TF's public checkpoint graph), so
-        # nested blocks' BatchNorms are found without Keras's private layer walk.
-        batch_norms = [
-            obj
-            for obj in tf.train.TrackableView(stage).descendants()
-            if isinstance(obj, keras.layers.BatchNormalization)
-        ]
-        fixed = {id(v) for bn in batch_norms for v in bn.trainable_variables}
-        out += [v for v in stage.trainable_variables if id(v) not in fixed]
-    return out
-
-
-class Classifier:
-    """The authors' classifier.py on ``model``'s phi(x) with the first ``frozen`` stages fixed.
-
-    head flatten: flatten -> dropout -> dense 512 -> ReLU -> dense classes (normal(0, 0.01)
-    weights, zero biases); pool: the same on phi(x) averaged over its grid (their
-    ``--arch=resnet18``, which their README's ImageNet command ends up running). ``step``:
-    SGD with momentum 0.9 and weight decay 1e-4 added to the gradient (PyTorch's coupled
-    form). As under PyTorch's model.train(), BatchNorm normalises with batch statistics and
-    updates its moving averages in frozen stages too.
-    """
-
-    def __init__(self, model, ecfg: EvalConfig, num_classes: int, frozen: int):
-        init = dict(
-            kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01, seed=ecfg.seed),
-            bias_initializer="zeros",
-        )
-        reduce = (
-            keras.layers.GlobalAveragePooling2D()
-            if ecfg.classifier_head == "pool"
-            else keras.layers.Flatten()
-        )
-        self.model = model
-        self.head = keras.Sequential(
-            [
-                reduce,
-                keras.layers.Dropout(ecfg.dropout, seed=ecfg.seed),
-                keras.layers.Dense(512, **init),
-                keras.layers.ReLU(),
-                keras.layers.Dense(num_classes, **init),
-            ],
-            name="classifier",
-        )
-        size = model.image_size
-        self.logits(tf.zeros([1, size, size, 3]), False)
-        self.variables = self.head.trainable_variables + _trainable(model.encoder.stages, frozen)
-
-    def logits(self, x, training, dropout_mask=None):
-        """Logits [B, classes] of images [B, H, W, 3]."""
-        return self._forward(x, training, dropout_mask)[1]
-
-    def _forward(self, x, training, dropout_mask=None):
-        """phi(x) [B, h, w, D] and the logits; dropout_mask (0 or 1 / (1 - rate), [B, the
-        head's inputs]) in place of the dropout layer's own draw.
-        """
-        f = self.model.features(x, training=training)[0]
-        if dropout_mask is None:
-            return f, self.head(f, training=training)
-        reduce, _, *rest = self.head.layers
-        h = reduce(f) * dropout_mask
-        for layer in rest:
-            h = layer(h)
-        return f, h
-
-    def step(self, optimizer, images, labels, dropout_mask=None):
-        """One SGD step; returns the cross-entropy (before the step), phi(x), the logits and
-        the gradients of ``variables``.
-        """
-        with tf.GradientTape() as tape:
-            features, logits = self._forward(images, True, dropout_mask)
-            ce = tf.reduce_mean(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-            )
-            # Weight decay in the loss: its gradient wd * w is what PyTorch's SGD adds.
-            decay = 0.5 * WEIGHT_DECAY * tf.add_n([tf.reduce_sum(v * v) for v in self.variables])
-            total = ce + decay
-        grads = tape.gradient(total, self.variables)
-        optimizer.apply_gradients(zip(grads, self.variables, strict=True))
-        return ce, features, logits, grads
+    return Classifier(
+        model,
+        num_classes,
+        frozen,
+        head=ecfg.classifier_head,
+        dropout=ecfg.dropout,
+        seed=ecfg.seed,
+    )
 
 
 def _classifier(model, setup: Setup, ecfg: EvalConfig, frozen: int):
-    """(train_step(images, labels) -> cross-entropy, logits(images, training)) of the
-    Classifier on ``model`` with the first ``frozen`` stages fixed, its SGD rate divided by
-    10 every --finetune_lr_step_epochs epochs.
+    """(Classifier, its SGD optimizer with the rate divided by 10 every
+    --finetune_lr_step_epochs epochs) on ``model`` with the first ``frozen`` stages fixed.
     """
-    source = setup.source
-    clf = Classifier(model, ecfg, source.num_classes, frozen)
-    _, _, steps_per_epoch = _epochs(source, ecfg)
-    schedule = finetune_schedule(
+    clf = classifier(model, ecfg, setup.source.num_classes, frozen)
+    _, _, steps_per_epoch = _epochs(setup.source, ecfg)
+    optimizer = fit.optimizer(
         ecfg.finetune_learning_rate,
         ecfg.finetune_epochs,
         ecfg.finetune_lr_step_epochs,
         steps_per_epoch,
     )
-    optimizer = keras.optimizers.SGD(schedule, momentum=0.9)
-
-    @tf.function
-    def train_step(images, labels):
-        return clf.step(optimizer, images, labels)[0]
-
-    return train_step, clf.logits
+    return clf, optimizer
 
 
 def step_seconds(setup: Setup, ecfg: EvalConfig) -> float:
     """Seconds of one finetuning step (nothing frozen) at its batch size, timed on a fresh
     model: the evaluated one's weights and BatchNorm statistics stay as they are.
     """
-    train_step, _ = _classifier(models.build_model(setup.cfg.model), setup, ecfg, 0)
+    clf, optimizer = _classifier(models.build_model(setup.cfg.model), setup, ecfg, 0)
+    train_step = tf.function(lambda x, y: clf.step(optimizer, x, y)[0])
     _, batch_size, _ = _epochs(setup.source, ecfg)
     size = setup.cfg.model.image_size
     images, labels = tf.zeros([batch_size, size, size, 3]), tf.zeros([batch_size], tf.int32)
@@ -151,34 +73,29 @@ def step_seconds(setup: Setup, ecfg: EvalConfig) -> float:
 
 
 def _finetune_once(model, setup: Setup, ecfg: EvalConfig, frozen: int, title: str = "") -> dict:
-    """The authors' classifier.py on ``model``'s phi(x) with the first ``frozen`` stages fixed
-    (_classifier). An epoch is one pass over the labelled training split. As under PyTorch's
-    model.train(), BatchNorm normalises with batch statistics and updates its moving
-    averages in frozen stages too.
+    """The authors' classifier.py on ``model``'s phi(x) with the first ``frozen`` stages fixed,
+    trained by recognition's one loop (train_classifier.py's): an epoch is one pass over the
+    labelled training split, shuffled per epoch.
     """
     cfg, source = setup.cfg, setup.source
-    train_step, logits_of = _classifier(model, setup, ecfg, frozen)
-    _, batch_size, steps_per_epoch = _epochs(source, ecfg)
-    flip = cfg.data.random_flip
-    ds = data.input_dataset(source, "train", batch_size, training=True, seed=ecfg.seed, flip=flip)
-    iterator = iter(ds)
-    bar = progbar(ecfg.finetune_epochs * steps_per_epoch, title) if title else None
-    start, epoch_losses = time.perf_counter(), []
-    for epoch in range(ecfg.finetune_epochs):
-        losses = []
-        for i in range(steps_per_epoch):
-            losses.append(float(train_step(*_image_label(next(iterator)))))
-            if bar is not None:
-                bar.update(epoch * steps_per_epoch + i + 1, [("loss", losses[-1])])
-        epoch_losses.append(float(np.mean(losses)))
+    clf, optimizer = _classifier(model, setup, ecfg, frozen)
+    _, batch_size, _ = _epochs(source, ecfg)
+    images = fit.LabelledImages(source, "train", flip=cfg.data.random_flip)
+    total = ecfg.finetune_epochs * images.steps(batch_size)
+    bar = progbar(total, title) if title else None
+    start = time.perf_counter()
+    epoch_losses = fit.train_epochs(
+        clf,
+        images,
+        optimizer,
+        epochs=ecfg.finetune_epochs,
+        batch_size=batch_size,
+        seed=ecfg.seed,
+        bar=bar,
+    )
     seconds = time.perf_counter() - start
-
-    predict = tf.function(lambda x: logits_of(x, False), reduce_retracing=True)
-    logits, labels = [], []
-    for batch in batches(source, "test", source.sizes["test"], ecfg.batch_size):
-        logits.append(predict(tf.constant(batch["image"])).numpy())
-        labels.append(batch["label"])
-    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    test = batches(source, "test", source.sizes["test"], ecfg.batch_size)
+    logits, labels = fit.predict(clf, test)
     return {
         "frozen_stages": frozen,
         "top1": topk_accuracy(logits, labels, 1),
@@ -189,17 +106,7 @@ def _finetune_once(model, setup: Setup, ecfg: EvalConfig, frozen: int, title: st
     }
 
 
-def finetune_schedule(learning_rate: float, epochs: int, step_epochs: int, steps_per_epoch: int):
-    """learning_rate * 0.1 ** (epoch // step_epochs), per optimizer step (classifier.py's)."""
-    drops = range(step_epochs, epochs, step_epochs)
-    if not drops:
-        return learning_rate
-    # The schedule holds values[i] up to and including its boundary; the optimizer's step
-    # d * steps_per_epoch is the first of epoch d, so the boundary is the step before it.
-    return keras.optimizers.schedules.PiecewiseConstantDecay(
-        [d * steps_per_epoch - 1 for d in drops],
-        [learning_rate * 0.1**i for i in range(len(drops) + 1)],
-    )
+finetune_schedule = fit.schedule
 
 
 def _epochs(source, ecfg: EvalConfig) -> tuple[int, int, int]:
@@ -207,10 +114,6 @@ def _epochs(source, ecfg: EvalConfig) -> tuple[int, int, int]:
     n_train = source.sizes["train"]
     batch_size = min(ecfg.finetune_batch_size, n_train)
     return n_train, batch_size, -(-n_train // batch_size)
-
-
-def _image_label(batch):
-    return batch["image"], batch["label"]
 
 
 def finetune(setup: Setup, ecfg: EvalConfig) -> dict:

@@ -8,8 +8,10 @@ import tensorflow as tf
 
 from patchvae_tf.config import EvalConfig
 from patchvae_tf.evaluation.setup import Setup, batches
+from patchvae_tf.recognition.classifier import WEIGHT_DECAY
+from patchvae_tf.recognition.fit import topk_accuracy
 
-WEIGHT_DECAY = 1e-4
+__all__ = ["WEIGHT_DECAY", "encode_split", "linear_probe", "run_probes", "topk_accuracy"]
 
 
 def _codes(encoded: dict) -> tf.Tensor:
@@ -34,13 +36,6 @@ def encode_split(
         out["codes"].append(_codes(encoded).numpy())
         out["labels"].append(batch["label"])
     return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Fraction of rows whose label is among the k largest logits; logits [n, K], labels [n]."""
-    k = min(k, logits.shape[1])
-    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
 def linear_probe(

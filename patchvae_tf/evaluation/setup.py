@@ -12,6 +12,7 @@ from patchvae_tf import data
 from patchvae_tf.config import Config, EvalConfig, load_config
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import latents, models
+from patchvae_tf.recognition.fit import progbar
 from patchvae_tf.workdir import CONFIG_FILE, restore
 
 
@@ -139,12 +140,6 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def progbar(total: int, title: str) -> keras.utils.Progbar:
-    """A Keras progress bar (with its ETA) under a line that says what it counts."""
-    print(title, flush=True)
-    return keras.utils.Progbar(max(int(total), 1), interval=0.5, stateful_metrics=["loss"])
 
 
 def batches(source: data.Source, split: str, limit: int, batch_size: int, title: str = ""):
