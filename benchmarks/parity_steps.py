@@ -9,8 +9,10 @@ import os
 import numpy as np
 
 from benchmarks.parity_tensors import (
+    GROWTH_MARGIN,
     SGD,
     TOLERANCES,
+    TOLERANCES64,
     _flat,
     _leaves,
     difference,
@@ -27,64 +29,74 @@ def _nchw(x):
     return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
 
 
-class Inputs:
-    """The batch, the per-step noise and temperatures, in our layout and in theirs."""
-
-    def __init__(self, cfg, batch: int, steps: int, seed: int):
-        from patchvae_tf.model import latents, normalization
-
-        m = cfg.model
-        rng = np.random.default_rng(seed)
-        size, grid = m.image_size, m.image_size // m.scale
-        self.images = rng.uniform(-1.0, 1.0, (batch, size, size, 3)).astype(np.float32)
-        self.taus = np.array(
-            [
-                float(
-                    latents.temperature(t, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule)
-                )
-                for t in range(steps)
-            ],
-            np.float32,
-        )
-        normalized = normalization.normalize(self.images, m.normalization).numpy()
-        self.theirs = {"x": _nchw(normalized), "tau": self.taus}
-        self.ours = []
-        code = m.num_parts * m.appearance_dim
-        for t in range(steps):
-            noise = {}
-            if m.arch == "patchvae":
-                # torch.distributions clamps its uniforms to [eps, 1 - eps]: keep inside.
-                u = rng.uniform(1e-6, 1 - 1e-6, (batch, grid, grid, m.num_parts)).astype(np.float32)
-                e = rng.standard_normal((batch, m.num_parts, m.appearance_dim)).astype(np.float32)
-                noise = {"occurrence": u, "appearance": e}
-                # Theirs: [B, N, h, w] per part, or [B, h*w, N] flattened for categorical.
-                self.theirs[f"uniform/{t}"] = (
-                    u.reshape(batch, grid * grid, m.num_parts) if m.categorical else _nchw(u)
-                )
-                self.theirs[f"normal/{t}"] = e.reshape(batch, code)
-            else:
-                e = rng.standard_normal((batch, code)).astype(np.float32)
-                noise = {"appearance": e}
-                self.theirs[f"normal/{t}"] = e.reshape(batch, code, 1, 1)
-            self.ours.append(noise)
+def _np_dtype(pcfg):
+    return np.float64 if pcfg.dtype == "float64" else np.float32
 
 
-def _ours_forward_extras(model, x) -> dict:
-    """The encoder's output and the heads in training mode, without moving BatchNorm's
-    statistics (they are put back): the step itself does not return them.
+def _spec(cfg) -> dict:
+    """The variant as the worker builds it: their model, loss and BatchNorm constants."""
+    m = cfg.model
+    return {
+        "arch": "patchy" if m.arch == "patchvae" else "vae",
+        "encoder": m.encoder,
+        "image_size": m.image_size,
+        "num_parts": m.num_parts,
+        "appearance_dim": m.appearance_dim,
+        "scale": m.scale,
+        "base_channels": m.base_channels,
+        "categorical": m.categorical,
+        "hard": m.hard,
+        "beta_a": m.beta_app,
+        "beta_v": m.beta_occ,
+        # PyTorch's momentum weighs the batch: 1 - Keras's.
+        "bn_momentum": 1.0 - m.batch_norm_momentum,
+        "bn_eps": m.batch_norm_epsilon,
+    }
+
+
+def their_noise(cfg, seed, batch: int, dtype) -> dict:
+    """The draws our sampler makes from a step's seed (latents.sample_occurrence and
+    sample_appearance: TFP's stateless uniform and normal draws, the seed split in two by
+    PatchVAE.call), in the shapes their torch.rand and torch.randn_like ask for.
+    """
+    import tensorflow as tf
+
+    m = cfg.model
+    tf_dtype = tf.as_dtype(dtype)
+    code = m.num_parts * m.appearance_dim
+    if m.arch == "vae":
+        e = tf.random.stateless_normal([1, batch, code], seed, dtype=tf_dtype)[0].numpy()
+        return {"normal": e.reshape(batch, code, 1, 1)}
+    grid = m.image_size // m.scale
+    occ_seed, app_seed = tf.random.experimental.stateless_split(seed, 2)
+    shape = [1, batch, grid, grid, m.num_parts]
+    tiny = np.finfo(dtype).tiny
+    u = tf.random.stateless_uniform(shape, occ_seed, tiny, 1.0, tf_dtype)[0].numpy()
+    e = tf.random.stateless_normal(
+        [1, batch, m.num_parts, m.appearance_dim], app_seed, dtype=tf_dtype
+    )
+    # Theirs: [B, N, h, w] per part, or [B, h*w, N] flattened for categorical.
+    uniform = u.reshape(batch, grid * grid, m.num_parts) if m.categorical else _nchw(u)
+    return {"uniform": uniform, "normal": e[0].numpy().reshape(batch, code)}
+
+
+def _ours_extras(model, x, training: bool) -> dict:
+    """The encoder's output and the heads (BatchNorm's statistics put back afterwards in
+    training mode: the step itself does not return them).
     """
     import tensorflow as tf
 
     from patchvae_tf.model import normalization
 
     saved = [v.numpy() for v in model.non_trainable_variables]
-    f = model.encoder(normalization.normalize(x, model.input_space), training=True)
+    x = tf.cast(x, model.compute_dtype)
+    f = model.encoder(normalization.normalize(x, model.input_space), training=training)
     out = {"features": f}
     if hasattr(model, "heads"):
         mean, logvar, logits = model.heads(f)
         out |= {"app_mu": mean, "app_logvar": logvar, "vis_mean_logit": logits}
     else:
-        r = model.reduce(f, training=True)
+        r = model.reduce(f, training=training)
         out |= {
             "reduce": r,
             "app_mu": model.posterior_mean(r),
@@ -92,64 +104,18 @@ def _ours_forward_extras(model, x) -> dict:
         }
     for v, value in zip(model.non_trainable_variables, saved, strict=True):
         v.assign(value)
-    return {k: _nchw(tf.convert_to_tensor(t).numpy()) for k, t in out.items()}
+    return {f"fwd/{k}": _nchw(tf.convert_to_tensor(t).numpy()) for k, t in out.items()}
 
 
-def _ours_train(cfg, model, inputs: Inputs, steps: int, names: dict) -> tuple[dict, dict]:
-    """Our training step (training.py's: the batch mean of the loss terms, FusedAdam from
-    make_optimizer) ``steps`` times; the first step's tensors and the states after the first
-    and the last step, in the authors' layout and names.
-    """
-    import tensorflow as tf
-
-    from patchvae_tf import training
-
-    optimizer = training.make_optimizer(cfg)
-    variables = model.trainable_variables
-    x = tf.constant(inputs.images)
-    by_var = {id(v): k for k, v in names.items()}
-    out, terms = {}, {}
-
-    @tf.function
-    def step(x, tau, noise):
-        with tf.GradientTape() as tape:
-            outputs = model(x, training=True, temperature=tau, noise=noise)
-            parts = model.loss_terms(x, outputs)
-            loss = tf.reduce_mean(parts["loss"])
-        grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        return outputs, {k: tf.reduce_mean(v) for k, v in parts.items()}, grads
-
-    def state(tag):
-        return {f"{tag}/{k}": to_torch(v.numpy()) for k, v in names.items()}
-
-    for t in range(steps):
-        if t == 0:
-            out |= {f"fwd/{k}": a for k, a in _ours_forward_extras(model, x).items()}
-        noise = {k: tf.constant(a) for k, a in inputs.ours[t].items()}
-        outputs, parts, grads = step(x, tf.constant(inputs.taus[t]), noise)
-        if t == 0:
-            out["fwd/x_hat"] = _nchw(outputs["decoded"].numpy())
-            b = inputs.images.shape[0]
-            out["fwd/mu_app"] = outputs["appearance_mean"].numpy().reshape(b, -1)
-            out["fwd/var_app"] = outputs["appearance_var"].numpy().reshape(b, -1)
-            if "occurrence" in outputs:
-                out["fwd/q_occ"] = _nchw(outputs["occurrence"].numpy())
-            terms = {k: float(v) for k, v in parts.items()}
-            for v, g in zip(variables, grads, strict=True):
-                out[f"grad/{by_var[id(v)]}"] = to_torch(g.numpy())
-            out |= state("step1")
-        if t == steps - 1:
-            b = inputs.images.shape[0]
-            out[f"fwd{steps}/x_hat"] = _nchw(outputs["decoded"].numpy())
-            out[f"fwd{steps}/mu_app"] = outputs["appearance_mean"].numpy().reshape(b, -1)
-            out[f"fwd{steps}/var_app"] = outputs["appearance_var"].numpy().reshape(b, -1)
-            if "occurrence" in outputs:
-                out[f"fwd{steps}/q_occ"] = _nchw(outputs["occurrence"].numpy())
-            for v, g in zip(variables, grads, strict=True):
-                out[f"grad{steps}/{by_var[id(v)]}"] = to_torch(g.numpy())
-    out |= state(f"step{steps}")
-    return out, terms
+def _ours_outputs(outputs, batch: int) -> dict:
+    out = {
+        "fwd/x_hat": _nchw(outputs["decoded"].numpy()),
+        "fwd/mu_app": outputs["appearance_mean"].numpy().reshape(batch, -1),
+        "fwd/var_app": outputs["appearance_var"].numpy().reshape(batch, -1),
+    }
+    if "occurrence" in outputs:
+        out["fwd/q_occ"] = _nchw(outputs["occurrence"].numpy())
+    return out
 
 
 _TERMS = {
@@ -163,124 +129,209 @@ _TERMS = {
 _TERMS["vae"] = {"loss": "loss", "distortion": "recon", "rate_app": "kld"}
 
 
-def compare_model(name: str, cfg, ref, pcfg, tmp: str) -> dict:
-    """One variant: rows for every compared tensor, and the Adam epsilon's own effect."""
+_ORDER = ("fwd", "term", "grad", "state", "adam_m", "adam_v")
+
+
+def _tolerance(pcfg, group: str, step: int) -> float:
+    table = TOLERANCES64 if pcfg.dtype == "float64" else TOLERANCES
+    first = step == 1 and (group in ("forward", "loss") or pcfg.dtype == "float32")
+    return table["first" if first else "later"]
+
+
+def _group(key: str, names: dict) -> str:
+    kind, name = key.split("/", 1)
+    if kind == "fwd":
+        return "forward"
+    if kind == "term":
+        return "loss"
+    if kind == "grad":
+        return "gradient"
+    if kind in ("adam_m", "adam_v"):
+        return kind
+    return "statistic" if name.endswith(("running_mean", "running_var")) else "parameter"
+
+
+def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None) -> dict:
+    """One variant, ours and theirs in lockstep: after every step, a row for every compared
+    tensor (the forward pass, the loss terms, every gradient, and after the step every
+    parameter, Adam moment and BatchNorm statistic), then the inference-mode forward pass.
+    """
     import keras
+    import tensorflow as tf
 
-    from patchvae_tf.model import models
+    from patchvae_tf.model import normalization
+    from patchvae_tf.training import loop, precision
 
+    label = label or name
+    dtype = _np_dtype(pcfg)
+    float64 = pcfg.dtype == "float64"
     keras.utils.set_random_seed(pcfg.seed)
-    model = models.build_model(cfg.model)
-    m = cfg.model
-    variant = {
-        "arch": "patchy" if m.arch == "patchvae" else "vae",
-        "image_size": m.image_size,
-        "num_parts": m.num_parts,
-        "appearance_dim": m.appearance_dim,
-        "scale": m.scale,
-        "base_channels": m.base_channels,
-        "categorical": m.categorical,
-        "hard": m.hard,
-    }
-    modules = ref.request({"cmd": "layout", "variant": variant})["modules"]
+    model = precision.build_model_in_policy(cfg.model, "float64" if float64 else "none")
+    m, spec = cfg.model, _spec(cfg)
+    modules = ref.request({"cmd": "layout", "variant": spec})["modules"]
     names = mapping(_leaves(model), modules)
-    steps = pcfg.steps
-    inputs = Inputs(cfg, pcfg.batch_size, steps, pcfg.seed)
+    steps, batch = pcfg.steps, pcfg.batch_size
+    rng = np.random.default_rng(pcfg.seed)
+    images = rng.uniform(-1.0, 1.0, (batch, m.image_size, m.image_size, 3)).astype(dtype)
+    x = tf.constant(images)
+    normalized = normalization.normalize(x, m.normalization).numpy()
     weights = {f"w/{k}": to_torch(v.numpy()) for k, v in names.items()}
-    in_path, out_path = os.path.join(tmp, f"{name}_in.npz"), os.path.join(tmp, f"{name}_out.npz")
-    np.savez(in_path, **inputs.theirs, **weights)
+    in_path = os.path.join(tmp, f"{label.replace('/', '_')}_in.npz")
+    np.savez(in_path, x=_nchw(normalized), **weights)
     # Keras adds epsilon to sqrt(v) before the bias correction: the same update as PyTorch's
     # with epsilon / sqrt(1 - beta_2^t), which their side is given step by step.
     eps = cfg.train.adam_epsilon
     keras_eps = [eps / np.sqrt(1.0 - 0.999**t) for t in range(1, steps + 1)]
-    answer = ref.request(
-        {
-            "cmd": "run",
-            "variant": variant,
-            "inputs": in_path,
-            "out": out_path,
-            "steps": steps,
-            "lr": cfg.train.learning_rate,
-            "adam_eps": keras_eps,
-            "plain_eps": eps,
-            "float64": True,
+    start = {
+        "cmd": "start",
+        "variant": spec,
+        "inputs": in_path,
+        "lr": cfg.train.learning_rate,
+        "betas": [0.5, 0.999],  # run.py's
+        "adam_eps": keras_eps,
+        "tau": {"init": m.tau_init, "min": m.tau_min, "anneal": m.anneal_rate},
+    }
+    # Sessions: theirs in the run's dtype; in float32 also their float64 run (the rounding
+    # reference); in float64 with --growth their run from weights one ulp away.
+    sessions = {"theirs": {"double": float64}}
+    if not float64:
+        sessions["exact"] = {"double": True}
+    elif pcfg.growth:
+        sessions["ulp"] = {"double": True, "perturb": True}
+    for key, extra in sessions.items():
+        ref.request({**start, "key": f"{label}:{key}", **extra})
+    with precision.policy_scope("float64" if float64 else "none"):
+        optimizer = loop.make_optimizer(cfg)  # its learning rate in float64 too
+    variables = model.trainable_variables
+    forward_backward = loop.loss_and_gradients(model, optimizer, batch)
+
+    @tf.function
+    def train_step(x, tau, seed):
+        # What make_train_step's replica step runs on one replica.
+        grads, terms, outputs = forward_backward(x, tau, seed)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return grads, terms, outputs
+
+    by_var = {id(v): k for k, v in names.items()}
+    terms_map = _TERMS[m.arch]
+    rows: list = []
+
+    def theirs_step(cmd, t, noise_path) -> dict:
+        got = {}
+        for key in sessions:
+            out_path = os.path.join(tmp, f"{label.replace('/', '_')}_{key}.npz")
+            answer = ref.request(
+                {"cmd": cmd, "key": f"{label}:{key}", "noise": noise_path, "out": out_path}
+            )
+            arrays = dict(np.load(out_path))
+            os.remove(out_path)
+            if "terms" in answer:
+                arrays |= {f"term/{k}": answer["terms"][v] for k, v in terms_map.items()}
+            got[key] = arrays
+        return got
+
+    def compare(t, ours, got, group_of=None):
+        theirs = got["theirs"]
+        missing = sorted(set(theirs) ^ set(ours))
+        if missing:
+            raise ValueError(f"{label} step {t}: tensors on one side only: {missing[:8]}")
+        # In the order the step computes them, so the first row outside is the cause.
+        for key in sorted(ours, key=lambda k: (_ORDER.index(k.split("/", 1)[0]), k)):
+            group = group_of or _group(key, names)
+            tensor = key.split("/", 1)[1]
+            prefix = key.split("/", 1)[0]
+            shown = tensor if prefix in ("fwd", "term", "grad", "state") else f"{prefix}:{tensor}"
+            extra = {"our_name": names[tensor].path} if tensor in names else {}
+            tol = _tolerance(pcfg, group, t)
+            if "exact" in got:
+                extra["ours_vs_float64"] = difference(ours[key], got["exact"][key])[2]
+                extra["theirs_vs_float64"] = difference(theirs[key], got["exact"][key])[2]
+            if "ulp" in got:
+                growth = difference(got["ulp"][key], theirs[key])[2]
+                extra["growth"] = growth
+                tol = max(tol, GROWTH_MARGIN * growth)
+            rows.append(row(label, group, shown, ours[key], theirs[key], tol, step=t, **extra))
+
+    def our_noise(t):
+        seed = loop.step_seed(cfg, 0, t)
+        path = os.path.join(tmp, f"{label.replace('/', '_')}_noise.npz")
+        np.savez(path, **their_noise(cfg, seed, batch, dtype))
+        return seed, path
+
+    for t in range(steps):
+        seed, noise_path = our_noise(t)
+        got = theirs_step("step", t + 1, noise_path)
+        ours = _ours_extras(model, x, True) if t in (0, steps - 1) else {}
+        if not ours:  # their hooks record the heads every step; compared where ours are
+            for key in got:
+                got[key] = {k: a for k, a in got[key].items() if not _is_extra(k)}
+        grads, terms, outputs = train_step(x, loop.step_temperature(cfg, t), seed)
+        ours |= _ours_outputs(outputs, batch)
+        ours |= {f"term/{k}": float(terms[k]) for k in terms_map}
+        ours |= {
+            f"grad/{by_var[id(v)]}": to_torch(g.numpy())
+            for v, g in zip(variables, grads, strict=True)
         }
+        ours |= {f"state/{k}": to_torch(v.numpy()) for k, v in names.items()}
+        for v in variables:
+            index = optimizer._get_variable_index(v)
+            ours[f"adam_m/{by_var[id(v)]}"] = to_torch(optimizer._momentums[index].numpy())
+            ours[f"adam_v/{by_var[id(v)]}"] = to_torch(optimizer._velocities[index].numpy())
+        compare(t + 1, ours, got)
+    # The inference-mode forward pass (BatchNorm's moving statistics), the next step's noise.
+    seed, noise_path = our_noise(steps)
+    got = theirs_step("infer", steps + 1, noise_path)
+    tau = loop.step_temperature(cfg, steps)
+    outputs = model(x, training=False, temperature=tau, seed=seed)
+    ours = _ours_extras(model, x, False) | _ours_outputs(outputs, batch)
+    compare(steps + 1, ours, got, group_of="inference")
+    for key in sessions:
+        ref.request({"cmd": "drop", "key": f"{label}:{key}"})
+    return {"rows": rows}
+
+
+def _is_extra(key: str) -> bool:
+    return key in (
+        "fwd/features",
+        "fwd/app_mu",
+        "fwd/app_logvar",
+        "fwd/vis_mean_logit",
+        "fwd/reduce",
     )
-    theirs = dict(np.load(out_path))
-    b = pcfg.batch_size
-    for k in [k for k in theirs if "fwd" in k and k.endswith(("/mu_app", "/var_app"))]:
-        theirs[k] = theirs[k].reshape(b, -1)  # their VAE's code is [B, N*L, 1, 1]
-    if m.arch == "vae":  # their VAE returns zeros where PatchVAE returns q_occ
-        theirs = {k: v for k, v in theirs.items() if not k.endswith("/q_occ")}
-    ours, terms = _ours_train(cfg, model, inputs, steps, names)
-    ours |= {f"term/{k}": terms[k] for k in _TERMS[m.arch]}
-    for side, key in ((theirs, "terms"), (theirs, "terms64")):
-        prefix = "" if key == "terms" else "float64/"
-        side |= {f"{prefix}term/{k}": answer[key][t] for k, t in _TERMS[m.arch].items()}
-    grads = {k for k in theirs if k.startswith("grad/")}
-    if grads ^ {k for k in ours if k.startswith("grad/")}:
-        raise ValueError(f"gradients on one side only: {sorted(grads ^ set(ours))}")
-    keys = [("forward", k) for k in sorted(theirs) if k.startswith("fwd/")]
-    keys += [("loss", f"term/{k}") for k in _TERMS[m.arch]]
-    keys += [("gradient", k) for k in sorted(grads)]
-    keys += [("last_forward", k) for k in sorted(theirs) if k.startswith(f"fwd{steps}/")]
-    keys += [("last_gradient", f"grad{steps}/{k[5:]}") for k in sorted(grads)]
-    for tag, group in (("step1", "step1"), (f"step{steps}", "last")):
-        for k in sorted(names):
-            kind = "statistic" if k.endswith(("running_mean", "running_var")) else "parameter"
-            keys.append((f"{group}_{kind}", f"{tag}/{k}"))
-    rows = [compared(name, group, key, ours, theirs, names) for group, key in keys]
-    # Their Adam with its own epsilon against their Adam with ours: the epsilon's effect.
-    effect = [
-        row(
-            name,
-            "adam_epsilon",
-            k,
-            theirs[f"plain_eps/step{steps}/{k}"],
-            theirs[f"step{steps}/{k}"],
-            TOLERANCES["last"],
-        )
-        for k in sorted(names)
-        if not k.endswith(("running_mean", "running_var"))
-    ]
-    return {"rows": rows, "adam_epsilon_effect": effect, "arrays": (ours, theirs)}
-
-
-def compared(variant: str, group: str, key: str, ours: dict, theirs: dict, names: dict) -> dict:
-    """The row of ours[key] against theirs[key]; where their float64 run has the tensor, also
-    both float32 runs against it: how far float32 rounding alone moves their own result.
-    """
-    tolerance = TOLERANCES[group.split("_")[0]]
-    name = key.split("/", 1)[1]
-    extra = {"our_name": names[name].path} if name in names else {}
-    exact = theirs.get(f"float64/{key}")
-    if exact is not None:
-        extra["ours_vs_float64"] = difference(ours[key], exact)[2]
-        extra["theirs_vs_float64"] = difference(theirs[key], exact)[2]
-    return row(variant, group, name, ours[key], theirs[key], tolerance, **extra)
 
 
 # --- the finetuning classifier -----------------------------------------------------------
 
 
-def compare_classifier(ref, pcfg, tmp: str) -> dict:
+def compare_classifier(ref, pcfg, tmp: str, head: str = "flatten") -> dict:
     """One SGD step of our --mode=finetune classifier and of classifier.py's, on the CIFAR
-    recipe's encoder with nothing frozen (their --freeze=0), dropout masks shared.
+    recipe's encoder with nothing frozen (their --freeze=0), dropout masks shared; head
+    flatten (their SimpleClassifier on the flattened map) or pool (on its grid average, as
+    their --arch=resnet18 classifier), then the inference-mode logits.
     """
+    import dataclasses
+
     import keras
     import tensorflow as tf
 
     from patchvae_tf.config import EvalConfig
     from patchvae_tf.evaluation import finetune
     from patchvae_tf.evaluation.probes import WEIGHT_DECAY
-    from patchvae_tf.model import models
+    from patchvae_tf.model import normalization
+    from patchvae_tf.training import precision
 
+    label = "classifier" if head == "flatten" else "classifier_pool"
+    dtype = _np_dtype(pcfg)
+    float64 = pcfg.dtype == "float64"
     cfg = variant_config("cifar", pcfg.image_size)
     m = cfg.model
     keras.utils.set_random_seed(pcfg.seed)
-    model = models.build_model(m)
-    ecfg = EvalConfig(finetune_learning_rate=SGD["lr"], seed=pcfg.seed)
-    clf = finetune.Classifier(model, ecfg, pcfg.num_classes, frozen=0)
+    ecfg = dataclasses.replace(
+        EvalConfig(finetune_learning_rate=SGD["lr"], seed=pcfg.seed), classifier_head=head
+    )
+    with precision.policy_scope("float64" if float64 else "none"):
+        model = precision.build_model_in_policy(m, "float64" if float64 else "none")
+        clf = finetune.Classifier(model, ecfg, pcfg.num_classes, frozen=0)
     spec = {
         "image_size": m.image_size,
         "num_parts": m.num_parts,
@@ -289,43 +340,48 @@ def compare_classifier(ref, pcfg, tmp: str) -> dict:
         "base_channels": m.base_channels,
         "num_classes": pcfg.num_classes,
         "freeze": 0,
+        "head": head,
     }
     modules = ref.request({"cmd": "classifier_layout", "classifier": spec})["modules"]
     dense = [layer for layer in clf.head.layers if isinstance(layer, keras.layers.Dense)]
     names = mapping(_flat([model.encoder]) + dense, modules)
     rng = np.random.default_rng(pcfg.seed)
     b, size = pcfg.batch_size, m.image_size
-    images = rng.uniform(-1.0, 1.0, (b, size, size, 3)).astype(np.float32)
+    images = rng.uniform(-1.0, 1.0, (b, size, size, 3)).astype(dtype)
     labels = rng.integers(0, pcfg.num_classes, b).astype(np.int64)
     grid = size // m.scale
-    flat = grid * grid * model.encoder.channels
+    c = model.encoder.channels
+    flat = grid * grid * c if head == "flatten" else c
     keep = rng.uniform(size=(b, flat)) >= ecfg.dropout
-    mask = (keep / (1.0 - ecfg.dropout)).astype(np.float32)  # our flatten order (h, w, c)
-    # Their flatten runs over (c, h, w): the same mask, reordered.
-    their_mask = mask.reshape(b, grid, grid, -1).transpose(0, 3, 1, 2).reshape(b, flat)
-    from patchvae_tf.model import normalization
+    mask = (keep / (1.0 - ecfg.dropout)).astype(dtype)  # our flatten order (h, w, c)
+    first = f"{modules[-2]['name']}.weight"
 
-    x = normalization.normalize(images, m.normalization).numpy()
-    weights = {}
-    for k, v in names.items():
-        value = to_torch(v.numpy())
-        if k == f"{modules[-2]['name']}.weight":
-            # Their first dense layer reads the features flattened as (c, h, w), ours (h, w, c).
-            c = model.encoder.channels
+    def layout(k, value):
+        """Their flatten runs over (c, h, w), ours over (h, w, c): the first dense layer's
+        inputs (and the dropout mask) reordered.
+        """
+        value = to_torch(value)
+        if k == first and head == "flatten":
             value = (
                 value.reshape(-1, grid, grid, c).transpose(0, 3, 1, 2).reshape(value.shape[0], -1)
             )
-        weights[f"w/{k}"] = value
-    in_path, out_path = (
-        os.path.join(tmp, "classifier_in.npz"),
-        os.path.join(tmp, "classifier_out.npz"),
-    )
+        return value
+
+    their_mask = mask
+    if head == "flatten":
+        their_mask = mask.reshape(b, grid, grid, -1).transpose(0, 3, 1, 2).reshape(b, flat)
+    x = normalization.normalize(tf.constant(images), m.normalization).numpy()
+    weights = {f"w/{k}": layout(k, v.numpy()) for k, v in names.items()}
+    in_path = os.path.join(tmp, f"{label}_in.npz")
     np.savez(in_path, x=_nchw(x), labels=labels, dropout_mask=their_mask, **weights)
-    answer = ref.request(
-        {"cmd": "classifier_step", "classifier": spec, "inputs": in_path, "out": out_path, **SGD}
-    )
-    theirs = dict(np.load(out_path))
-    optimizer = keras.optimizers.SGD(SGD["lr"], momentum=SGD["momentum"])
+    got = {}
+    for key, double in (("theirs", float64), ("exact", True))[: 1 if float64 else 2]:
+        out_path = os.path.join(tmp, f"{label}_{key}.npz")
+        request = {"cmd": "classifier_step", "classifier": spec, "inputs": in_path}
+        answer = ref.request({**request, "out": out_path, "double": double, **SGD})
+        got[key] = dict(np.load(out_path)) | {"term/cross_entropy": answer["loss"]}
+    with precision.policy_scope("float64" if float64 else "none"):
+        optimizer = keras.optimizers.SGD(SGD["lr"], momentum=SGD["momentum"])
     before = [v.numpy() for v in clf.variables]
     loss, features, logits, grads = clf.step(
         optimizer,
@@ -334,37 +390,32 @@ def compare_classifier(ref, pcfg, tmp: str) -> dict:
         dropout_mask=tf.constant(mask),
     )
     by_var = {id(v): k for k, v in names.items()}
-    first = f"{modules[-2]['name']}.weight"
-    c = model.encoder.channels
-
-    def layout(k, value):
-        value = to_torch(value)
-        if k == first:
-            value = (
-                value.reshape(-1, grid, grid, c).transpose(0, 3, 1, 2).reshape(value.shape[0], -1)
-            )
-        return value
-
     ours = {
         "fwd/features": _nchw(features.numpy()),
         "fwd/logits": logits.numpy(),
         "term/cross_entropy": float(loss),
     }
-    theirs["term/cross_entropy"] = answer["loss"]
-    theirs["float64/term/cross_entropy"] = answer["loss64"]
     # Their p.grad is the loss's gradient (SGD adds weight_decay * w inside its step); ours
     # is taken of the loss plus the decay term, so the compared gradient is ours - wd * w.
     ours |= {
         f"grad/{by_var[id(v)]}": layout(by_var[id(v)], g.numpy() - WEIGHT_DECAY * w)
         for v, g, w in zip(clf.variables, grads, before, strict=True)
     }
-    ours |= {f"step1/{k}": layout(k, v.numpy()) for k, v in names.items()}
-    grads_theirs = {k for k in theirs if k.startswith("grad/")}
-    if grads_theirs ^ {k for k in ours if k.startswith("grad/")}:
-        raise ValueError(f"trained on one side only: {sorted(grads_theirs ^ set(ours))}")
-    keys = [("forward", "fwd/features"), ("forward", "fwd/logits")]
-    keys += [("loss", "term/cross_entropy")] + [("gradient", k) for k in sorted(grads_theirs)]
-    for k in sorted(names):
-        kind = "statistic" if k.endswith(("running_mean", "running_var")) else "parameter"
-        keys.append((f"step1_{kind}", f"step1/{k}"))
-    return {"rows": [compared("classifier", g, k, ours, theirs, names) for g, k in keys]}
+    ours |= {f"state/{k}": layout(k, v.numpy()) for k, v in names.items()}
+    ours["infer/logits"] = clf.logits(tf.constant(images), False).numpy()
+    theirs = got["theirs"]
+    if set(theirs) ^ set(ours):
+        raise ValueError(f"{label}: tensors on one side only: {sorted(set(theirs) ^ set(ours))}")
+    rows = []
+    for key in sorted(ours):
+        kind, name = key.split("/", 1)
+        group = "inference" if kind == "infer" else _group(key, names)
+        extra = {"our_name": names[name].path} if name in names else {}
+        if "exact" in got:
+            extra["ours_vs_float64"] = difference(ours[key], got["exact"][key])[2]
+            extra["theirs_vs_float64"] = difference(theirs[key], got["exact"][key])[2]
+        # The inference-mode logits come after the step: step 2, as compare_model's.
+        step = 2 if group == "inference" else 1
+        tol = _tolerance(pcfg, group, step)
+        rows.append(row(label, group, name, ours[key], theirs[key], tol, step=step, **extra))
+    return {"rows": rows}

@@ -38,7 +38,7 @@ class ParityWorker(reference_worker.Worker):
             base_depth=v["base_channels"],
             hidden_size=v["appearance_dim"],
             num_parts=v["num_parts"],
-            encoder_arch="resnet",
+            encoder_arch=v.get("encoder", "resnet"),
             decoder_arch="pyramid",
             scale=v["scale"],
         )
@@ -89,8 +89,9 @@ class ParityWorker(reference_worker.Worker):
 
     @contextlib.contextmanager
     def _replay(self, uniform, normal):
-        """torch.rand (the relaxed occurrence samplers' uniforms) and torch.randn_like (the
-        appearance epsilons of model.reparameterize) return the given arrays.
+        """torch.rand (the relaxed occurrence samplers' uniforms, inside torch's rsample) and
+        torch.randn_like (the appearance epsilons of model.reparameterize) return the given
+        arrays: their production samplers turn our seeded draws into samples.
         """
         torch = self.torch
         rand, randn_like = torch.rand, torch.randn_like
@@ -114,9 +115,12 @@ class ParityWorker(reference_worker.Worker):
 
     def _loss_fn(self, v):
         if v["arch"] == "vae":
-            return self.ref_loss.BetaVaeLoss(beta=1.0)
+            return self.ref_loss.BetaVaeLoss(beta=v.get("beta_a", 1.0))
         return self.ref_loss.BetaVaeConcreteLoss(
-            beta_a=1.0, beta_v=10.0, py=1.0 / v["num_parts"], categorical=v["categorical"]
+            beta_a=v.get("beta_a", 1.0),
+            beta_v=v.get("beta_v", 10.0),
+            py=1.0 / v["num_parts"],
+            categorical=v["categorical"],
         )
 
     def _capture(self, model, v):
@@ -138,82 +142,125 @@ class ParityWorker(reference_worker.Worker):
             if not k.endswith("num_batches_tracked")
         }
 
-    def _prepared(self, model, inputs: str, double: bool):
+    def _prepared(self, model, inputs: str, double: bool, perturb: bool = False):
         """(model, arrays): the model with the run's weights, in train mode, and the run's
-        arrays; with double both in float64.
+        arrays; with double both in float64. perturb: every weight and statistic moved by
+        one unit in the last place (away from zero), to measure float64's own growth.
         """
         import numpy as np
 
         data = dict(np.load(inputs))
-        self._load(model, {k[2:]: a for k, a in data.items() if k.startswith("w/")})
-        model.train()
+        weights = {k[2:]: a for k, a in data.items() if k.startswith("w/")}
+        if double:
+            weights = {k: a.astype(np.float64) for k, a in weights.items()}
+        if perturb:
+            weights = {k: np.nextafter(a, np.copysign(np.inf, a)) for k, a in weights.items()}
         if double:
             model.double()
-            data = {
-                k: a.astype(np.float64) if a.dtype == np.float32 else a for k, a in data.items()
-            }
+        self._load(model, weights)
+        model.train()
         return model, data
 
-    def _train(self, r, eps_schedule, record, double=False):
-        """Runs run.py's train() step r["steps"] times from the given weights; record: also
-        keep the first step's forward tensors, loss terms and gradients. double: the same in
-        float64 (weights, batch and noise converted), the float32 runs' rounding floor.
+    def _styled(self, model, v):
+        """The variant's BatchNorm constants (PyTorch's momentum is 1 - Keras's)."""
+        for m in model.modules():
+            if type(m).__name__ == "BatchNorm2d":
+                m.momentum = v.get("bn_momentum", 0.1)
+                m.eps = v.get("bn_eps", 1e-5)
+
+    def start(self, r):
+        """A training run of run.py's train() from the given weights: Adam(lr, betas), the
+        loss, the temperature schedule of run.py (tau_init, then after each step t with
+        t % 1000 == 1, tau = max(tau exp(-anneal t), min_temp)).
         """
         torch, v = self.torch, r["variant"]
-        model, data = self._prepared(self._build(v), r["inputs"], double)
-        loss_fn = self._loss_fn(v)
-        optimizer = torch.optim.Adam(model.parameters(), lr=r["lr"], betas=(0.5, 0.999))
-        seen = self._capture(model, v) if record else {}
-        x = torch.from_numpy(data["x"])
-        out, terms = {}, {}
-        for step in range(r["steps"]):
-            optimizer.param_groups[0]["eps"] = eps_schedule[step]
-            optimizer.zero_grad()
-            uniform = data.get(f"uniform/{step}")
-            with self._replay(uniform, data[f"normal/{step}"]):
-                recon, mu, var, vis = model(x, float(data["tau"][step]))
-            loss, parts = loss_fn(recon, x, mu, var, vis)
-            loss.backward()
-            if record and step == 0:
-                out |= {f"fwd/{k}": a for k, a in seen.items()}
-                out |= {
-                    "fwd/x_hat": recon.detach().numpy(),
-                    "fwd/mu_app": mu.detach().numpy(),
-                    "fwd/var_app": var.detach().numpy(),
-                    "fwd/q_occ": vis.detach().numpy(),
-                }
-                terms = {"loss": loss.item(), **{k: t.item() for k, t in parts.items()}}
-                out |= {f"grad/{k}": p.grad.numpy().copy() for k, p in model.named_parameters()}
-            if record and step == r["steps"] - 1:
-                out |= {
-                    f"grad{step + 1}/{k}": p.grad.numpy().copy()
-                    for k, p in model.named_parameters()
-                }
-                out |= {
-                    f"fwd{step + 1}/x_hat": recon.detach().numpy(),
-                    f"fwd{step + 1}/mu_app": mu.detach().numpy(),
-                    f"fwd{step + 1}/var_app": var.detach().numpy(),
-                    f"fwd{step + 1}/q_occ": vis.detach().numpy(),
-                }
-            optimizer.step()
-            if record and step == 0:
-                out |= self._state(model, "step1")
-        out |= self._state(model, f"step{r['steps']}")
-        return out, terms
+        model = self._build(v)
+        self._styled(model, v)
+        model, data = self._prepared(model, r["inputs"], r["double"], r.get("perturb", False))
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=r["lr"], betas=tuple(r["betas"]), eps=r["adam_eps"][0]
+        )
+        self.cases[r["key"]] = {
+            "model": model,
+            "optimizer": optimizer,
+            "loss": self._loss_fn(v),
+            "x": torch.from_numpy(data["x"]),
+            "seen": self._capture(model, v),
+            "variant": v,
+            "eps": r["adam_eps"],
+            "temp": r["tau"]["init"],
+            "tau": r["tau"],
+            "steps": 0,
+        }
+        return {}
 
-    def run(self, r):
+    def step(self, r):
+        """One step of the run; writes the forward pass, the loss terms, the gradients and
+        then the parameters, Adam's moments and the BatchNorm statistics after the step.
+        """
         import numpy as np
 
-        out, terms = self._train(r, r["adam_eps"], record=True)
-        # Their own Adam epsilon, for the size of the epsilon difference on its own.
-        plain, _ = self._train(r, [r["plain_eps"]] * r["steps"], record=False)
-        out |= {f"plain_eps/{k}": a for k, a in plain.items()}
-        answer = {"terms": terms}
-        if r.get("float64"):
-            exact, answer["terms64"] = self._train(r, r["adam_eps"], record=True, double=True)
-            out |= {f"float64/{k}": a for k, a in exact.items()}
+        c = self.cases[r["key"]]
+        model, optimizer = c["model"], c["optimizer"]
+        noise = dict(np.load(r["noise"]))
+        optimizer.param_groups[0]["eps"] = c["eps"][c["steps"]]
+        optimizer.zero_grad()
+        tau = c["temp"]
+        with self._replay(noise.get("uniform"), noise["normal"]):
+            recon, mu, var, vis = model(c["x"], tau)
+        loss, parts = c["loss"](recon, c["x"], mu, var, vis)
+        loss.backward()
+        out = {f"fwd/{k}": a for k, a in c["seen"].items()}
+        out |= self._outputs(recon, mu, var, vis, c["variant"])
+        out |= {f"grad/{k}": p.grad.numpy().copy() for k, p in model.named_parameters()}
+        optimizer.step()
+        out |= self._state(model, "state")
+        for k, p in model.named_parameters():
+            state = optimizer.state[p]
+            out[f"adam_m/{k}"] = state["exp_avg"].numpy().copy()
+            out[f"adam_v/{k}"] = state["exp_avg_sq"].numpy().copy()
         np.savez(r["out"], **out)
-        return answer
+        # run.py's schedule, after the step.
+        c["steps"] += 1
+        if c["steps"] % 1000 == 1:
+            t = c["tau"]
+            c["temp"] = max(c["temp"] * np.exp(-t["anneal"] * c["steps"]), t["min"])
+        terms = {"loss": loss.item(), **{k: t.item() for k, t in parts.items()}}
+        return {"terms": terms, "tau": tau}
+
+    def _outputs(self, recon, mu, var, vis, v):
+        out = {
+            "fwd/x_hat": recon.detach().numpy(),
+            "fwd/mu_app": mu.detach().numpy().reshape(mu.shape[0], -1),
+            "fwd/var_app": var.detach().numpy().reshape(var.shape[0], -1),
+        }
+        if v["arch"] != "vae":  # their VAE returns zeros there
+            out["fwd/q_occ"] = vis.detach().numpy()
+        return out
+
+    def infer(self, r):
+        """The model in eval mode (BatchNorm's running statistics), the same forward pass
+        on the run's batch with the given noise; the model is put back in train mode.
+        """
+        import numpy as np
+
+        c = self.cases[r["key"]]
+        model = c["model"]
+        noise = dict(np.load(r["noise"]))
+        model.eval()
+        try:
+            with self.torch.no_grad(), self._replay(noise.get("uniform"), noise["normal"]):
+                recon, mu, var, vis = model(c["x"], c["temp"])
+        finally:
+            model.train()
+        out = {f"fwd/{k}": a for k, a in c["seen"].items()}
+        out |= self._outputs(recon, mu, var, vis, c["variant"])
+        np.savez(r["out"], **out)
+        return {"tau": c["temp"]}
+
+    def drop(self, r):
+        self.cases.pop(r["key"], None)
+        return {}
 
     # --- classifier.py -------------------------------------------------------------
 
@@ -222,6 +269,25 @@ class ParityWorker(reference_worker.Worker):
 
         self.torch.manual_seed(0)
         size = c["image_size"]
+        if c.get("head") == "pool":
+            # Their --arch=resnet18 classifier: the encoder's features averaged over the grid
+            # (an AdaptiveAvgPool2d appended to features), then the same SimpleClassifier.
+            vae, _ = commons.load_vae_model(
+                (3, size, size),
+                "patchy",
+                device="cpu",
+                encoder_arch="resnet",
+                decoder_arch="pyramid",
+                hidden_size=c["appearance_dim"],
+                num_parts=c["num_parts"],
+                base_depth=c["base_channels"],
+                scale=c["scale"],
+            )
+            vae.features.add_module("avgpool", self.torch.nn.AdaptiveAvgPool2d(1))
+            channels = 16 * c["scale"]
+            clf = commons.SimpleClassifier(vae.features, channels, c["num_classes"])
+            clf.classifier.apply(commons.init_weights)
+            return clf
         return commons.load_cls_model(
             "patchy",
             num_classes=c["num_classes"],
@@ -244,20 +310,23 @@ class ParityWorker(reference_worker.Worker):
     def classifier_step(self, r):
         """classifier.py's train(): CrossEntropyLoss, SGD(lr, momentum, weight_decay) over
         every parameter (the frozen ones have requires_grad False), one step, in train mode
-        with dropout replaced by the given mask; again in float64, the rounding floor.
+        with dropout replaced by the given mask; in float64 with double.
         """
         import numpy as np
 
-        out, loss = self._classifier_step(r, double=False)
-        exact, loss64 = self._classifier_step(r, double=True)
-        out |= {f"float64/{k}": a for k, a in exact.items()}
+        out, loss = self._classifier_step(r, double=r["double"])
         np.savez(r["out"], **out)
-        return {"loss": loss, "loss64": loss64}
+        return {"loss": loss}
 
     def _classifier_step(self, r, double):
+        import numpy as np
 
         torch, c = self.torch, r["classifier"]
         model, data = self._prepared(self._classifier(c), r["inputs"], double)
+        if double:
+            data = {
+                k: a.astype(np.float64) if a.dtype == np.float32 else a for k, a in data.items()
+            }
         # nn.Dropout draws its mask inside the kernel; the given mask (0 or 1 / (1 - p))
         # replaces it, so both sides drop the same units.
         mask = torch.from_numpy(data["dropout_mask"])
@@ -267,10 +336,14 @@ class ParityWorker(reference_worker.Worker):
             model.parameters(), r["lr"], momentum=r["momentum"], weight_decay=r["weight_decay"]
         )
         features = {}
-        model.features.register_forward_hook(
+        # The encoder's map: before the pooled head's AdaptiveAvgPool2d.
+        children = list(model.features.children())
+        pooled = type(children[-1]).__name__ == "AdaptiveAvgPool2d"
+        (children[-2] if pooled else model.features).register_forward_hook(
             lambda m, i, o: features.__setitem__("f", o.detach().numpy().copy())
         )
-        logits = model(torch.from_numpy(data["x"]))
+        x = torch.from_numpy(data["x"])
+        logits = model(x)
         loss = criterion(logits, torch.from_numpy(data["labels"]).long())
         optimizer.zero_grad()
         loss.backward()
@@ -281,7 +354,12 @@ class ParityWorker(reference_worker.Worker):
             if p.grad is not None
         }
         optimizer.step()
-        out |= self._state(model, "step1")
+        out |= self._state(model, "state")
+        # Inference: running statistics, no dropout.
+        model.eval()
+        model.classifier[0].forward = lambda h: h
+        with torch.no_grad():
+            out["infer/logits"] = model(x).numpy()
         return out, loss.item()
 
 

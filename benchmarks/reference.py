@@ -14,9 +14,10 @@ from patchvae_tf.errors import UserError
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_worker.py")
 DEFAULT_VENV = os.path.join(os.path.expanduser("~"), ".cache", "patchvae-tf", "torch-venv")
-# What the worker needs; torchvision, scikit-learn and matplotlib are optional (see
-# reference_worker._stand_ins). pip picks the torch build for this machine.
-PACKAGES = ("torch", "numpy")
+# What the worker needs (their encoder is torchvision's ResNet-18); scikit-learn and
+# matplotlib are optional (see reference_worker._stand_ins). pip picks the builds for this
+# machine.
+PACKAGES = ("torch", "torchvision", "numpy")
 
 
 def check_checkout(path: str) -> str:
@@ -34,9 +35,9 @@ def check_checkout(path: str) -> str:
     return path
 
 
-def _has_torch(python: str) -> bool:
-    probe = subprocess.run([python, "-c", "import torch"], capture_output=True)
-    return probe.returncode == 0
+def _has_torch(python: str, torchvision: bool = False) -> bool:
+    probe = "import torch" + (", torchvision" if torchvision else "")
+    return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
 
 
 def interpreter(python: str | None, setup: bool, venv_dir: str | None = None) -> str:
@@ -57,12 +58,12 @@ def interpreter(python: str | None, setup: bool, venv_dir: str | None = None) ->
         )
     venv_dir = venv_dir or DEFAULT_VENV
     python = os.path.join(venv_dir, "bin", "python")
-    if os.path.isfile(python) and _has_torch(python):
+    if os.path.isfile(python) and _has_torch(python, torchvision=True):
         return python
     print(f"creating {venv_dir} and installing {' '.join(PACKAGES)} (once)", flush=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
     install = subprocess.run([python, "-m", "pip", "install", "--quiet", *PACKAGES])
-    if install.returncode or not _has_torch(python):
+    if install.returncode or not _has_torch(python, torchvision=True):
         raise UserError(
             f"could not install {' '.join(PACKAGES)} into {venv_dir}; "
             "install PyTorch yourself and pass --reference_python=PATH"
@@ -73,10 +74,11 @@ def interpreter(python: str | None, setup: bool, venv_dir: str | None = None) ->
 class Reference:
     """The worker process: request() sends one JSON request and returns its answer."""
 
-    def __init__(self, python: str, checkout: str, worker: str = WORKER):
+    def __init__(self, python: str, checkout: str, worker: str = WORKER, stand_in: bool = False):
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        flags = ["--torchvision_stand_in"] if stand_in else []
         self.proc = subprocess.Popen(
-            [python, worker, checkout],
+            [python, worker, checkout, *flags],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -118,14 +120,16 @@ def start(
     setup: bool,
     venv_dir: str | None,
     worker: str = WORKER,
+    stand_in: bool = False,
 ):
     """A running Reference for the benchmark's flags, or None without --reference; worker:
-    the script it runs (reference_worker.py, or parity_worker.py for benchmarks.parity).
+    the script it runs (reference_worker.py, or parity_worker.py for benchmarks.parity);
+    stand_in: allow this project's ResNet-18 where torchvision does not import.
     """
     if not checkout:
         return None
     checkout = check_checkout(checkout)
-    return Reference(interpreter(python, setup, venv_dir), checkout, worker)
+    return Reference(interpreter(python, setup, venv_dir), checkout, worker, stand_in)
 
 
 if __name__ == "__main__":  # python -m benchmarks.reference CHECKOUT PYTHON: a smoke check

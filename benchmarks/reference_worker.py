@@ -3,7 +3,7 @@
 Runs in a PyTorch interpreter (torch is no dependency of this project), standalone: it
 imports nothing from this repository, only the user's checkout of kampta/PatchVAE, by path.
 
-    python reference_worker.py CHECKOUT
+    python reference_worker.py CHECKOUT [--torchvision_stand_in]
 
 Each stdin line is a JSON request, answered by one JSON line on stdout; anything the
 authors' code prints goes to stderr. Requests:
@@ -32,15 +32,17 @@ import sys
 import time
 import types
 
+STAND_IN_FLAG = "--torchvision_stand_in"
 
-def _stand_ins() -> dict:
+
+def _stand_ins(allow_torchvision_stand_in: bool = False) -> dict:
     """Modules that the checkout's model.py imports (through utils/commons.py) but that no
     timed code calls, put in place only where the real package does not import.
 
-    torchvision's CPU wheels on PyPI do not always match a CPU build of torch (its C
-    extension fails to load), and the model needs only torchvision.models.resnet18, so a
-    missing torchvision is replaced by a ResNet-18 built here: the same layers in the same
-    order (conv1, bn1, relu, maxpool, layer1..4, avgpool, fc), which the checkout slices.
+    Their encoder is torchvision's ResNet-18, so torchvision is required: without it the
+    worker refuses to start, unless allowed (STAND_IN_FLAG) to use a ResNet-18 built here
+    with the same layers in the same order (conv1, bn1, relu, maxpool, layer1..4, avgpool,
+    fc), which the checkout slices; info's "modules" then says so.
     """
     used = {}
     try:
@@ -48,6 +50,12 @@ def _stand_ins() -> dict:
 
         used["torchvision"] = torchvision.__version__
     except Exception as e:  # ImportError, or RuntimeError from a mismatched C extension
+        if not allow_torchvision_stand_in:
+            raise RuntimeError(
+                f"torchvision does not import ({type(e).__name__}: {e}); install it beside "
+                f"torch (their encoder is torchvision's ResNet-18), or pass {STAND_IN_FLAG} "
+                "to use this project's copy of it"
+            ) from None
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
         _install_torchvision_stand_in()
@@ -158,9 +166,9 @@ def _install_torchvision_stand_in() -> None:
 
 
 class Worker:
-    def __init__(self, checkout: str):
+    def __init__(self, checkout: str, allow_torchvision_stand_in: bool = False):
         self.checkout = os.path.abspath(checkout)
-        self.stand_ins = _stand_ins()
+        self.stand_ins = _stand_ins(allow_torchvision_stand_in)
         sys.path.insert(0, self.checkout)
         import torch
 
@@ -327,13 +335,13 @@ def _no_phase(name):
 
 
 def main(argv, worker_class=Worker) -> int:
-    if len(argv) != 2:
+    if len(argv) not in (2, 3) or argv[2:] not in ([], [STAND_IN_FLAG]):
         print(__doc__, file=sys.stderr)
         return 2
     protocol = sys.stdout
     sys.stdout = sys.stderr  # the checkout prints; only answers go to the protocol stream
     try:
-        worker = worker_class(argv[1])
+        worker = worker_class(argv[1], allow_torchvision_stand_in=len(argv) == 3)
     except Exception as e:
         protocol.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
         protocol.flush()

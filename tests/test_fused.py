@@ -99,26 +99,48 @@ def test_adam_matches_keras_adam_step_by_step():
     assert np.abs(results[1][0] - start[0]).max() > 0.02
 
 
-def test_fused_false_runs_keras_ops_for_both():
-    x = tf.ones([2, 2, 2, 3])
+def _op_types(fn):
+    graph = tf.function(fn).get_concrete_function().graph
+    return {op.type for op in graph.get_operations()}
 
-    def op_types(fn):
-        graph = tf.function(fn).get_concrete_function().graph
-        return {op.type for op in graph.get_operations()}
 
-    for fused, expected in ((True, True), (False, False)):
-        layer = FusedBatchNorm(fused=fused)
-        layer.build((None, 2, 2, 3))
-        assert ("FusedBatchNormV3" in op_types(lambda bn=layer: bn(x, training=True))) is expected
-        assert FusedBatchNorm.from_config(layer.get_config()).fused is fused
-        variables = [tf.Variable([1.0, 2.0])]
-        optimizer = FusedAdam(fused=fused)
+def test_kernels_are_chosen_by_dtype_and_float64_computes_the_same():
+    """float32 runs TF's FusedBatchNormV3; float64 (no such kernel) the same step as separate
+    ops, with the unbiased variance in the moving statistics; Adam is fused in both.
+    """
+    rng = np.random.default_rng(5)
+    x = rng.normal(1.0, 3.0, size=(4, 3, 3, 2))
+    results = {}
+    for dtype in ("float32", "float64"):
+        layer = FusedBatchNorm(momentum=0.9, dtype=dtype)
+        layer.build((None, 3, 3, 2))
+        layer.gamma.assign([1.5, 0.5])
+        xt = tf.constant(x, dtype)
+        fused_op = "FusedBatchNormV3" in _op_types(lambda bn=layer, xt=xt: bn(xt, training=True))
+        assert fused_op is (dtype == "float32"), dtype
+        y = layer(xt, training=True)
+        assert y.dtype == dtype
+        results[dtype] = (y.numpy(), layer.moving_mean.numpy(), layer.moving_variance.numpy())
+        variables = [tf.Variable(np.array([1.0, 2.0], dtype))]
+        optimizer = FusedAdam()
         optimizer.build(variables)
-        ops = op_types(lambda o=optimizer, v=variables: o.apply_gradients([(tf.ones([2]), v[0])]))
-        assert ("ResourceApplyAdam" in ops) is expected
-        assert FusedAdam.from_config(optimizer.get_config()).fused is fused
-    with pytest.raises(ValueError, match="Received: fused='no'"):
-        FusedBatchNorm(fused="no")
+        ops = _op_types(
+            lambda o=optimizer, v=variables, d=dtype: o.apply_gradients([(tf.ones([2], d), v[0])])
+        )
+        assert "ResourceApplyAdam" in ops, dtype
+    n = x.size // 2
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    y64, mean64, var64 = results["float64"]
+    np.testing.assert_allclose(y64, (x - mean) / np.sqrt(var + 1e-3) * [1.5, 0.5], rtol=1e-12)
+    np.testing.assert_allclose(mean64, 0.1 * mean, rtol=1e-12)
+    np.testing.assert_allclose(var64, 0.9 + 0.1 * var * n / (n - 1), rtol=1e-12)
+    for a, b in zip(results["float32"], results["float64"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # Configs saved with the former "fused" flag still load.
+    config = {**FusedBatchNorm().get_config(), "fused": True}
+    assert isinstance(FusedBatchNorm.from_config(config), FusedBatchNorm)
+    config = {**FusedAdam().get_config(), "fused": False}
+    assert isinstance(FusedAdam.from_config(config), FusedAdam)
 
 
 def test_adam_checkpoints_are_interchangeable_with_keras_adam(tmp_path):

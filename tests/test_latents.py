@@ -141,23 +141,35 @@ def test_relaxed_bernoulli_sample_matches_tfp_law_and_has_finite_gradients():
     assert np.isfinite(tape.gradient(total, big).numpy()).all()
 
 
-def test_given_noise_replaces_the_draws():
-    """uniform / normal: the samples are the relaxed posteriors' reparameterisations of the
-    given draws (logistic noise logit(u); Gumbel noise -log(-log u); mu + sqrt(var) e).
+def test_seeded_samples_reparameterise_the_seeds_stateless_draws():
+    """With a stateless seed the samplers use TFP's draws, which the parity harness replays
+    into the authors' samplers: u = stateless_uniform([1, *shape], seed, tiny, 1) (logistic
+    noise logit(u); Gumbel noise -log(-log u)) and e = stateless_normal([1, *shape], seed).
     """
     rng = np.random.default_rng(0)
-    logits = rng.normal(size=(2, 3, 3, 4)).astype(np.float32)
-    u = rng.uniform(0.01, 0.99, size=logits.shape).astype(np.float32)
-    z = latents.sample_occurrence(logits, 0.5, uniform=u).numpy()
-    expected = 1.0 / (1.0 + np.exp(-(logits + np.log(u / (1 - u))) / 0.5))
-    np.testing.assert_allclose(z, expected, rtol=1e-5)
-    z = latents.sample_occurrence(logits, 0.5, categorical=True, uniform=u).numpy()
-    scores = (logits - np.log(-np.log(u))) / 0.5
+    logits = tf.constant(rng.normal(size=(2, 3, 3, 4)))  # float64: agreement to rounding
+    seed = tf.constant([3, 7], tf.int32)
+    tiny = np.finfo(np.float64).tiny
+    u = tf.random.stateless_uniform([1, 2, 3, 3, 4], seed, tiny, 1.0, tf.float64)[0].numpy()
+    z = latents.sample_occurrence(logits, 0.5, seed=seed).numpy()
+    expected = 1.0 / (1.0 + np.exp(-(logits.numpy() + np.log(u / (1 - u))) / 0.5))
+    np.testing.assert_allclose(z, expected, rtol=1e-13)
+    z = latents.sample_occurrence(logits, 0.5, categorical=True, seed=seed).numpy()
+    scores = (logits.numpy() - np.log(-np.log(u))) / 0.5
     expected = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
-    np.testing.assert_allclose(z, expected, rtol=1e-5)
-    hard = latents.sample_occurrence(logits, 0.5, hard=True, uniform=u).numpy()
-    np.testing.assert_array_equal(hard, (logits > 0).astype(np.float32))
+    np.testing.assert_allclose(z, expected, rtol=1e-13)
+    hard = latents.sample_occurrence(logits, 0.5, hard=True, seed=seed).numpy()
+    np.testing.assert_array_equal(hard, (logits.numpy() > 0).astype(np.float64))
+    # --categorical --hard: one part per cell, or (the authors') each part's sign.
+    one_hot = latents.sample_occurrence(logits, 0.5, categorical=True, hard=True, seed=seed)
+    np.testing.assert_array_equal(one_hot.numpy().sum(-1), 1.0)
+    sign = latents.sample_occurrence(
+        logits, 0.5, categorical=True, hard=True, hard_categorical="sign", seed=seed
+    )
+    np.testing.assert_array_equal(sign.numpy(), (logits.numpy() > 0).astype(np.float64))
+    with pytest.raises(ValueError, match="Received: hard_categorical='argmax'"):
+        latents.sample_occurrence(logits, 0.5, hard_categorical="argmax")
     mu, var = rng.normal(size=(2, 4, 3)), rng.uniform(0.1, 2.0, size=(2, 4, 3))
-    e = rng.normal(size=(2, 4, 3))
-    z = latents.sample_appearance(tf.constant(mu), tf.constant(var), normal=e).numpy()
-    np.testing.assert_allclose(z, mu + np.sqrt(var) * e, rtol=1e-6)
+    e = tf.random.stateless_normal([1, 2, 4, 3], seed, dtype=tf.float64)[0].numpy()
+    z = latents.sample_appearance(tf.constant(mu), tf.constant(var), seed).numpy()
+    np.testing.assert_allclose(z, mu + np.sqrt(var) * e, rtol=1e-13)

@@ -87,3 +87,21 @@ def test_edge_weights_hand_computation():
     w = losses.edge_weights(x, scale=1).numpy()[0, :, :, 0]
     expected = np.array([[2.0, 1.0], [1.0, 0.0]])
     np.testing.assert_allclose(w, (expected + 1e-6) / (expected.mean() + 1e-6), rtol=1e-5)
+
+
+def test_occurrence_rate_epsilon_is_the_authors_formula():
+    """epsilon > 0: their q log((q + eps) / p) + (1 - q) log((1 - q + eps) / (1 - p)), and
+    q log((q + eps) / p) for the categorical rate; off the exact KL by up to about eps / q.
+    """
+    logits = np.random.default_rng(3).normal(0.0, 4.0, size=(2, 3, 3, 4))
+    p, eps = 0.25, 1e-7
+    q = 1.0 / (1.0 + np.exp(-logits))
+    theirs = q * np.log((q + eps) / p) + (1 - q) * np.log((1 - q + eps) / (1 - p))
+    ours = losses.rate_occ(tf.constant(logits), p, eps).numpy()
+    np.testing.assert_allclose(ours, theirs.sum(axis=(1, 2, 3)), rtol=1e-12)
+    exact = losses.rate_occ(tf.constant(logits), p).numpy()
+    assert 1e-9 < np.abs(ours - exact).max() < 1e-4
+    s = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    theirs = (s * np.log((s + eps) / p)).sum(axis=(1, 2, 3))
+    ours = losses.rate_occ_categorical(tf.constant(logits), p, eps).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)

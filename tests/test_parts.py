@@ -149,3 +149,31 @@ def test_cell_count_accuracy_reads_the_label_from_the_largest_class():
     assert evaluation.cell_count_accuracy(cells, np.array([0, 2, 1])) == 1.0
     # A label the counts disagree with (the circle's share of image 1 was larger in pixels).
     assert evaluation.cell_count_accuracy(cells, np.array([0, 0, 1])) == pytest.approx(2 / 3)
+
+
+def test_parts_are_matched_on_one_split_and_scored_on_another():
+    """match=(q, cells) of another split chooses the parts; the AUROCs are this split's, so
+    chance detectors no longer score above chance by being selected on the cells they are
+    scored on.
+    """
+    rng = np.random.default_rng(1)
+    cells = np.eye(4, dtype=bool)[rng.integers(0, 4, [40, 8, 8])]
+    other = np.eye(4, dtype=bool)[rng.integers(0, 4, [40, 8, 8])]
+    q, q_other = rng.uniform(0.0, 1.0, [2, 40, 8, 8, 8])
+    selected = evaluation.part_scores(q, cells, REGIONS, CLASSES, PRIOR)
+    held_out = evaluation.part_scores(q, cells, REGIONS, CLASSES, PRIOR, match=(q_other, other))
+    assert selected["distinct_coverage"] > 0.5
+    assert abs(held_out["distinct_coverage"] - 0.5) < 0.015
+    assert held_out["distinct_coverage"] < selected["distinct_coverage"]
+    # Part 3 finds the square on the matching split, part 4 on the scored one: the square
+    # keeps part 3, scored by what part 3 does here (nothing: at chance).
+    columns = [_at_prior] * 8
+    columns[3] = lambda r: np.where(r == 2, 0.9, 0.01)
+    columns[4] = lambda r: rng.uniform(0.0, 1.0, r.shape)
+    match = (_maps(_cells(), columns), _cells())
+    columns[3], columns[4] = columns[4], columns[3]
+    result = evaluation.part_scores(
+        _maps(_cells(), columns), _cells(), REGIONS, CLASSES, PRIOR, match
+    )
+    assert result["matched"]["square"]["part"] == 3
+    assert result["matched"]["square"]["auroc"] < 0.7

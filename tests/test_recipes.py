@@ -18,6 +18,7 @@ RUN_PY = {
     "prior": 1 / 16,  # --py: 1 / num_parts
     "categorical": False,
     "hard": False,
+    "occurrence_rate_epsilon": 1e-7,  # loss.py's eps inside the occurrence rate's logs
     "beta_app": 1.0,  # --beta-a
     "beta_occ": 10.0,  # --beta-v
     "edge_weighting": False,  # --recon-mask unset

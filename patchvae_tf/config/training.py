@@ -6,13 +6,16 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any, ClassVar
 
 from patchvae_tf.config.choices import (
     ANNEAL_SCHEDULES,
     ARCHS,
     ENCODERS,
+    HARD_CATEGORICAL,
     INITIALIZATIONS,
+    KERAS_MODEL_PREFIX,
     MAX_IMAGE_ASPECT,
     MAX_IMAGE_PIXELS,
     NORMALIZATIONS,
@@ -27,6 +30,13 @@ from patchvae_tf.config.fields import Checked, option
 from patchvae_tf.errors import UserError
 
 # --- training (train.py) --------------------------------------------------------
+
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def is_function_name(text: str) -> bool:
+    """Whether text has the form module:function (dotted names on both sides)."""
+    return bool(_FUNCTION_NAME.fullmatch(text))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +107,18 @@ class ModelConfig(Checked):
     """The model: PatchVAE or the VAE baseline, its networks, latents and loss weights."""
 
     arch: str = option("patchvae", "patchvae | vae (beta-VAE through --beta_app)", choices=ARCHS)
-    encoder: str = option("resnet", "resnet | pyramid", choices=ENCODERS)
+    encoder: str = option(
+        "resnet",
+        "resnet | pyramid | module:function, a function returning a keras.Model that maps "
+        "images to a feature map (imported when the model is built; --scale follows its map)",
+    )
+    encoder_preprocessing: str = option(
+        "",
+        "A module:function encoder's preprocessing, module:function applied to pixels in "
+        "[0, 255] inside the model (keras.applications.resnet_v2.preprocess_input is "
+        "keras.src.applications.resnet_v2:preprocess_input); empty: the encoder gets the "
+        "--normalization input, as the built-in ones",
+    )
     image_size: int = option(
         32, "The model's input size: images are resized and centre-cropped to it", positive=True
     )
@@ -108,6 +129,19 @@ class ModelConfig(Checked):
     occurrence_prior: float = option(0.0, "Bernoulli prior p; 0 means 1/N", minimum=0.0, below=1.0)
     categorical: bool = option(False, "One part per location (categorical)")
     hard: bool = option(False, "Straight-through binary occurrences")
+    hard_categorical: str = option(
+        "one_hot",
+        "With --categorical --hard, the occurrence the decoder sees: one_hot (the argmax part "
+        "of each cell) | sign (each part's 1[l > 0], the authors': a cell may show several "
+        "parts or none)",
+        choices=HARD_CATEGORICAL,
+    )
+    occurrence_rate_epsilon: float = option(
+        0.0,
+        "Epsilon inside the occurrence rate's logs, q log((q + eps) / p) + ...: 0 is the "
+        "exact KL from the logits; the authors' loss.py adds 1e-7",
+        minimum=0.0,
+    )
     beta_app: float = option(1.0, "Weight of the appearance rate", minimum=0.0)
     beta_occ: float = option(10.0, "Weight of the occurrence rate", minimum=0.0)
     edge_weighting: bool = option(False, "Laplacian-weighted distortion")
@@ -147,6 +181,25 @@ class ModelConfig(Checked):
     )
 
     def check(self) -> None:
+        if not (
+            self.encoder in ENCODERS
+            or self.encoder.startswith(KERAS_MODEL_PREFIX)
+            or is_function_name(self.encoder)
+        ):
+            raise UserError(
+                f"unknown --encoder {self.encoder!r}; expected one of {', '.join(ENCODERS)} or "
+                "module:function"
+            )
+        if self.encoder_preprocessing and not is_function_name(self.encoder_preprocessing):
+            raise UserError(
+                f"--encoder_preprocessing={self.encoder_preprocessing!r} is not of the form "
+                "module:function"
+            )
+        if self.encoder_preprocessing and not self.custom_encoder:
+            raise UserError(
+                f"--encoder_preprocessing is for a module:function --encoder, not "
+                f"--encoder={self.encoder}"
+            )
         if self.scale & (self.scale - 1) or self.scale < 2:
             raise UserError(f"--scale must be a power of two >= 2, got {self.scale}")
         if self.encoder == "resnet" and self.scale not in RESNET_SCALES:
@@ -165,6 +218,11 @@ class ModelConfig(Checked):
             raise UserError(
                 f"{flag} sets PatchVAE's occurrences; --arch=vae has none (drop {flag})"
             )
+
+    @property
+    def custom_encoder(self) -> bool:
+        """Whether the encoder is the user's Keras model rather than a built-in one."""
+        return self.encoder not in ENCODERS
 
     @property
     def prior(self) -> float:
@@ -321,8 +379,8 @@ def _read(path: str) -> Config:
 def load_config(path: str) -> Config:
     """Reads a config JSON written by training (``WORKDIR/config.json``).
 
-    When the workdir's checkpoints/config.json (what its checkpoints were trained with)
-    names another model, raises UserError naming the fields that differ.
+    When the workdir's checkpoints/trained_config.json (what its checkpoints were trained
+    with) names another model, raises UserError naming the fields that differ.
     """
     if not os.path.isfile(path):
         raise UserError(f"no config at {path!r}: is this a training workdir?")
@@ -338,4 +396,9 @@ def load_config(path: str) -> Config:
                 f"config {path!r} was edited: it says {', '.join(diff)}, but its checkpoints "
                 f"were trained with {was} ({trained_path}); restore config.json"
             )
+    if cfg.model.encoder.startswith(KERAS_MODEL_PREFIX):
+        # A Keras model passed from Python: every command that builds this model finds it.
+        from patchvae_tf import workdir
+
+        workdir.read_backbone(os.path.dirname(path), cfg.model.encoder)
     return cfg

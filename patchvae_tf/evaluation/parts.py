@@ -60,31 +60,46 @@ def match_parts(table: np.ndarray) -> dict[int, tuple[int, float]]:
     return {int(present[c]): (int(r), float(scores[r, c])) for r, c in zip(rows, cols, strict=True)}
 
 
-def part_scores(q_occ: np.ndarray, cells: np.ndarray, regions, classes, prior: float) -> dict:
-    """How well the parts' occurrence maps find the regions, each region by its own part.
-
-    q_occ [n, h, w, N]; cells [n, h, w, R], one-hot: the region covering most of the cell.
-    ``regions`` names the R regions, ``classes`` those of them that are shape classes;
-    ``prior`` is the occurrence prior p. A part is active when its occurrence rate is at
-    least ACTIVE_RATE nats per cell. The headline is the one-to-one match of active parts to
-    regions (an optimal assignment on AUROC): per region its matched part, the mean of the
-    classes' matched AUROCs ("distinct coverage"; a class left without a part counts 0.5)
-    and how many classes reach DETECTED_AUROC. Then, per part, its best region and best
-    shape class with their AUROCs; per region, its best part's AUROC.
-    """
+def _auroc_table(q_occ: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(AUROCs [N parts, R regions], the parts' occurrence maps flattened [cells, N])."""
     n_parts = q_occ.shape[-1]
     q = q_occ.reshape(-1, n_parts)
     c = cells.reshape(-1, cells.shape[-1])
     table = np.array([[auroc(q[:, i], c[:, j]) for j in range(c.shape[1])] for i in range(n_parts)])
+    return table, q
+
+
+def part_scores(
+    q_occ: np.ndarray, cells: np.ndarray, regions, classes, prior: float, match=None
+) -> dict:
+    """How well the parts' occurrence maps find the regions, each region by its own part.
+
+    q_occ [n, h, w, N]; cells [n, h, w, R], one-hot: the region covering most of the cell.
+    ``regions`` names the R regions, ``classes`` those of them that are shape classes;
+    ``prior`` is the occurrence prior p. ``match``: (q_occ, cells) of another split on
+    which parts are chosen and matched, so that the scores on this one are not the
+    selection's own (None: matched on these cells). A part is active when its occurrence
+    rate on the matching split is at least ACTIVE_RATE nats per cell. The headline is the
+    one-to-one match of active parts to regions (an optimal assignment on AUROC, on the
+    matching split), scored here: per region its matched part and that part's AUROC, the
+    mean of the classes' matched AUROCs ("distinct coverage"; a class left without a part
+    counts 0.5) and how many classes reach DETECTED_AUROC. Then, per part, its best region
+    and best shape class with their AUROCs; per region, its best part's AUROC.
+    """
+    n_parts = q_occ.shape[-1]
+    table, q = _auroc_table(q_occ, cells)
+    match_table, match_q = (table, q) if match is None else _auroc_table(*match)
     is_class = np.array([name in classes for name in regions])
-    rates = occurrence_rates(q, prior)
+    rates = occurrence_rates(match_q, prior)
     # Only active parts are matched: a part left at the prior can still rank cells by its
     # tiny wobbles around p, but it never fires (with --hard the decoder never sees it).
     active = np.flatnonzero(rates >= ACTIVE_RATE)
     matched = {}
     if active.size:
-        for j, (row, a) in match_parts(table[active]).items():
-            matched[regions[j]] = (int(active[row]), a)
+        for j, (row, _) in match_parts(match_table[active]).items():
+            part = int(active[row])
+            if not np.isnan(table[part, j]):  # the region occurs in the scored cells
+                matched[regions[j]] = (part, float(table[part, j]))
     part_region = {part: name for name, (part, _) in matched.items()}
     # A class no active part is matched to counts as chance.
     present = [n for j, n in enumerate(regions) if n in classes and not np.isnan(table[:, j]).all()]
@@ -125,15 +140,17 @@ def part_scores(q_occ: np.ndarray, cells: np.ndarray, regions, classes, prior: f
     }
 
 
-def _occurrence_and_cells(model, setup: Setup, ecfg: EvalConfig, title: str = ""):
-    """q_occ [n, h, w, N] and one-hot ground-truth cells [n, h, w, C + 1] on the test split.
+def _occurrence_and_cells(
+    model, setup: Setup, ecfg: EvalConfig, title: str = "", split: str = "test"
+):
+    """q_occ [n, h, w, N] and one-hot ground-truth cells [n, h, w, C + 1] on a split.
 
     Each cell belongs to the region covering most of it; the last region is the background.
     """
     encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
     scale = setup.cfg.model.scale
     qs, cells, labels = [], [], []
-    for batch in batches(setup.source, "test", ecfg.eval_examples, ecfg.batch_size, title):
+    for batch in batches(setup.source, split, ecfg.eval_examples, ecfg.batch_size, title):
         qs.append(encode(tf.constant(batch["image"]))["occurrence"].numpy())
         labels.append(batch["label"])
         # The fraction of each scale x scale cell a class covers. Masks are disjoint (later
@@ -160,7 +177,9 @@ def cell_count_accuracy(cells: np.ndarray, labels: np.ndarray, label: str = "lar
 
 
 def part_discovery(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict:
-    """part_scores for the trained model, with a random-init model's as the floor.
+    """part_scores for the trained model, with a random-init model's as the floor: parts are
+    chosen and matched to regions on the first --eval_examples training images and scored
+    on the test images (up to as many).
 
     The regions are the shape classes and the background: a part that learns the background
     has found a consistent region too (the decoder can only paint a background where some
@@ -168,10 +187,12 @@ def part_discovery(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict:
     """
     regions = (*SHAPE_CLASSES, "background")
     prior = setup.cfg.model.prior
-    q, cells, labels = _occurrence_and_cells(model, setup, ecfg, "parts: trained test")
-    result = part_scores(q, cells, regions, SHAPE_CLASSES, prior)
-    q_random, _, _ = _occurrence_and_cells(random_model, setup, ecfg, "parts: random test")
-    floor = part_scores(q_random, cells, regions, SHAPE_CLASSES, prior)
+    out = {}
+    for name, m in (("trained", model), ("random", random_model)):
+        train = _occurrence_and_cells(m, setup, ecfg, f"parts: {name} train", "train")[:2]
+        q, cells, labels = _occurrence_and_cells(m, setup, ecfg, f"parts: {name} test")
+        out[name] = part_scores(q, cells, regions, SHAPE_CLASSES, prior, match=train)
+    result, floor = out["trained"], out["random"]
     keys = (
         "matched",
         "distinct_coverage",
@@ -184,6 +205,7 @@ def part_discovery(model, random_model, setup: Setup, ecfg: EvalConfig) -> dict:
     )
     result["random"] = {k: floor[k] for k in keys}
     result["prior"] = prior
+    result["matched_on"] = "train"
     result["cells"] = int(cells[..., 0].size)
     label = setup.cfg.data.shapes_label
     result["cell_count_accuracy"] = cell_count_accuracy(cells, labels, label)

@@ -93,10 +93,12 @@ def _part_section(pd: dict) -> list[str]:
         "region (the three shape classes and the background) by its AUROC over all h x w "
         "cells of the test images; a cell belongs to the region that covers most of it, and "
         "0.5 is chance. Active parts are matched to regions one to one (the assignment "
-        "with the largest summed AUROC), so one part that fires on every shape counts for "
-        "one class only; a part left at the prior is not matched (it can rank cells by tiny "
-        "wobbles around the prior, but never fires). Distinct coverage is the mean matched "
-        "AUROC over the shape classes, a class without an active part counting 0.5.",
+        "with the largest summed AUROC) on training images, then scored on the test "
+        "images, so one part that fires on every shape counts for one class only and no "
+        "score is the selection's own; a part left at the prior is not matched (it can rank "
+        "cells by tiny wobbles around the prior, but never fires). Distinct coverage is the "
+        "mean matched AUROC over the shape classes, a class without an active part counting "
+        "0.5.",
         "",
         f"Distinct coverage **{pd['distinct_coverage']:.3f}** (random-init model: "
         f"{rnd['distinct_coverage']:.3f}); shape classes whose matched part reaches AUROC "

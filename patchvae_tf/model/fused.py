@@ -5,11 +5,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-
-def _check_fused(fused) -> bool:
-    if not isinstance(fused, bool):
-        raise ValueError(f"`fused` must be True or False. Received: fused={fused!r}")
-    return fused
+# The dtypes TF's FusedBatchNormV3 kernel takes (float32 statistics for the half types);
+# it has no float64 kernel.
+_FUSED_BN_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @keras.saving.register_keras_serializable(package="patchvae_tf")
@@ -23,23 +21,22 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
 
     One difference, as in Keras 2's fused path and in PyTorch: in training the moving
     variance averages the unbiased batch variance (times n / (n - 1), n = batch * h * w),
-    while the output is normalised with the biased one. Anything this layer cannot fuse
-    (masks, renorm, a channel axis other than the last, other ranks, synchronized
-    statistics across replicas) runs Keras's own implementation, and so does everything
-    with fused=False (the benchmarks' side-by-side runs).
+    while the output is normalised with the biased one. The kernel is chosen by dtype: TF has
+    no float64 one, so in float64 the same computation runs as separate ops (the parity
+    harness's float64 runs). Anything this layer cannot fuse (masks, renorm, a channel axis
+    other than the last, other ranks, synchronized statistics across replicas) runs Keras's
+    own implementation.
     """
 
-    def __init__(self, fused: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.fused = _check_fused(fused)
-
-    def get_config(self):
-        return {**super().get_config(), "fused": self.fused}
+    @classmethod
+    def from_config(cls, config):
+        # Configs saved before the kernel was chosen by dtype carry a "fused" flag.
+        config = {k: v for k, v in config.items() if k != "fused"}
+        return super().from_config(config)
 
     def _fusable(self, inputs, mask) -> bool:
         return (
-            self.fused
-            and keras.backend.backend() == "tensorflow"
+            keras.backend.backend() == "tensorflow"
             and mask is None
             and not self.renorm
             and not self.synchronized
@@ -53,6 +50,8 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         # made the batch-1 encoder several times slower.
         if not (training and self.trainable and self._fusable(inputs, mask)):
             return super().call(inputs, training=training, mask=mask)
+        if keras.backend.standardize_dtype(inputs.dtype) not in _FUSED_BN_DTYPES:
+            return self._unfused_training(inputs)
         # As Keras does: statistics in float32 even under mixed precision.
         x = tf.cast(inputs, "float32")
         ones = tf.ones([x.shape[-1]], "float32")
@@ -73,6 +72,22 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         self.moving_variance.assign(new_variance)
         return tf.cast(y, self.compute_dtype)
 
+    def _unfused_training(self, x):
+        """The fused kernel's training step as separate ops, in x's dtype (float64)."""
+        mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+        ones = tf.ones_like(mean)
+        scale = tf.cast(self.gamma, x.dtype) if self.scale else ones
+        offset = tf.cast(self.beta, x.dtype) if self.center else tf.zeros_like(ones)
+        y = tf.nn.batch_normalization(x, mean, variance, offset, scale, self.epsilon)
+        n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
+        unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
+        m = self.momentum
+        self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * tf.stop_gradient(mean))
+        self.moving_variance.assign(
+            m * self.moving_variance + (1.0 - m) * tf.stop_gradient(unbiased)
+        )
+        return tf.cast(y, self.compute_dtype)
+
 
 @keras.saving.register_keras_serializable(package="patchvae_tf")
 class FusedAdam(keras.optimizers.Adam):
@@ -82,18 +97,18 @@ class FusedAdam(keras.optimizers.Adam):
     variable, plus its dispatch); the fused kernel reads the gradient and the two moments
     once. The update is the same formula (epsilon added to sqrt(v), as in Keras), and the
     slots are Keras's own variables, so checkpoints are interchangeable with
-    keras.optimizers.Adam. AMSGrad, sparse gradients and fused=False take Keras's path.
+    keras.optimizers.Adam. The kernel has every float dtype (float64 included); AMSGrad and
+    sparse gradients take Keras's path.
     """
 
-    def __init__(self, *args, fused: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fused = _check_fused(fused)
-
-    def get_config(self):
-        return {**super().get_config(), "fused": self.fused}
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # Configs saved before the kernel was chosen by dtype carry a "fused" flag.
+        config = {k: v for k, v in config.items() if k != "fused"}
+        return super().from_config(config, custom_objects=custom_objects)
 
     def update_step(self, gradient, variable, learning_rate):
-        if not self.fused or self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
         if isinstance(variable, keras.Variable):
             variable = variable.value
@@ -102,8 +117,10 @@ class FusedAdam(keras.optimizers.Adam):
         m = self._momentums[index].value
         v = self._velocities[index].value
         step = tf.cast(self.iterations + 1, dtype)
-        beta_1 = tf.cast(self.beta_1, dtype)
-        beta_2 = tf.cast(self.beta_2, dtype)
+        # tf.constant, not tf.cast: casting a Python float goes through float32, which in
+        # float64 moved beta_2 = 0.999 by 1.3e-8 (and v by 1.3e-5 of itself).
+        beta_1 = tf.constant(self.beta_1, dtype)
+        beta_2 = tf.constant(self.beta_2, dtype)
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle,
             m=m.handle,
@@ -113,6 +130,6 @@ class FusedAdam(keras.optimizers.Adam):
             lr=tf.cast(learning_rate, dtype),
             beta1=beta_1,
             beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype),
+            epsilon=tf.constant(self.epsilon, dtype),
             grad=tf.cast(gradient, dtype),
         )

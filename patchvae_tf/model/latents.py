@@ -7,6 +7,8 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from patchvae_tf.config.choices import HARD_CATEGORICAL
+
 tfd = tfp.distributions
 
 _EPS = 1e-7  # the authors' eps in the pooling (model.py)
@@ -17,7 +19,7 @@ _LOG_VAR_MIN, _LOG_VAR_MAX = math.log(1e-7), math.log(1e7)
 def temperature(
     step, tau_init: float, tau_min: float, anneal_rate: float, schedule: str = "reference"
 ) -> tf.Tensor:
-    """The temperature of the step that follows ``step`` completed steps.
+    """The temperature (float64) of the step that follows ``step`` completed steps.
 
     reference (the authors' run.py): after each step t (counted from 1) with
     t % ANNEAL_EVERY == 1, tau = max(tau * exp(-anneal_rate * t), tau_min). The decay
@@ -37,7 +39,8 @@ def temperature(
             f"`schedule` must be 'reference' or 'exponential'. Received: schedule={schedule!r}"
         )
     tau = tau_init * tf.exp(-anneal_rate * t)
-    return tf.cast(tf.maximum(tau, tau_min), tf.float32)
+    # float64, as the authors' Python float; the model casts it to its own dtype.
+    return tf.maximum(tau, tau_min)
 
 
 def occurrence_probs(logits: tf.Tensor, categorical: bool) -> tf.Tensor:
@@ -62,27 +65,29 @@ def sample_occurrence(
     *,
     categorical: bool = False,
     hard: bool = False,
+    hard_categorical: str = "one_hot",
     seed: tf.Tensor | None = None,
-    uniform: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Relaxed occurrence sample z_occ [B, h, w, N] from logits [B, h, w, N].
 
     Draws from ``occurrence_posterior``. Hard: the forward value is the posterior's mode,
-    1[l > 0] per part, or with categorical the one-hot of argmax l (one part per location),
-    while gradients flow through the relaxed sample (straight-through). ``seed``: a stateless
-    seed [2] (training passes one per step, so a resumed run draws what it would have).
-    ``uniform``: U(0, 1) draws [B, h, w, N] to use instead of sampling (replaying another
-    implementation's noise): the logistic noise logit(u), or with categorical the Gumbel
-    noise -log(-log(u)), turned into the sample as TFP's samplers do.
+    1[l > 0] per part, while gradients flow through the relaxed sample (straight-through).
+    With categorical, hard_categorical picks the forward value: one_hot, the one-hot of
+    argmax l (one part per location), or sign, each part's 1[l > 0] as in the binary case
+    (the authors' 0.5 (sign(l) + 1): a location may show several parts or none). ``seed``:
+    a stateless seed [2] (training passes one per step, so a resumed run draws what it
+    would have). The noise is TFP's: U(tiny, 1) draws u = tf.random.stateless_uniform(
+    [1, B, h, w, N], seed) turned into the logistic noise logit(u), or with categorical the
+    Gumbel noise -log(-log(u)) (benchmarks/parity.py replays those draws into the authors'
+    samplers).
     """
-    tau = tf.convert_to_tensor(tau, logits.dtype)
-    if uniform is not None:
-        u = tf.convert_to_tensor(uniform, logits.dtype)
-        if categorical:
-            z = tf.nn.softmax((logits - tf.math.log(-tf.math.log(u))) / tau, axis=-1)
-        else:
-            z = tf.sigmoid((logits + tf.math.log(u) - tf.math.log1p(-u)) / tau)
-    elif categorical:
+    if hard_categorical not in HARD_CATEGORICAL:
+        raise ValueError(
+            f"`hard_categorical` must be one of {HARD_CATEGORICAL}. "
+            f"Received: hard_categorical={hard_categorical!r}"
+        )
+    tau = tf.cast(tau, logits.dtype)
+    if categorical:
         z = occurrence_posterior(logits, tau, categorical).sample(seed=seed)
     else:
         # RelaxedBernoulli is sigmoid(Logistic(l / tau, 1 / tau)), and we draw it so.
@@ -91,7 +96,7 @@ def sample_occurrence(
         # is 0 * inf = NaN, which killed training as tau annealed. tf.sigmoid is safe.
         z = tf.sigmoid(tfd.Logistic(logits / tau, 1.0 / tau).sample(seed=seed))
     if hard:
-        if categorical:
+        if categorical and hard_categorical == "one_hot":
             binary = tf.one_hot(tf.argmax(logits, axis=-1), tf.shape(logits)[-1], dtype=z.dtype)
         else:
             binary = tf.cast(logits > 0.0, z.dtype)
@@ -135,15 +140,11 @@ def appearance_posterior(mu_app: tf.Tensor, var_app: tf.Tensor) -> tfd.Distribut
     return tfd.Normal(mu_app, tf.sqrt(var_app))
 
 
-def sample_appearance(
-    mu_app: tf.Tensor, var_app: tf.Tensor, seed=None, normal: tf.Tensor | None = None
-) -> tf.Tensor:
-    """A reparameterized sample of ``appearance_posterior``, [B, ...] like mu_app; ``normal``:
-    N(0, 1) draws of that shape to use instead of sampling (another implementation's).
+def sample_appearance(mu_app: tf.Tensor, var_app: tf.Tensor, seed=None) -> tf.Tensor:
+    """A reparameterized sample of ``appearance_posterior``, [B, ...] like mu_app: TFP's
+    mu + sqrt(var) e, e = tf.random.stateless_normal([1, *mu_app.shape], seed).
     """
-    if normal is None:
-        return appearance_posterior(mu_app, var_app).sample(seed=seed)
-    return mu_app + tf.sqrt(var_app) * tf.convert_to_tensor(normal, mu_app.dtype)
+    return appearance_posterior(mu_app, var_app).sample(seed=seed)
 
 
 def compose(z_app: tf.Tensor, z_occ: tf.Tensor) -> tf.Tensor:

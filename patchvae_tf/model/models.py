@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import keras
 import tensorflow as tf
 
-from patchvae_tf.config import NORMALIZATIONS, ModelConfig
+from patchvae_tf.config import ENCODERS, HARD_CATEGORICAL, NORMALIZATIONS, ModelConfig
 from patchvae_tf.model import latents, losses, networks, normalization
 from patchvae_tf.model.fused import FusedBatchNorm
 
@@ -29,6 +31,8 @@ class Autoencoder(keras.Model):
         batch_norm_momentum: float = 0.9,
         batch_norm_epsilon: float = 1e-5,
         decoder_batch_norm_updates: int = 1,
+        encoder_preprocessing: str = "",
+        backbone=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,7 +66,11 @@ class Autoencoder(keras.Model):
         self.beta_app, self.edge_weighting, self.tau_min = beta_app, edge_weighting, tau_min
         self.grid = image_size // scale
         self.code_size = num_parts * appearance_dim
-        self.encoder = networks.make_encoder(encoder, scale, base_channels, **self.style)
+        self.encoder_preprocessing = encoder_preprocessing
+        if encoder in ENCODERS:
+            self.encoder = networks.make_encoder(encoder, scale, base_channels, **self.style)
+        else:
+            self.encoder = _backbone(encoder, encoder_preprocessing, backbone, image_size, scale)
         # Two updates from the same batch statistics are one with momentum squared:
         # m (m r + (1 - m) s) + (1 - m) s = m^2 r + (1 - m^2) s.
         self.decoder_batch_norm_updates = decoder_batch_norm_updates
@@ -77,8 +85,12 @@ class Autoencoder(keras.Model):
         """X [B, H, W, 3] in [-1, 1] -> phi(x) [B, h, w, D] and its global average [B, D]
         (the recognition features). The input is normalised into the model's space first.
         """
-        f = self.encoder(normalization.normalize(x, self.input_space), training=training)
-        return f, tf.reduce_mean(tf.cast(f, tf.float32), axis=[1, 2])
+        # A backbone with its own preprocessing takes pixels, and preprocesses them itself.
+        pixels = getattr(self.encoder, "takes_pixels", False)
+        f = self.encoder(
+            x if pixels else normalization.normalize(x, self.input_space), training=training
+        )
+        return f, tf.reduce_mean(tf.cast(f, self.variable_dtype), axis=[1, 2])
 
     def _outputs(self, decoded, **latent):
         """The decoder's output [B, H, W, 3] in the model's space (the loss compares it with
@@ -89,6 +101,8 @@ class Autoencoder(keras.Model):
         return {"decoded": decoded, "reconstruction": pixels, **latent}
 
     def _distortion(self, x, outputs):
+        # The images in the model's dtype (float64 in the parity harness), as call() has them.
+        x = tf.cast(x, outputs["decoded"].dtype)
         target = normalization.normalize(x, self.input_space)
         w = losses.edge_weights(target, self.scale) if self.edge_weighting else None
         return losses.distortion(target, outputs["decoded"], w)
@@ -108,7 +122,38 @@ class Autoencoder(keras.Model):
             "input_space": self.input_space,
             "decoder_batch_norm_updates": self.decoder_batch_norm_updates,
             **self.style,
+            # A custom encoder travels with the model (encoder.keras loads without the user's
+            # code when its network is made of Keras's own layers).
+            **(
+                {
+                    "encoder_preprocessing": self.encoder_preprocessing,
+                    "backbone": keras.saving.serialize_keras_object(self.encoder),
+                }
+                if self.encoder_name not in ENCODERS
+                else {}
+            ),
         }
+
+
+def _backbone(encoder: str, preprocessing: str, backbone, image_size: int, scale: int):
+    """The custom encoder (model/backbone.py): ``backbone`` (a Backbone, or its Keras
+    serialization from get_config) or the one ``encoder`` names; its map must be 1/scale.
+    """
+    from patchvae_tf.model import backbone as custom
+
+    if isinstance(backbone, dict):
+        # A copy: Keras's deserialization empties the nested configs it reads.
+        layer = keras.saving.deserialize_keras_object(copy.deepcopy(backbone))
+    elif isinstance(backbone, custom.Backbone):
+        layer = backbone
+    else:
+        layer = custom.build(encoder, preprocessing)
+    got = layer.feature_scale(image_size)
+    if got != scale:
+        raise ValueError(
+            f"`scale` must be what the encoder downsamples, {got}. Received: scale={scale!r}"
+        )
+    return layer
 
 
 @keras.saving.register_keras_serializable(package="patchvae_tf")
@@ -124,11 +169,25 @@ class PatchVAE(Autoencoder):
         categorical: bool = False,
         hard: bool = False,
         beta_occ: float = 10.0,
+        hard_categorical: str = "one_hot",
+        occurrence_rate_epsilon: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if hard_categorical not in HARD_CATEGORICAL:
+            raise ValueError(
+                f"`hard_categorical` must be one of {HARD_CATEGORICAL}. "
+                f"Received: hard_categorical={hard_categorical!r}"
+            )
+        if not occurrence_rate_epsilon >= 0.0:
+            raise ValueError(
+                "`occurrence_rate_epsilon` must be >= 0. "
+                f"Received: occurrence_rate_epsilon={occurrence_rate_epsilon!r}"
+            )
         self.occurrence_prior = occurrence_prior or 1.0 / self.num_parts
         self.categorical, self.hard, self.beta_occ = categorical, hard, beta_occ
+        self.hard_categorical = hard_categorical
+        self.occurrence_rate_epsilon = occurrence_rate_epsilon
         self.heads = networks.PatchHeads(
             self.num_parts, self.appearance_dim, self.occurrence_prior, name="heads", **self.style
         )
@@ -155,14 +214,13 @@ class PatchVAE(Autoencoder):
         """z_hat [B, h, w, N*L] -> x_hat [B, H, W, 3]."""
         return self.decoder(z_hat, training=training)
 
-    def call(self, x, training=False, temperature=None, seed=None, noise=None):
+    def call(self, x, training=False, temperature=None, seed=None):
         """Sampled reconstruction; returns the tensors the loss needs as a dict.
 
-        seed: None (stateful sampling) or a stateless seed [2] for both samples. noise: None,
-        or the draws to use instead ({"occurrence": U(0, 1) [B, h, w, N], "appearance":
-        N(0, 1) [B, N, L]}), to replay another implementation's (benchmarks/parity.py).
+        seed: None (stateful sampling) or a stateless seed [2], split into one seed for the
+        occurrence sample and one for the appearance sample (latents.sample_occurrence and
+        sample_appearance say which draws each makes from it).
         """
-        noise = noise or {}
         tau = self.tau_min if temperature is None else temperature
         seeds = (None, None) if seed is None else tf.random.experimental.stateless_split(seed, 2)
         _, mean, logvar, logits = self._posterior(x, training)
@@ -172,13 +230,13 @@ class PatchVAE(Autoencoder):
             tau,
             categorical=self.categorical,
             hard=self.hard,
+            hard_categorical=self.hard_categorical,
             seed=seeds[0],
-            uniform=noise.get("occurrence"),
         )
         mu_app, var_app = latents.pool_appearance(
             mean, logvar, q, self.num_parts, self.appearance_dim
         )
-        z_app = latents.sample_appearance(mu_app, var_app, seeds[1], noise.get("appearance"))
+        z_app = latents.sample_appearance(mu_app, var_app, seeds[1])
         z_hat = latents.compose(z_app, z_occ)
         return self._outputs(
             self.decode(z_hat, training),
@@ -193,10 +251,8 @@ class PatchVAE(Autoencoder):
         distortion = self._distortion(x, outputs)
         r_app = losses.rate_app(outputs["appearance_mean"], outputs["appearance_var"])
         logits = outputs["occurrence_logits"]
-        if self.categorical:
-            r_occ = losses.rate_occ_categorical(logits, self.occurrence_prior)
-        else:
-            r_occ = losses.rate_occ(logits, self.occurrence_prior)
+        rate = losses.rate_occ_categorical if self.categorical else losses.rate_occ
+        r_occ = rate(logits, self.occurrence_prior, self.occurrence_rate_epsilon)
         loss = losses.elbo_loss(distortion, r_app, r_occ, self.beta_app, self.beta_occ)
         return {"loss": loss, "distortion": distortion, "rate_app": r_app, "rate_occ": r_occ}
 
@@ -214,6 +270,8 @@ class PatchVAE(Autoencoder):
             "categorical": self.categorical,
             "hard": self.hard,
             "beta_occ": self.beta_occ,
+            "hard_categorical": self.hard_categorical,
+            "occurrence_rate_epsilon": self.occurrence_rate_epsilon,
         }
 
 
@@ -249,14 +307,16 @@ class VAE(Autoencoder):
             [
                 networks.conv2d_transpose(c, self.grid, use_bias=False, initialization=init),
                 FusedBatchNorm(**bn),
-                keras.layers.LeakyReLU(0.2),
+                networks.LeakyReLU(0.2),
             ],
             name="expand",
         )
 
     def _code(self, head, r):
-        """[B, 1, 1, N*L] of a posterior head on the reduced map r -> [B, N*L] float32."""
-        return tf.cast(tf.reshape(head(r), [-1, self.code_size]), tf.float32)
+        """[B, 1, 1, N*L] of a posterior head on the reduced map r -> [B, N*L] in the
+        variables' dtype (float32 under mixed precision).
+        """
+        return tf.cast(tf.reshape(head(r), [-1, self.code_size]), self.variable_dtype)
 
     def _posterior(self, x, training):
         f, pooled = self.features(x, training)
@@ -286,11 +346,11 @@ class VAE(Autoencoder):
         z_map = self.expand(tf.reshape(z, [-1, 1, 1, self.code_size]), training=training)
         return self.decoder(z_map, training=training)
 
-    def call(self, x, training=False, temperature=None, seed=None, noise=None):
-        """As PatchVAE's; noise: None or {"appearance": N(0, 1) draws [B, N*L]}."""
+    def call(self, x, training=False, temperature=None, seed=None):
+        """As PatchVAE's; the seed goes whole to the appearance sample."""
         del temperature  # no discrete latent to relax
         _, mean, var = self._posterior(x, training)
-        z = latents.sample_appearance(mean, var, seed, (noise or {}).get("appearance"))
+        z = latents.sample_appearance(mean, var, seed)
         return self._outputs(self.decode(z, training), appearance_mean=mean, appearance_var=var)
 
     def loss_terms(self, x, outputs):
@@ -328,6 +388,8 @@ def build_model(cfg: ModelConfig) -> Autoencoder:
     common = {name: getattr(cfg, name) for name in _SHARED_FIELDS} | dict(
         input_space=cfg.normalization
     )
+    if cfg.custom_encoder:
+        common["encoder_preprocessing"] = cfg.encoder_preprocessing
     if cfg.arch == "patchvae":
         model = PatchVAE(
             occurrence_prior=cfg.prior,
@@ -336,6 +398,8 @@ def build_model(cfg: ModelConfig) -> Autoencoder:
             categorical=cfg.categorical,
             hard=cfg.hard,
             beta_occ=cfg.beta_occ,
+            hard_categorical=cfg.hard_categorical,
+            occurrence_rate_epsilon=cfg.occurrence_rate_epsilon,
             name="patchvae",
             **common,
         )
@@ -343,5 +407,5 @@ def build_model(cfg: ModelConfig) -> Autoencoder:
         model = VAE(name="vae", **common)
     else:
         raise ValueError(f"`arch` must be 'patchvae' or 'vae'. Received: arch={cfg.arch!r}")
-    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))
+    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3], model.compute_dtype))
     return model

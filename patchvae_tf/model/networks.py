@@ -60,6 +60,19 @@ def conv2d_transpose(
     )
 
 
+@keras.saving.register_keras_serializable(package="patchvae_tf")
+class LeakyReLU(layers.LeakyReLU):
+    """Keras's LeakyReLU, exact in float64 too: TF's LeakyRelu op holds its slope in a float32
+    attribute (0.2 becomes 0.200000003), so in float64 the slope is applied here, where
+    x > 0 fails (as PyTorch's leaky_relu). Other dtypes run the op.
+    """
+
+    def call(self, inputs):
+        if keras.backend.standardize_dtype(inputs.dtype) != "float64":
+            return super().call(inputs)
+        return keras.ops.where(inputs > 0, inputs, inputs * self.negative_slope)
+
+
 class _Styled(layers.Layer):
     """A layer built of convolutions and BatchNorms that share one initialization and one
     set of BatchNorm constants (``initialization``, ``batch_norm_momentum`` and
@@ -243,7 +256,7 @@ class PyramidEncoder(_StagedEncoder):
             # As in DCGAN, no BatchNorm on the first layer.
             if i > 0:
                 block.append(self._bn())
-            block.append(layers.LeakyReLU(_LEAK))
+            block.append(LeakyReLU(_LEAK))
             self.stages.append(keras.Sequential(block, name=f"stage{i + 1}"))
         self.channels = base_channels * 2 ** (depth - 1)
         _track_stages(self)
@@ -267,21 +280,22 @@ class PyramidDecoder(_Styled):
         _check_positive("out_channels", out_channels)
         self.scale, self.base_channels, self.out_channels = scale, base_channels, out_channels
         width = base_channels * 2 ** (depth - 1)
-        blocks = [self._deconv(width, 1, use_bias=False), self._bn(), layers.LeakyReLU(_LEAK)]
+        blocks = [self._deconv(width, 1, use_bias=False), self._bn(), LeakyReLU(_LEAK)]
         for _ in range(depth - 1):
             width //= 2
             blocks += [
                 self._deconv(max(width, 8), 4, 2, padding="same", use_bias=False),
                 self._bn(),
-                layers.LeakyReLU(_LEAK),
+                LeakyReLU(_LEAK),
             ]
         # No bias on the output, as the authors' decoder.
         blocks.append(self._deconv(out_channels, 4, 2, padding="same", use_bias=False))
         self.net = keras.Sequential(blocks, name="layers")
 
     def call(self, z, training=None):
-        # tanh in float32: the output is compared with float32 pixels.
-        return keras.ops.tanh(keras.ops.cast(self.net(z, training=training), "float32"))
+        # tanh in the variables' dtype (float32 under mixed precision, float64 in float64):
+        # the output is compared with pixels in that dtype.
+        return keras.ops.tanh(keras.ops.cast(self.net(z, training=training), self.variable_dtype))
 
     def get_config(self):
         return {
@@ -297,7 +311,8 @@ class PatchHeads(_Styled):
     """Three 3x3 conv heads on f [B, h, w, D].
 
     Returns appearance mean and log-variance [B, h, w, N*L] and occurrence logits
-    [B, h, w, N], all float32 (the latent math stays in float32 under mixed precision).
+    [B, h, w, N], in the variables' dtype: float32 under mixed precision, where the latent
+    math stays in float32, and float64 in a float64 model.
     Initialization reference: kaiming fan-out kernels and zero biases, so q_occ starts near
     0.5; glorot: the log-variance kernel starts at zero and the occurrence bias at logit(p).
     """
@@ -335,7 +350,8 @@ class PatchHeads(_Styled):
     def call(self, f, training=None):
         del training
         return tuple(
-            keras.ops.cast(head(f), "float32") for head in (self.mean, self.logvar, self.logits)
+            keras.ops.cast(head(f), self.variable_dtype)
+            for head in (self.mean, self.logvar, self.logits)
         )
 
     def get_config(self):

@@ -27,8 +27,9 @@ def normalize(x: tf.Tensor, name: str) -> tf.Tensor:
     _check(name)
     if name == "unit":
         return x
-    x01 = (tf.cast(x, tf.float32) + 1.0) / 2.0
-    return (x01 - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+    x = _statistics_dtype(x)
+    x01 = (x + 1.0) / 2.0
+    return (x01 - tf.constant(IMAGENET_MEAN, x.dtype)) / tf.constant(IMAGENET_STD, x.dtype)
 
 
 def to_unit(y: tf.Tensor, name: str) -> tf.Tensor:
@@ -36,5 +37,12 @@ def to_unit(y: tf.Tensor, name: str) -> tf.Tensor:
     _check(name)
     if name == "unit":
         return y
-    x01 = tf.cast(y, tf.float32) * tf.constant(IMAGENET_STD) + tf.constant(IMAGENET_MEAN)
+    y = _statistics_dtype(y)
+    x01 = y * tf.constant(IMAGENET_STD, y.dtype) + tf.constant(IMAGENET_MEAN, y.dtype)
     return x01 * 2.0 - 1.0
+
+
+def _statistics_dtype(x) -> tf.Tensor:
+    """X in float64 if it is float64, else in float32 (never in a half type)."""
+    x = tf.convert_to_tensor(x)
+    return x if x.dtype == tf.float64 else tf.cast(x, tf.float32)

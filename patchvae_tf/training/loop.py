@@ -21,6 +21,7 @@ from patchvae_tf.errors import UserError
 from patchvae_tf.model import latents, models
 from patchvae_tf.model.fused import FusedAdam
 from patchvae_tf.training import budget, distribute, precision, summaries
+from patchvae_tf.training.callbacks import Callbacks
 from patchvae_tf.workdir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -134,6 +135,40 @@ def make_iterator(
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
 
+def step_temperature(cfg: Config, step) -> tf.Tensor:
+    """The temperature (float64) of the step after ``step`` completed ones."""
+    m = cfg.model
+    return latents.temperature(step, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule)
+
+
+def step_seed(cfg: Config, replica, step) -> tf.Tensor:
+    """The stateless sampling seed [2] of a step on a replica: TFP takes int32 seeds, so
+    (seed, replica) in one word and the step in the other.
+    """
+    base = (cfg.train.seed * 4096) % 2**31 + tf.cast(replica, tf.int32)
+    return tf.stack([base, tf.cast(tf.convert_to_tensor(step), tf.int32)])
+
+
+def loss_and_gradients(model, optimizer, global_batch: int):
+    """The training step's forward and backward pass on one replica: (images [b, H, W, 3],
+    tau, seed) -> (gradients, the loss terms summed / global batch, the model's outputs).
+    benchmarks/parity.py runs this same function against the authors' step.
+    """
+
+    def forward_backward(images, tau, seed):
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True, temperature=tau, seed=seed)
+            terms = model.loss_terms(images, outputs)
+            # Each replica divides its sum by the global batch, so the gradients that the
+            # optimizer sums across replicas are those of the mean over the global batch.
+            loss = tf.reduce_sum(terms["loss"]) / global_batch
+            scaled = optimizer.scale_loss(loss)  # loss scaling under mixed_float16
+        grads = tape.gradient(scaled, model.trainable_variables)
+        return grads, {k: tf.reduce_sum(v) / global_batch for k, v in terms.items()}, outputs
+
+    return forward_backward
+
+
 def make_train_step(
     cfg: Config,
     strategy: tf.distribute.Strategy,
@@ -154,32 +189,22 @@ def make_train_step(
     advances by the global batch each step. ``diverged`` (-1 until then) records the first
     step whose loss terms were not all finite, without a host round trip per step.
     """
-    m = cfg.model
     global_batch = cfg.train.batch_size
+    forward_backward = loss_and_gradients(model, optimizer, global_batch)
 
     def temperature():
-        return latents.temperature(step, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule)
+        return step_temperature(cfg, step)
 
     def gradients(images, tau, seed):
-        """Images [b, H, W, 3] (this replica's share) -> gradients, summed terms / global batch."""
-        with tf.GradientTape() as tape:
-            outputs = model(images, training=True, temperature=tau, seed=seed)
-            terms = model.loss_terms(images, outputs)
-            # Each replica divides its sum by the global batch, so the gradients that the
-            # optimizer sums across replicas are those of the mean over the global batch.
-            loss = tf.reduce_sum(terms["loss"]) / global_batch
-            scaled = optimizer.scale_loss(loss)  # loss scaling under mixed_float16
-        grads = tape.gradient(scaled, model.trainable_variables)
-        return grads, {k: tf.reduce_sum(v) / global_batch for k, v in terms.items()}
+        grads, terms, _ = forward_backward(images, tau, seed)
+        return grads, terms
 
     if jit_compile:
         gradients = tf.function(gradients, jit_compile=True)
 
     def replica_step(batch):
         replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-        # TFP takes int32 seeds: (seed, replica) in one word, the step in the other.
-        base = (cfg.train.seed * 4096) % 2**31 + tf.cast(replica, tf.int32)
-        seed = tf.stack([base, tf.cast(tf.convert_to_tensor(step), tf.int32)])
+        seed = step_seed(cfg, replica, step)
         grads, terms = gradients(batch["image"], temperature(), seed)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return terms
@@ -283,26 +308,37 @@ def _preemption_handler(strategy, manager, checkpoint_dir: str, step: tf.Variabl
     )
 
 
-def train(cfg: Config) -> dict:
+def train(
+    cfg: Config,
+    *,
+    source: data.Source | None = None,
+    callbacks=(),
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict:
     """Trains cfg's model in cfg.train.workdir, resuming from its latest checkpoint.
 
-    Returns a summary: first and last logged loss, final step, images/s. A second run on
-    the same workdir is refused while this one holds its lock (workdir.training_lock).
+    ``source``: the training data (patchvae_tf.train passes data from Python); None reads
+    cfg.data.dataset. ``callbacks``: keras.callbacks.Callback objects (callbacks.Callbacks
+    says when each is called). ``strategy``: one create_strategy made already (before any
+    other TensorFlow op, as a multi-worker strategy needs). Returns a summary: first and
+    last logged loss, final step, images/s, and whether a callback stopped training. A
+    second run on the same workdir is refused while this one holds its lock
+    (workdir.training_lock).
     """
     with contextlib.ExitStack() as held:
-        return _train(cfg, held)
+        return _train(cfg, held, source, callbacks, strategy)
 
 
-def _train(cfg: Config, held: contextlib.ExitStack) -> dict:
+def _train(cfg: Config, held: contextlib.ExitStack, source, callbacks, strategy) -> dict:
     t, dc = cfg.train, cfg.distribute
     _check_workdir(cfg)
-    strategy = create_strategy(cfg)
+    strategy = strategy or create_strategy(cfg)
     resolver = getattr(strategy, "cluster_resolver", None)
     spec = resolver.cluster_spec() if resolver is not None else None
     workers = sum(spec.num_tasks(j) for j in ("chief", "worker") if j in spec.jobs) if spec else 1
     budget.check(cfg, workers)  # before any variable or input is made
     chief = distribute.is_chief(strategy)
-    source = data.get_source(cfg.data, cfg.model.image_size, t.seed)
+    source = source or data.get_source(cfg.data, cfg.model.image_size, t.seed)
     if chief:  # the data is good: the workdir may be made, and locked
         held.enter_context(training_lock(t.workdir))
     if dc.deterministic:
@@ -392,6 +428,9 @@ def _train(cfg: Config, held: contextlib.ExitStack) -> dict:
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     preemption = _preemption_handler(strategy, manager, checkpoint_dir, step)
     progress = keras.utils.Progbar(t.train_steps, stateful_metrics=["loss", "images/s"])
+    hooks = Callbacks(callbacks, model, strategy, {"epochs": 1, "steps": t.train_steps})
+    hooks.begin()
+    stop = False
     first_loss = last_loss = None
     window_start, window_steps, rate = time.perf_counter(), 0, 0.0
     current = start
@@ -418,22 +457,25 @@ def _train(cfg: Config, held: contextlib.ExitStack) -> dict:
                     tf.summary.scalar("learning_rate", learning_rate, step=current)
                     tf.summary.scalar("images_per_second", rate, step=current)
                     if chief and (current % t.log_every == 0 or current == t.train_steps):
-                        m = cfg.model
                         # Sampled at the temperature training has reached, as the authors'
                         # test() samples at theirs.
-                        tau = latents.temperature(
-                            current, m.tau_init, m.tau_min, m.anneal_rate, m.anneal_schedule
-                        )
+                        tau = step_temperature(cfg, current)
                         _log_images(model, preview, current, tau)
                     progress.update(current, [("loss", last_loss), ("images/s", rate)])
-                if current % t.checkpoint_every == 0 or current == t.train_steps:
+                    logs = {**values, "learning_rate": learning_rate, "images_per_second": rate}
+                    stop = hooks.logged(current, logs)
+                if current % t.checkpoint_every == 0 or current == t.train_steps or stop:
                     stop_if_diverged(metrics)
                     # Every worker saves (a collective); only the chief's copy is kept.
                     manager.save(checkpoint_number=current)
                     distribute.remove_worker_dir(checkpoint_dir, strategy)
                 else:
                     preemption.save_checkpoint_if_preempted(checkpoint_number=current)
+                if stop:
+                    print(f"a callback stopped training at step {current}")
+                    break
             writer.flush()
+        hooks.end()
     finally:
         # The handler took SIGTERM for this run only; give it back (tests train in-process).
         signal.signal(signal.SIGTERM, previous_sigterm)
@@ -448,4 +490,5 @@ def _train(cfg: Config, held: contextlib.ExitStack) -> dict:
         "first_loss": first_loss,
         "last_loss": last_loss,
         "images_per_second": rate,
+        "stopped": stop,
     }

@@ -93,27 +93,32 @@ def policy_scope(name: str):
     previous global policy, so other models in the process are unaffected.
 
     Layers keep the policy they were built with: compute in float16/bfloat16, variables in
-    float32. The heads and the decoder's tanh cast to float32 (networks.py), so the latent
-    math (pooling, KL terms, TFP sampling, temperature) and the loss stay in float32.
+    float32. The heads and the decoder's tanh cast to the variables' dtype (networks.py), so
+    the latent math (pooling, KL terms, TFP sampling, temperature) and the loss stay in
+    float32. "float64" builds everything in float64 (the parity harness).
     """
-    previous = keras.config.dtype_policy()
+    previous, floatx = keras.config.dtype_policy(), keras.config.floatx()
     keras.config.set_dtype_policy("float32" if name == "none" else name)
+    if name == "float64":  # also the optimizers' own variables (the learning rate)
+        keras.config.set_floatx("float64")
     try:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+        keras.config.set_floatx(floatx)
 
 
 def build_model_in_policy(model_cfg, name: str):
     """models.build_model with its networks under policy name; the model's own call keeps
-    float32 arguments, so the temperature reaches the TFP sampling in float32 (each network
-    casts its own inputs to its compute dtype).
+    its arguments in the variables' dtype (float32 under mixed precision), so the latent
+    math and the TFP sampling run in it (each network casts its own inputs to its compute
+    dtype).
     """
     from patchvae_tf.model import models
 
     with policy_scope(name):
         model = models.build_model(model_cfg)
-    model.dtype_policy = "float32"
+    model.dtype_policy = model.dtype_policy.variable_dtype
     return model
 
 
