@@ -369,18 +369,19 @@ TRAINED_CONFIG = os.path.join("checkpoints", "trained_config.json")
 def _read(path: str) -> Config:
     try:
         with open(path) as f:
-            return Config.from_dict(json.load(f))
+            cfg = Config.from_dict(json.load(f))
     except (ValueError, TypeError) as e:
         raise UserError(f"config {path!r} is not a valid config JSON: {e}") from None
     except UserError as e:
         raise UserError(f"config {path!r}: {e}") from None
+    return cfg
 
 
 def load_config(path: str) -> Config:
     """Reads a config JSON written by training (``WORKDIR/config.json``).
 
-    When the workdir's checkpoints/trained_config.json (what its checkpoints were trained
-    with) names another model, raises UserError naming the fields that differ.
+    When the workdir's checkpoints/trained_config.json (what its checkpoints were trained with)
+    names another model, raises UserError naming the fields that differ.
     """
     if not os.path.isfile(path):
         raise UserError(f"no config at {path!r}: is this a training workdir?")

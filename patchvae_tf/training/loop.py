@@ -321,8 +321,8 @@ def train(
     cfg.data.dataset. ``callbacks``: keras.callbacks.Callback objects (callbacks.Callbacks
     says when each is called). ``strategy``: one create_strategy made already (before any
     other TensorFlow op, as a multi-worker strategy needs). Returns a summary: first and
-    last logged loss, final step, images/s, and whether a callback stopped training. A
-    second run on the same workdir is refused while this one holds its lock
+    last logged loss, final step, images/s, and whether a callback stopped training.
+    A second run on the same workdir is refused while this one holds its lock
     (workdir.training_lock).
     """
     with contextlib.ExitStack() as held:
