@@ -20,7 +20,6 @@ import tensorflow as tf  # noqa: E402
 
 from patchvae_tf import training  # noqa: E402
 from patchvae_tf.config import Config  # noqa: E402
-from patchvae_tf.config.checks import validate  # noqa: E402
 from patchvae_tf.model import latents  # noqa: E402
 from patchvae_tf.training import precision  # noqa: E402
 
@@ -34,7 +33,7 @@ class _Mean:
 
 
 def _run(job: dict) -> None:
-    cfg = validate(Config.from_dict(job["config"]))
+    cfg = Config.from_dict(job["config"])  # every value checked as it is read
     sample_occurrence = latents.sample_occurrence
     appearance_posterior = latents.appearance_posterior
     if job.get("fixed_latents"):
