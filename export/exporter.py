@@ -14,6 +14,7 @@ import tensorflow as tf
 from export import (
     batching,
     checkpoint,
+    images,
     keras_export,
     layout,
     litert_export,
@@ -25,22 +26,15 @@ from export import (
     serving,
     warmup,
 )
-from patchvae_tf import data
 from patchvae_tf.config import ExportConfig, load_config
+from patchvae_tf.config.checks import validate_export
 from patchvae_tf.data import image_limits
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import models
 from patchvae_tf.workdir import CONFIG_FILE
 
-
-def training_images(cfg, count: int) -> np.ndarray:
-    """The first `count` training images [count, S, S, 3] in [-1, 1], in a fixed order."""
-    source = data.get_source(cfg.data, cfg.model.image_size, cfg.train.seed)
-    batch = next(iter(data.input_dataset(source, "train", count, training=False)), None)
-    images = None if batch is None else batch["image"].numpy()
-    if images is None or len(images) < min(count, 2):
-        raise UserError(f"dataset {cfg.data.dataset!r} gave too few training images to check")
-    return images
+# The benchmarks read the first training images as the export does.
+training_images = images.training_images
 
 
 def _latency_ms(fn, runs: int = 20) -> float:
@@ -60,6 +54,7 @@ def export(cfg: ExportConfig) -> dict:
 
     Nothing appears in export_dir unless every check passed.
     """
+    validate_export(cfg)
     model_cfg = load_config(os.path.join(cfg.workdir, CONFIG_FILE))
     path = checkpoint.find_checkpoint(cfg.workdir, cfg.checkpoint)
     step = checkpoint.checkpoint_step(path)
@@ -74,10 +69,8 @@ def export(cfg: ExportConfig) -> dict:
         cfg.max_image_pixels, cfg.max_image_aspect, cfg.max_request_images
     )
     module = serving.EncoderServing(model, limits)
-    n = cfg.parity_images
-    calib = cfg.calibration_images if cfg.quantize else 0
-    unit = training_images(model_cfg, n + calib)
-    unit, calib_unit = unit[:n], unit[n:]
+    unit, calib_unit, checked_on, calibrated_on = images.export_images(cfg, model_cfg, model)
+    calib = len(calib_unit)
     pixels = ((unit + 1.0) * 127.5).astype(np.float32)
     keras_out = _numpy(model.encode(tf.constant(unit), training=False))
 
@@ -106,13 +99,18 @@ def export(cfg: ExportConfig) -> dict:
         "outputs": serving.output_shapes(model),
         "versions": report.versions(),
         "files": {},
-        "parity": {"images": int(len(pixels)), "tolerance": parity.TOLERANCE},
+        "parity": {
+            "images": int(len(pixels)),
+            "checked_on": checked_on,
+            "tolerance": parity.TOLERANCE,
+        },
+        "calibrated_on": calibrated_on or None,
         "latency_ms_batch1": {},
     }
     sections = [*cfg.formats, *(["int8"] if cfg.quantize else [])]
     print(
         f"export: step {step} as version {version}: {', '.join(sections)}, each checked on "
-        f"{len(pixels)} training images" + (f", int8 calibrated on {calib}" if calib else ""),
+        f"{checked_on}" + (f", int8 calibrated on {calibrated_on}" if calib else ""),
         flush=True,
     )
     started = time.perf_counter()
@@ -244,7 +242,7 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
     if cfg.quantize == "int8":
         int8_path = stage.group(layout.ONNX_DIR, layout.ONNX_INT8_FILE)
         calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
-        print(f"export: int8 calibration on {len(calibration)} training images", flush=True)
+        print(f"export: int8 calibration on {len(calibration)} images", flush=True)
         bar = keras.utils.Progbar(len(calibration), interval=0.5)
         quantize.quantize_int8(path, int8_path, calibration, progress=bar.update)
         int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])

@@ -95,6 +95,7 @@ def card(cfg, rep: dict, workdir: str) -> dict:
         },
         "evaluation": _evaluation(workdir, rep["step"]),
         "parity_max_abs": worst,
+        "parity_checked_on": rep["parity"].get("checked_on", ""),
         "int8": _int8(rep.get("int8")),
         "use": _use(rep),
         "not_for": list(NOT_FOR),
@@ -155,6 +156,8 @@ def markdown(fields: dict) -> str:
     else:
         lines += [f"- {k}: {_number(v)}" for k, v in ev.items()]
     lines += ["", "## Agreement of the exported files", ""]
+    if fields.get("parity_checked_on"):
+        lines.append(f"- checked on {fields['parity_checked_on']}")
     lines += [
         f"- max abs difference {k}: {v:.2e}" for k, v in sorted(fields["parity_max_abs"].items())
     ]

@@ -1,5 +1,6 @@
 """PatchVAE in TensorFlow 2 / Keras 3 / TensorFlow Probability.
 
+``patchvae_tf.train(config, data)`` trains on data passed from Python and
 ``patchvae_tf.load(path)`` opens a training workdir or an export directory (docs/api.md);
 its public names load on first use, so the commands check their flags before TensorFlow loads.
 ``import patchvae_tf.model`` registers the layers and models for Keras serialization, so
@@ -25,6 +26,7 @@ _LAZY = {
     "VAE": "patchvae_tf.model.models",
     "Pretrained": "patchvae_tf.pretrained",
     "load": "patchvae_tf.pretrained",
+    "train": "patchvae_tf.trainer",
 }
 __all__ = sorted(_LAZY)
 

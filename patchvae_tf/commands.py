@@ -8,8 +8,12 @@ from patchvae_tf.config import Config, EvalConfig, cli
 def train(cfg: Config) -> None:
     """Trains PatchVAE or a VAE baseline."""
     from patchvae_tf import training  # imports TensorFlow: after flags are known to be good
+    from patchvae_tf.model import backbone
 
-    training.train(cfg)
+    # The strategy first (a multi-worker one must precede every other TensorFlow op); then
+    # --encoder=module:function is imported, and --scale follows its feature map.
+    strategy = training.create_strategy(cfg)
+    training.train(cfg.replace(model=backbone.matched(cfg.model)), strategy=strategy)
 
 
 def evaluate(ecfg: EvalConfig) -> None:

@@ -9,6 +9,38 @@ CONFIG_FILE = "config.json"  # the training Config, as JSON
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"  # TensorBoard summaries of training
 EVAL_DIR = "eval"  # the evaluation report, its figures and its TensorBoard logs
+# A Keras model passed from Python as the encoder: its Keras serialization (model/backbone.py).
+BACKBONE_FILE = "backbone.json"
+
+# --encoder "keras.Model:<digest>" -> the backbone's Keras config (read from a workdir) or a
+# function building it (registered by patchvae_tf.train): what builds such a model by name.
+_BACKBONES: dict = {}
+
+
+def remember_backbone(encoder: str, entry) -> None:
+    _BACKBONES[encoder] = entry
+
+
+def saved_backbone(encoder: str):
+    """What remember_backbone or read_backbone stored for encoder, or None."""
+    return _BACKBONES.get(encoder)
+
+
+def read_backbone(workdir: str, encoder: str) -> None:
+    """Reads workdir's backbone.json for encoder (a Keras model passed from Python)."""
+    import json
+
+    from patchvae_tf.errors import UserError
+
+    path = os.path.join(workdir, BACKBONE_FILE)
+    try:
+        with open(path) as f:
+            remember_backbone(encoder, json.load(f))
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"workdir {workdir!r} was trained with a Keras model passed from Python as its "
+            f"encoder ({encoder}), and its {BACKBONE_FILE} cannot be read: {e}"
+        ) from None
 
 
 def restore(cfg, model, step=None):

@@ -347,6 +347,17 @@ def test_docs_api_md_runs_as_written(trained, exported, tmp_path, monkeypatch):
     assert namespace["codes"]["features"].shape == (4, 32)
     assert namespace["reconstructions"].shape == (4, 32, 32, 3)
     assert namespace["classifier"].count_params() == namespace["encoder"].count_params() + 99
+    # The training section trained in the test's directory, on the data it made.
+    assert namespace["mine"].step == 10 and namespace["mine"].config.data.dataset == (
+        "python:dataset"
+    )
+    assert namespace["my_codes"]["occurrence"].shape == (4, 8, 8, 8)
+    assert os.path.isdir(tmp_path / "runs" / "my_images" / "checkpoints")
+    assert namespace["on_resnet"].outputs["features"] == [None, 256]
+    assert namespace["on_resnet"].config.model.encoder.startswith("keras.Model:")
+    history = namespace["early"].history
+    assert namespace["stopped"].step == history[-1][0] < 2000
+    assert history[-1][1]["loss"] < 0.75 * history[0][1]["loss"] <= history[-2][1]["loss"]
 
 
 def test_every_export_has_a_model_card(trained, exported, tmp_path):

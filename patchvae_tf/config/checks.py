@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import os
 
-from patchvae_tf.config import BenchConfig
+from patchvae_tf.config import BenchConfig, ExportConfig
 from patchvae_tf.errors import UserError
+
+
+def validate_export(cfg: ExportConfig) -> ExportConfig:
+    """Checks that the image folders it names exist; the workdir and its checkpoint are
+    checked when the export starts.
+    """
+    for flag in ("check_images", "calibration_folder"):
+        folder = getattr(cfg, flag)
+        if folder and not os.path.isdir(folder):
+            raise UserError(f"--{flag}={folder!r} is not a directory")
+    return cfg
 
 
 def validate_bench(cfg: BenchConfig) -> BenchConfig:

@@ -4,6 +4,9 @@ ARCHS = ("patchvae", "vae")
 ENCODERS = ("resnet", "pyramid")
 # --categorical --hard's forward value (model/latents.py).
 HARD_CATEGORICAL = ("one_hot", "sign")
+# --encoder of a Keras model passed from Python (patchvae_tf.train): its Keras serialization
+# is the workdir's backbone.json; the digest tells two such models apart in one process.
+KERAS_MODEL_PREFIX = "keras.Model:"
 ANNEAL_SCHEDULES = ("reference", "exponential")
 INITIALIZATIONS = ("reference", "glorot")
 NORMALIZATIONS = ("unit", "imagenet")

@@ -117,8 +117,24 @@ class ExportConfig(Checked):
         minimum=MIN_ONNX_OPSET,
         maximum=MAX_ONNX_OPSET,
     )
-    parity_images: int = option(32, "Training images for the parity check", positive=True)
+    parity_images: int = option(
+        32,
+        "Images for the parity checks: the first training images, or --check_images's; "
+        "without either, images drawn from the model's decoder",
+        positive=True,
+    )
+    check_images: str = option(
+        "",
+        "A folder of JPEG / PNG images (subfolders too, sorted) for the parity checks, in "
+        "place of the training images (which a workdir trained on data passed from Python "
+        "does not hold)",
+    )
     calibration_images: int = option(128, "Images for int8 calibration", positive=True)
+    calibration_folder: str = option(
+        "",
+        "A folder of JPEG / PNG images for int8 calibration, in place of the training images; "
+        "--quantize=int8 refuses without real images",
+    )
     int8_min_cosine: float = option(
         0.99, "Refuse int8 features below this mean cosine to float32", minimum=-1.0, maximum=1.0
     )

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any, ClassVar
 
 from patchvae_tf.config.choices import (
@@ -14,6 +15,7 @@ from patchvae_tf.config.choices import (
     ENCODERS,
     HARD_CATEGORICAL,
     INITIALIZATIONS,
+    KERAS_MODEL_PREFIX,
     MAX_IMAGE_ASPECT,
     MAX_IMAGE_PIXELS,
     NORMALIZATIONS,
@@ -28,6 +30,13 @@ from patchvae_tf.config.fields import Checked, option
 from patchvae_tf.errors import UserError
 
 # --- training (train.py) --------------------------------------------------------
+
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def is_function_name(text: str) -> bool:
+    """Whether text has the form module:function (dotted names on both sides)."""
+    return bool(_FUNCTION_NAME.fullmatch(text))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +107,18 @@ class ModelConfig(Checked):
     """The model: PatchVAE or the VAE baseline, its networks, latents and loss weights."""
 
     arch: str = option("patchvae", "patchvae | vae (beta-VAE through --beta_app)", choices=ARCHS)
-    encoder: str = option("resnet", "resnet | pyramid", choices=ENCODERS)
+    encoder: str = option(
+        "resnet",
+        "resnet | pyramid | module:function, a function returning a keras.Model that maps "
+        "images to a feature map (imported when the model is built; --scale follows its map)",
+    )
+    encoder_preprocessing: str = option(
+        "",
+        "A module:function encoder's preprocessing, module:function applied to pixels in "
+        "[0, 255] inside the model (keras.applications.resnet_v2.preprocess_input is "
+        "keras.src.applications.resnet_v2:preprocess_input); empty: the encoder gets the "
+        "--normalization input, as the built-in ones",
+    )
     image_size: int = option(
         32, "The model's input size: images are resized and centre-cropped to it", positive=True
     )
@@ -161,6 +181,25 @@ class ModelConfig(Checked):
     )
 
     def check(self) -> None:
+        if not (
+            self.encoder in ENCODERS
+            or self.encoder.startswith(KERAS_MODEL_PREFIX)
+            or is_function_name(self.encoder)
+        ):
+            raise UserError(
+                f"unknown --encoder {self.encoder!r}; expected one of {', '.join(ENCODERS)} or "
+                "module:function"
+            )
+        if self.encoder_preprocessing and not is_function_name(self.encoder_preprocessing):
+            raise UserError(
+                f"--encoder_preprocessing={self.encoder_preprocessing!r} is not of the form "
+                "module:function"
+            )
+        if self.encoder_preprocessing and not self.custom_encoder:
+            raise UserError(
+                f"--encoder_preprocessing is for a module:function --encoder, not "
+                f"--encoder={self.encoder}"
+            )
         if self.scale & (self.scale - 1) or self.scale < 2:
             raise UserError(f"--scale must be a power of two >= 2, got {self.scale}")
         if self.encoder == "resnet" and self.scale not in RESNET_SCALES:
@@ -174,6 +213,11 @@ class ModelConfig(Checked):
             )
         if not (math.isfinite(self.tau_init) and self.tau_min <= self.tau_init):
             raise UserError(f"--tau_min={self.tau_min} must not exceed --tau_init={self.tau_init}")
+
+    @property
+    def custom_encoder(self) -> bool:
+        """Whether the encoder is the user's Keras model rather than a built-in one."""
+        return self.encoder not in ENCODERS
 
     @property
     def prior(self) -> float:
@@ -308,8 +352,14 @@ def load_config(path: str) -> Config:
         raise UserError(f"no config at {path!r}: is this a training workdir?")
     try:
         with open(path) as f:
-            return Config.from_dict(json.load(f))
+            cfg = Config.from_dict(json.load(f))
     except (ValueError, TypeError) as e:
         raise UserError(f"config {path!r} is not a valid config JSON: {e}") from None
     except UserError as e:
         raise UserError(f"config {path!r}: {e}") from None
+    if cfg.model.encoder.startswith(KERAS_MODEL_PREFIX):
+        # A Keras model passed from Python: every command that builds this model finds it.
+        from patchvae_tf import workdir
+
+        workdir.read_backbone(os.path.dirname(path), cfg.model.encoder)
+    return cfg

@@ -9,7 +9,7 @@ import tensorflow as tf
 from absl import logging
 
 from patchvae_tf.config import DataConfig
-from patchvae_tf.data import image_limits, positions, shapes
+from patchvae_tf.data import image_limits, positions, python_source, shapes
 from patchvae_tf.data.source import Source, decode_image, preprocess_image
 from patchvae_tf.data.tfds_source import tfds_source
 from patchvae_tf.errors import UserError
@@ -197,6 +197,8 @@ def get_source(cfg: DataConfig, image_size: int, seed: int = 0) -> Source:
     """Resolves --dataset, its images image_size square (the model's input size); raises
     UserError for unknown names and missing folders.
     """
+    if python_source.is_python_data(cfg.dataset):
+        raise python_source.not_stored(cfg.dataset)
     if cfg.dataset == "shapes":
         return _shapes_source(cfg, image_size, seed)
     if cfg.dataset.startswith(FOLDER_PREFIX):

@@ -5,4 +5,4 @@ Importing it registers every layer and model for Keras serialization, so
 ``keras.saving.load_model`` opens an exported ``encoder.keras`` after ``import patchvae_tf.model``.
 """
 
-from patchvae_tf.model import keras_encoder  # noqa: F401  (registers every layer)
+from patchvae_tf.model import backbone, keras_encoder  # noqa: F401  (registers every layer)

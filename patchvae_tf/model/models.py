@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import keras
 import tensorflow as tf
 
-from patchvae_tf.config import HARD_CATEGORICAL, NORMALIZATIONS, ModelConfig
+from patchvae_tf.config import ENCODERS, HARD_CATEGORICAL, NORMALIZATIONS, ModelConfig
 from patchvae_tf.model import latents, losses, networks, normalization
 from patchvae_tf.model.fused import FusedBatchNorm
 
@@ -29,6 +31,8 @@ class Autoencoder(keras.Model):
         batch_norm_momentum: float = 0.9,
         batch_norm_epsilon: float = 1e-5,
         decoder_batch_norm_updates: int = 1,
+        encoder_preprocessing: str = "",
+        backbone=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -62,7 +66,11 @@ class Autoencoder(keras.Model):
         self.beta_app, self.edge_weighting, self.tau_min = beta_app, edge_weighting, tau_min
         self.grid = image_size // scale
         self.code_size = num_parts * appearance_dim
-        self.encoder = networks.make_encoder(encoder, scale, base_channels, **self.style)
+        self.encoder_preprocessing = encoder_preprocessing
+        if encoder in ENCODERS:
+            self.encoder = networks.make_encoder(encoder, scale, base_channels, **self.style)
+        else:
+            self.encoder = _backbone(encoder, encoder_preprocessing, backbone, image_size, scale)
         # Two updates from the same batch statistics are one with momentum squared:
         # m (m r + (1 - m) s) + (1 - m) s = m^2 r + (1 - m^2) s.
         self.decoder_batch_norm_updates = decoder_batch_norm_updates
@@ -77,7 +85,11 @@ class Autoencoder(keras.Model):
         """X [B, H, W, 3] in [-1, 1] -> phi(x) [B, h, w, D] and its global average [B, D]
         (the recognition features). The input is normalised into the model's space first.
         """
-        f = self.encoder(normalization.normalize(x, self.input_space), training=training)
+        # A backbone with its own preprocessing takes pixels, and preprocesses them itself.
+        pixels = getattr(self.encoder, "takes_pixels", False)
+        f = self.encoder(
+            x if pixels else normalization.normalize(x, self.input_space), training=training
+        )
         return f, tf.reduce_mean(tf.cast(f, self.variable_dtype), axis=[1, 2])
 
     def _outputs(self, decoded, **latent):
@@ -110,7 +122,38 @@ class Autoencoder(keras.Model):
             "input_space": self.input_space,
             "decoder_batch_norm_updates": self.decoder_batch_norm_updates,
             **self.style,
+            # A custom encoder travels with the model (encoder.keras loads without the user's
+            # code when its network is made of Keras's own layers).
+            **(
+                {
+                    "encoder_preprocessing": self.encoder_preprocessing,
+                    "backbone": keras.saving.serialize_keras_object(self.encoder),
+                }
+                if self.encoder_name not in ENCODERS
+                else {}
+            ),
         }
+
+
+def _backbone(encoder: str, preprocessing: str, backbone, image_size: int, scale: int):
+    """The custom encoder (model/backbone.py): ``backbone`` (a Backbone, or its Keras
+    serialization from get_config) or the one ``encoder`` names; its map must be 1/scale.
+    """
+    from patchvae_tf.model import backbone as custom
+
+    if isinstance(backbone, dict):
+        # A copy: Keras's deserialization empties the nested configs it reads.
+        layer = keras.saving.deserialize_keras_object(copy.deepcopy(backbone))
+    elif isinstance(backbone, custom.Backbone):
+        layer = backbone
+    else:
+        layer = custom.build(encoder, preprocessing)
+    got = layer.feature_scale(image_size)
+    if got != scale:
+        raise ValueError(
+            f"`scale` must be what the encoder downsamples, {got}. Received: scale={scale!r}"
+        )
+    return layer
 
 
 @keras.saving.register_keras_serializable(package="patchvae_tf")
@@ -345,6 +388,8 @@ def build_model(cfg: ModelConfig) -> Autoencoder:
     common = {name: getattr(cfg, name) for name in _SHARED_FIELDS} | dict(
         input_space=cfg.normalization
     )
+    if cfg.custom_encoder:
+        common["encoder_preprocessing"] = cfg.encoder_preprocessing
     if cfg.arch == "patchvae":
         model = PatchVAE(
             occurrence_prior=cfg.prior,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from patchvae_tf.model import networks
+from patchvae_tf.model.backbone import Backbone
 
 
 def _conv_chain(layer) -> list[tuple[int, int]]:
@@ -27,10 +30,29 @@ def receptive_field(encoder, head_kernel: int = 3) -> int:
     """Side in pixels of the input region one occurrence logit sees.
 
     Walks the encoder's convolutions and poolings (each adds (k - 1) * jump), then the
-    head_kernel x head_kernel head conv on the feature map.
+    head_kernel x head_kernel head conv on the feature map. A Keras backbone's graph is not
+    walked but measured (_measured).
     """
+    if isinstance(encoder, Backbone):
+        return _measured(encoder.network, head_kernel)
     size, jump = 1, 1
     for kernel, stride in _conv_chain(encoder) + [(head_kernel, 1)]:
         size += (kernel - 1) * jump
         jump *= stride
     return size
+
+
+def _measured(network: keras.Model, head_kernel: int, probe: int = 256) -> int:
+    """The receptive field of any Keras network, measured: the span of input rows that the
+    gradient of the centre cell's features reaches on a random probe x probe image (random,
+    so that ReLUs pass gradients), plus the head's kernel at the map's stride. Capped by
+    the probe, which is larger than any receptive field of the cut networks this takes.
+    """
+    x = tf.random.stateless_normal([1, probe, probe, 3], seed=[0, 1])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        f = tf.cast(network(x, training=False), tf.float32)
+        h, w = int(f.shape[1]), int(f.shape[2])
+        centre = tf.reduce_sum(tf.square(f[0, h // 2, w // 2]))
+    reached = np.nonzero(np.abs(tape.gradient(centre, x).numpy()[0]).sum(axis=(1, 2)))[0]
+    return int(reached.max() - reached.min() + 1 + (head_kernel - 1) * (probe // h))

@@ -19,6 +19,7 @@ from patchvae_tf.errors import UserError
 from patchvae_tf.model import latents, models
 from patchvae_tf.model.fused import FusedAdam
 from patchvae_tf.training import distribute, precision, summaries
+from patchvae_tf.training.callbacks import Callbacks
 from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, write_text_atomic
 
 _NUM_IMAGES = 8  # images shown in TensorBoard
@@ -293,16 +294,26 @@ def _preemption_handler(strategy, manager, checkpoint_dir: str, step: tf.Variabl
     )
 
 
-def train(cfg: Config) -> dict:
+def train(
+    cfg: Config,
+    *,
+    source: data.Source | None = None,
+    callbacks=(),
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict:
     """Trains cfg's model in cfg.train.workdir, resuming from its latest checkpoint.
 
-    Returns a summary: first and last logged loss, final step, images/s.
+    ``source``: the training data (patchvae_tf.train passes data from Python); None reads
+    cfg.data.dataset. ``callbacks``: keras.callbacks.Callback objects (callbacks.Callbacks
+    says when each is called). ``strategy``: one create_strategy made already (before any
+    other TensorFlow op, as a multi-worker strategy needs). Returns a summary: first and
+    last logged loss, final step, images/s, and whether a callback stopped training.
     """
     t, dc = cfg.train, cfg.distribute
     _check_workdir(cfg)
-    strategy = create_strategy(cfg)
+    strategy = strategy or create_strategy(cfg)
     chief = distribute.is_chief(strategy)
-    source = data.get_source(cfg.data, cfg.model.image_size, t.seed)
+    source = source or data.get_source(cfg.data, cfg.model.image_size, t.seed)
     if dc.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(t.seed)
@@ -362,6 +373,9 @@ def train(cfg: Config) -> dict:
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     preemption = _preemption_handler(strategy, manager, checkpoint_dir, step)
     progress = keras.utils.Progbar(t.train_steps, stateful_metrics=["loss", "images/s"])
+    hooks = Callbacks(callbacks, model, strategy, {"epochs": 1, "steps": t.train_steps})
+    hooks.begin()
+    stop = False
     first_loss = last_loss = None
     window_start, window_steps, rate = time.perf_counter(), 0, 0.0
     current = start
@@ -392,13 +406,19 @@ def train(cfg: Config) -> dict:
                         tau = step_temperature(cfg, current)
                         _log_images(model, preview, current, tau)
                     progress.update(current, [("loss", last_loss), ("images/s", rate)])
-                if current % t.checkpoint_every == 0 or current == t.train_steps:
+                    logs = {**values, "learning_rate": learning_rate, "images_per_second": rate}
+                    stop = hooks.logged(current, logs)
+                if current % t.checkpoint_every == 0 or current == t.train_steps or stop:
                     # Every worker saves (a collective); only the chief's copy is kept.
                     manager.save(checkpoint_number=current)
                     distribute.remove_worker_dir(checkpoint_dir, strategy)
                 else:
                     preemption.save_checkpoint_if_preempted(checkpoint_number=current)
+                if stop:
+                    print(f"a callback stopped training at step {current}")
+                    break
             writer.flush()
+        hooks.end()
     finally:
         # The handler took SIGTERM for this run only; give it back (tests train in-process).
         signal.signal(signal.SIGTERM, previous_sigterm)
@@ -413,4 +433,5 @@ def train(cfg: Config) -> dict:
         "first_loss": first_loss,
         "last_loss": last_loss,
         "images_per_second": rate,
+        "stopped": stop,
     }
