@@ -156,9 +156,8 @@ def run(pcfg: ParityConfig, ref) -> dict:
                 results["authors_values"][name] = options
                 part = compare_model(name, variant_config(name, size), ref, pcfg, tmp)
                 results["rows"] += explain(part["rows"])
-                differs = any(
-                    v["set"] != v["recipe"] for v in set_options(name, "project").values()
-                )
+                project = set_options(name, "project")
+                differs = any(v["set"] != options[k]["set"] for k, v in project.items())
                 if pcfg.project_defaults and differs:
                     cfg = variant_config(name, size, values="project")
                     label = f"{name}+project"

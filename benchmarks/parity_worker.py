@@ -184,7 +184,8 @@ class ParityWorker(reference_worker.Worker):
             "model": model,
             "optimizer": optimizer,
             "loss": self._loss_fn(v),
-            "x": torch.from_numpy(data["x"]),
+            # float32 runs' arrays in float64 for the double model (their rounding reference).
+            "x": torch.from_numpy(data["x"]).to(next(model.parameters()).dtype),
             "seen": self._capture(model, v),
             "variant": v,
             "eps": r["adam_eps"],
@@ -202,7 +203,7 @@ class ParityWorker(reference_worker.Worker):
 
         c = self.cases[r["key"]]
         model, optimizer = c["model"], c["optimizer"]
-        noise = dict(np.load(r["noise"]))
+        noise = self._noise(r["noise"], c["x"].dtype)
         optimizer.param_groups[0]["eps"] = c["eps"][c["steps"]]
         optimizer.zero_grad()
         tau = c["temp"]
@@ -228,6 +229,15 @@ class ParityWorker(reference_worker.Worker):
         terms = {"loss": loss.item(), **{k: t.item() for k, t in parts.items()}}
         return {"terms": terms, "tau": tau}
 
+    def _noise(self, path, dtype):
+        """The step's draws, in the model's dtype (float64 draws for the float64 run of a
+        float32 comparison are the float32 ones, widened).
+        """
+        import numpy as np
+
+        wide = dtype == self.torch.float64
+        return {k: a.astype(np.float64) if wide else a for k, a in np.load(path).items()}
+
     def _outputs(self, recon, mu, var, vis, v):
         out = {
             "fwd/x_hat": recon.detach().numpy(),
@@ -246,7 +256,7 @@ class ParityWorker(reference_worker.Worker):
 
         c = self.cases[r["key"]]
         model = c["model"]
-        noise = dict(np.load(r["noise"]))
+        noise = self._noise(r["noise"], c["x"].dtype)
         model.eval()
         try:
             with self.torch.no_grad(), self._replay(noise.get("uniform"), noise["normal"]):
