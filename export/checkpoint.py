@@ -15,12 +15,11 @@ from patchvae_tf.workdir import CHECKPOINT_DIR
 _STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 
 
-def find_checkpoint(workdir: str, checkpoint: str = "") -> str:
-    """The checkpoint prefix to export: --checkpoint (a prefix or a directory) or the latest."""
-    where = checkpoint or os.path.join(workdir, CHECKPOINT_DIR)
-    path = tf.train.latest_checkpoint(where) if os.path.isdir(where) else where
+def named_checkpoint(checkpoint: str) -> str:
+    """The checkpoint prefix --checkpoint names (a prefix, or a directory's latest)."""
+    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
     if not path:
-        raise UserError(f"no checkpoint in {where!r}: train first, or pass --checkpoint")
+        raise UserError(f"no checkpoint in {checkpoint!r}: train first, or pass --checkpoint")
     if not tf.io.gfile.exists(path + ".index"):
         raise UserError(f"checkpoint {path!r} does not exist (no {path}.index)")
     return path
@@ -48,15 +47,25 @@ class _EncoderView(tf.Module):
             setattr(self, name, layer)
 
 
-def restore_encoder(model, path: str, workdir: str = "") -> int:
-    """Restores every encoder variable of model from the checkpoint at path.
+def restore_encoder(model, workdir: str, checkpoint: str = "") -> tuple[str, int]:
+    """Restores every encoder variable of model; returns (checkpoint path, variables).
 
-    Returns how many variables were restored. Raises restore.CheckpointMismatch naming the
-    workdir and the first variable the checkpoint misses (a different model, or a checkpoint
-    written before encoder stages were saved): exporting random weights would pass every
-    later check.
+    --checkpoint (checkpoint) is restored as named, or refused in one line when it cannot be
+    read. Without it, the newest readable checkpoint of the workdir, as training resumes:
+    an unreadable newer one is passed over with a warning, and the export's step and
+    version are the one restored. Raises restore.CheckpointMismatch naming the workdir and
+    the first variable the checkpoint misses (a different model, or a checkpoint written
+    before encoder stages were saved): exporting random weights would pass every later
+    check.
     """
     view = _EncoderView(serving.encoder_parts(model))
     # The decoder and optimizer are not exported: only the view's variables must match.
-    strict.restore(path, workdir or os.path.dirname(os.path.dirname(path)), model=view)
-    return sum(len(layer.variables) for layer in serving.encoder_parts(model).values())
+    if checkpoint:
+        path = named_checkpoint(checkpoint)
+        strict.named(path, workdir or os.path.dirname(os.path.dirname(path)), model=view)
+    else:
+        where = os.path.join(workdir, CHECKPOINT_DIR)
+        path = strict.newest_readable(where, workdir, model=view)
+        if not path:
+            raise UserError(f"no checkpoint in {where!r}: train first, or pass --checkpoint")
+    return path, sum(len(layer.variables) for layer in serving.encoder_parts(model).values())

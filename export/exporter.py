@@ -24,6 +24,7 @@ from export import (
     quantize,
     report,
     serving,
+    stress,
     warmup,
 )
 from patchvae_tf.config import ExportConfig, load_config
@@ -56,15 +57,14 @@ def export(cfg: ExportConfig) -> dict:
     """
     validate_export(cfg)
     model_cfg = load_config(os.path.join(cfg.workdir, CONFIG_FILE))
-    path = checkpoint.find_checkpoint(cfg.workdir, cfg.checkpoint)
+    model = models.build_model(model_cfg.model)
+    path, restored = checkpoint.restore_encoder(model, cfg.workdir, cfg.checkpoint)
     step = checkpoint.checkpoint_step(path)
     version = cfg.version or layout.next_version(cfg.export_dir, step)
     if version <= 0:
         raise UserError(f"checkpoint {path!r} is at step {step}; pass --version=N (N >= 1)")
     layout.check_target(cfg.export_dir, version)
 
-    model = models.build_model(model_cfg.model)
-    restored = checkpoint.restore_encoder(model, path, cfg.workdir)
     limits = image_limits.ImageLimits(
         cfg.max_image_pixels, cfg.max_image_aspect, cfg.max_request_images
     )
@@ -72,6 +72,16 @@ def export(cfg: ExportConfig) -> dict:
     unit, calib_unit, checked_on, calibrated_on = images.export_images(cfg, model_cfg, model)
     calib = len(calib_unit)
     pixels = ((unit + 1.0) * 127.5).astype(np.float32)
+    # int8: calibrated on the training images and their extremes (saturated, uniform,
+    # noisy), so every valid input is within the quantized ranges; gated on the parity
+    # images and on a stress set made from them (not from the calibration images).
+    calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
+    rep_calibration = {"calibration_images": len(calibration), "calibration_extremes": 0}
+    if len(calibration):
+        extremes = stress.stack(stress.stress_images(calibration))
+        rep_calibration["calibration_extremes"] = len(extremes)
+        calibration = np.concatenate([calibration, extremes])
+    stress_sets = stress.stress_images(pixels, seed=1)
     keras_out = _numpy(model.encode(tf.constant(unit), training=False))
 
     rep = {
@@ -93,6 +103,8 @@ def export(cfg: ExportConfig) -> dict:
         "input": {
             "images": f"float32 [batch, {model.image_size}, {model.image_size}, 3], 0..255",
             "image_bytes": "string [batch], JPEG or PNG files of any size within the limits",
+            "image_tensor": "uint8 [batch, height, width, 3], any size within the limits, "
+            "one size per batch",
             # What the image signatures refuse, before decoding (load() reads them here).
             "limits": limits.to_dict(),
         },
@@ -106,6 +118,7 @@ def export(cfg: ExportConfig) -> dict:
         },
         "calibrated_on": calibrated_on or None,
         "latency_ms_batch1": {},
+        "calibration": rep_calibration,
     }
     sections = [*cfg.formats, *(["int8"] if cfg.quantize else [])]
     print(
@@ -127,13 +140,13 @@ def export(cfg: ExportConfig) -> dict:
             sm_out = _saved_model(cfg, module, stage, pixels, keras_out, rep)
             done("saved_model")
         if "onnx" in cfg.formats:
-            _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep)
+            _onnx(cfg, module, stage, pixels, keras_out, sm_out, calibration, stress_sets, rep)
             done("onnx" + (" and int8" if cfg.quantize else ""))
         if "keras" in cfg.formats:
             keras_export.write(model, stage, pixels, keras_out, rep)
             done("keras")
         if "litert" in cfg.formats:
-            _litert(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep)
+            _litert(cfg, module, stage, pixels, keras_out, sm_out, calibration, stress_sets, rep)
             done("litert" + (" and int8" if cfg.quantize else ""))
         # What a reader checks to know the files it sees are the ones this report describes.
         staged = {
@@ -181,8 +194,24 @@ def _saved_model(cfg, module, stage, pixels, keras_out, rep) -> dict:
     rounded = np.round(pixels)
     pngs = tf.stack([tf.io.encode_png(tf.cast(p, tf.uint8)) for p in rounded])
     bytes_out = _numpy(loaded.signatures[serving.BYTES_SIGNATURE](image_bytes=pngs))
-    bytes_diffs = parity.max_abs(bytes_out, _numpy(default(images=tf.constant(rounded))))
+    rounded_out = _numpy(default(images=tf.constant(rounded)))
+    bytes_diffs = parity.max_abs(bytes_out, rounded_out)
     parity.check("serve_image_bytes vs serving_default", bytes_diffs)
+    # The uint8 signature: at the model's size it is serving_default on the same pixels;
+    # at another size (each image upscaled 3:2 by nearest neighbour, so the resize inside
+    # has work to do) it is the bytes signature on the same images as PNGs.
+    tensor_sig = loaded.signatures[serving.TENSOR_SIGNATURE]
+    as_uint8 = tf.cast(rounded, tf.uint8)
+    tensor_diffs = parity.max_abs(_numpy(tensor_sig(image_tensor=as_uint8)), rounded_out)
+    parity.check("serve_image_tensor vs serving_default", tensor_diffs)
+    s = pixels.shape[1]
+    larger = tf.image.resize(as_uint8, [s * 3 // 2, s * 2], method="nearest")
+    larger_pngs = tf.stack([tf.io.encode_png(p) for p in larger])
+    resized_diffs = parity.max_abs(
+        _numpy(tensor_sig(image_tensor=larger)),
+        _numpy(loaded.signatures[serving.BYTES_SIGNATURE](image_bytes=larger_pngs)),
+    )
+    parity.check(f"serve_image_tensor vs serve_image_bytes at {s * 2}x{s * 3 // 2}", resized_diffs)
     xla = loaded.signatures[serving.XLA_SIGNATURE]
     # The warmup's batch size, which XLA has compiled already: no third compilation.
     big = min(len(pixels), 8)
@@ -193,6 +222,8 @@ def _saved_model(cfg, module, stage, pixels, keras_out, rep) -> dict:
     rep["signatures"] = report.signatures(loaded)
     rep["parity"]["saved_model_vs_keras"] = diffs
     rep["parity"]["image_bytes_vs_images"] = bytes_diffs
+    rep["parity"]["image_tensor_vs_images"] = tensor_diffs
+    rep["parity"]["image_tensor_vs_image_bytes_resized"] = resized_diffs
     rep["parity"]["serving_xla_vs_serving_default"] = xla_diffs
     rep["warmup_replayed"] = replayed
     rel = os.path.join(layout.SAVED_MODEL, str(stage.version))
@@ -219,7 +250,7 @@ def _batching(stage, default, pixels) -> dict:
     return {"images_per_second": {str(k): round(v, 1) for k, v in rates.items()}, **params}
 
 
-def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> None:
+def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calibration, stress_sets, rep) -> None:
     """Converts, checks and compares the ONNX model (and its int8 variant)."""
     import onnxruntime as ort
 
@@ -241,21 +272,27 @@ def _onnx(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> Non
 
     if cfg.quantize == "int8":
         int8_path = stage.group(layout.ONNX_DIR, layout.ONNX_INT8_FILE)
-        calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
-        print(f"export: int8 calibration on {len(calibration)} images", flush=True)
+        print(
+            f"export: int8 calibration on {len(calibration)} images (training images and "
+            "their extremes)",
+            flush=True,
+        )
         bar = keras.utils.Progbar(len(calibration), interval=0.5)
         quantize.quantize_int8(path, int8_path, calibration, progress=bar.update)
         int8_session = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
         int8_out = run(int8_session, pixels)
         agreement = parity.agreement(onnx_out, int8_out)
-        entry = _int8_entry(cfg, quantize.METHOD, calibration, int8_path, path, agreement)
+        entry = _int8_entry(cfg, quantize.METHOD, rep["calibration"], int8_path, path, agreement)
+        entry["stress"] = _stress(
+            lambda x: run(session, x), lambda x: run(int8_session, x), stress_sets
+        )
         if not _gate_int8(cfg, rep, "int8", int8_path, entry):
             return
         rep["files"][os.path.join(layout.ONNX_DIR, layout.ONNX_INT8_FILE)] = entry["size_bytes"]
         rep["latency_ms_batch1"]["onnxruntime_int8"] = _latency_ms(lambda: run(int8_session, one))
 
 
-def _litert(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> None:
+def _litert(cfg, module, stage, pixels, keras_out, sm_out, calibration, stress_sets, rep) -> None:
     """Converts, checks and compares the LiteRT models, run by ai_edge_litert's interpreter.
 
     The same checks as ONNX: float32 within parity.TOLERANCE of Keras and the SavedModel,
@@ -276,14 +313,16 @@ def _litert(cfg, module, stage, pixels, keras_out, sm_out, calib_unit, rep) -> N
         return
 
     int8_path = stage.group(layout.LITERT_DIR, layout.LITERT_INT8_FILE)
-    calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
     with open(int8_path, "wb") as f:
         f.write(litert_export.convert(module, calibration))
     int8_info = litert_export.describe(int8_path)
     int8_run = litert_export.runner(litert_export.interpreter(int8_path))
     agreement = parity.agreement(out, int8_run(pixels))
-    entry = _int8_entry(cfg, litert_export.INT8_METHOD, calibration, int8_path, path, agreement)
+    entry = _int8_entry(
+        cfg, litert_export.INT8_METHOD, rep["calibration"], int8_path, path, agreement
+    )
     entry["ops"] = int8_info["ops"]
+    entry["stress"] = _stress(run, int8_run, stress_sets)
     if not _gate_int8(cfg, rep, "litert_int8", int8_path, entry):
         return
     rep["files"][os.path.join(layout.LITERT_DIR, layout.LITERT_INT8_FILE)] = entry["size_bytes"]
@@ -308,13 +347,36 @@ def _check_runtime(label: str, key: str, run, pixels, keras_out, sm_out, rep: di
     return out
 
 
-def _int8_entry(cfg, method: str, calibration, int8_path: str, float_path: str, agreement) -> dict:
+def _stress(float_run, int8_run, sets: dict) -> dict:
+    """Per stress set (export/stress.py): the int8 outputs' agreement with float32, and
+    how many int8 values are not finite (or the runtime's error, which the gate refuses).
+    """
+    out = {}
+    for name, batch in sets.items():
+        try:
+            got = int8_run(batch)
+        except Exception as e:  # a runtime refusing to run the model is the finding
+            out[name] = {"error": " ".join(str(e).split())[:300]}
+            continue
+        want = float_run(batch)
+        out[name] = {
+            "agreement": parity.agreement(want, got),
+            "non_finite": int(sum(np.sum(~np.isfinite(v)) for v in got.values())),
+        }
+    return out
+
+
+def _int8_entry(cfg, method: str, counts: dict, int8_path: str, float_path: str, agreement) -> dict:
     """What the report says of an int8 model: how it was made, its size, its agreement."""
     size = report.size_bytes(int8_path)
     return {
         "method": method,
-        "calibration_images": int(len(calibration)),
-        "evaluated_on": "the parity images (not used for calibration)",
+        # The training images, and the variants of them at the range's edges (stress.py).
+        "calibration_images": int(counts["calibration_images"]),
+        "calibration_extremes": int(counts["calibration_extremes"]),
+        "evaluated_on": "the parity images (not used for calibration), and a stress set made "
+        "from them: uniform images at 0, 128, 200 and 255, white and black backgrounds, "
+        "bright and dark contrast, noise",
         "size_bytes": size,
         "size_vs_float32": size / report.size_bytes(float_path),
         "agreement_with_float32": agreement,
@@ -328,7 +390,7 @@ def _gate_int8(cfg, rep: dict, key: str, int8_path: str, entry: dict) -> bool:
     --force_int8; the float32 export goes ahead either way).
     """
     rep[key] = entry
-    refusal = quantize.gate(entry["agreement_with_float32"], cfg.int8_min_cosine)
+    refusal = quantize.gate(entry["agreement_with_float32"], cfg.int8_min_cosine, entry["stress"])
     if refusal and not cfg.force_int8:
         os.remove(int8_path)
         entry["written"] = False

@@ -1,4 +1,4 @@
-"""The raw-pixel encoder as LiteRT models (float32 and full-integer int8), built-in ops only."""
+"""The raw-pixel encoder as LiteRT models (float32; int8 with a float32 pooling), built-ins only."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ _NOT_BUILTIN = ("Flex", "Custom", "CUSTOM", "DELEGATE")
 
 
 INT8_METHOD = (
-    "tf.lite.TFLiteConverter full-integer quantization (TFLITE_BUILTINS_INT8): int8 weights "
-    "per channel and int8 activations, ranges calibrated on training images; float32 input "
-    "and output"
+    "tf.lite.TFLiteConverter integer quantization: int8 weights per channel and int8 "
+    "activations, ranges calibrated on training images and their saturated, uniform and noisy "
+    "variants; the occurrence probabilities and the appearance pooling stay float32 (not "
+    "full-integer: a DIV by a sum that rounds to zero fails in int8); float32 input and output"
 )
+# Where the occurrence probabilities begin: the pooling after them divides by their sum.
+_PROBABILITY_OPS = ("LOGISTIC", "SOFTMAX")
 
 
 class LiteRTCheckError(RuntimeError):
@@ -52,32 +55,78 @@ def frozen_encoder(module: serving.EncoderServing):
 def convert(module: serving.EncoderServing, calibration: np.ndarray | None = None) -> bytes:
     """The LiteRT flatbuffer of module.encode_pixels; int8 when calibration is given.
 
-    calibration: [K, S, S, 3] float 0..255 training images, the representative dataset.
-    With it, weights and activations are int8 (TFLITE_BUILTINS_INT8 only: conversion fails
-    rather than leave an op in float), while input and output stay float32, so a caller
-    sends the same 0..255 pixels as to the float32 model. Without it, float32 built-in ops.
-    Select TF (Flex) ops are never allowed: the plain LiteRT runtime would refuse the model.
+    calibration: [K, S, S, 3] float 0..255 images, the representative dataset. With it,
+    every convolution's weights and activations are int8, while the occurrence
+    probabilities and the pooling computed from them stay float32 (float_tensors), and
+    input and output stay float32, so a caller sends the same 0..255 pixels as to the
+    float32 model. Without it, float32 built-in ops. Select TF (Flex) ops are never
+    allowed: the plain LiteRT runtime would refuse the model.
     """
     fn = frozen_encoder(module)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], tf.Module())
-    if calibration is None:
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    else:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+    def converter():
+        c = tf.lite.TFLiteConverter.from_concrete_functions([fn], tf.Module())
+        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return c
+
+    with warnings.catch_warnings():
+        # The calibrator runs the model in TensorFlow's own deprecated tf.lite.Interpreter,
+        # which warns about itself; our checks use ai_edge_litert's.
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        float_model = converter().convert()
+        if calibration is None:
+            return float_model
+        quantizing = converter()
+        quantizing.optimizations = [tf.lite.Optimize.DEFAULT]
+        # INT8 first; the float32 built-ins only for the ops named below.
+        quantizing.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
         batches = [calibration[i : i + 16] for i in range(0, len(calibration), 16)]
 
         def representative():
             for batch in batches:
                 yield {serving.IMAGES: batch.astype(np.float32)}
 
-        converter.representative_dataset = representative
-    with warnings.catch_warnings():
-        # The calibrator runs the model in TensorFlow's own deprecated tf.lite.Interpreter,
-        # which warns about itself; our checks use ai_edge_litert's.
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        return converter.convert()
+        quantizing.representative_dataset = representative
+        # The converter's own selective quantization: the debugger's denylist keeps the
+        # named tensors' ops in float32, the rest int8.
+        options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=float_tensors(float_model)
+        )
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=quantizing, debug_dataset=representative, debug_options=options
+        )
+        return debugger.get_nondebug_quantized_model()
+
+
+def float_tensors(model: bytes) -> list[str]:
+    """The output tensors of the ops that must stay float32 in an int8 model: the occurrence
+    probabilities and every op computed from them (the pooling's sums, + eps and DIV).
+
+    In int8 a part's probabilities round to the zero point on an image where it barely
+    occurs, and LiteRT's int8 DIV refuses a zero divisor ("data[i] != zero_point").
+    """
+    interp = interpreter(model, 1, delegates=False)
+    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()  # no public call lists a model's ops
+    consumers: dict[int, list] = {}
+    for op in ops:
+        for i in op["inputs"]:
+            consumers.setdefault(int(i), []).append(op)
+    todo = [op for op in ops if op["op_name"] in _PROBABILITY_OPS]
+    seen, out = set(), []
+    while todo:
+        op = todo.pop()
+        if op["index"] in seen:
+            continue
+        seen.add(op["index"])
+        for i in op["outputs"]:
+            out.append(names[int(i)])
+            todo.extend(consumers.get(int(i), []))
+    return out
 
 
 def interpreter(model: str | bytes, threads: int = 2, delegates: bool = True):

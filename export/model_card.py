@@ -88,6 +88,9 @@ def card(cfg, rep: dict, workdir: str) -> dict:
             "images": f"float32 [batch, {size}, {size}, 3], RGB pixels in [0, 255]",
             "image_bytes": "string [batch] of JPEG or PNG files of any size, resized (shorter "
             f"side to {size}) and centre-cropped as in training",
+            "image_tensor": "uint8 [batch, height, width, 3] of any size (one per batch), "
+            "resized and cropped as image_bytes",
+            "limits": _limits(rep),
         },
         "outputs": {
             name: {"shape": shape, "range": _RANGES.get(name, "")}
@@ -176,6 +179,18 @@ def _number(value) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k} {_number(v)}" for k, v in value.items())
     return str(value)
+
+
+def _limits(rep: dict) -> str:
+    """What the image inputs refuse, from the report's limits."""
+    lim = rep.get("input", {}).get("limits") or {}
+    if not lim:
+        return ""
+    return (
+        f"images of at most {lim['max_pixels']:,} pixels with a long side at most "
+        f"{lim['max_aspect']:g} times the short one, {lim['max_images']} per request, "
+        "checked from the file header before decoding"
+    )
 
 
 RECOGNIZER_NOT_FOR = (

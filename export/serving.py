@@ -10,8 +10,11 @@ from patchvae_tf.model import models
 
 IMAGES = "images"
 IMAGE_BYTES = "image_bytes"
+IMAGE_TENSOR = "image_tensor"
 DEFAULT_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serve_image_bytes"
+# Model Garden's image_tensor input: uint8 images of any size, resized inside.
+TENSOR_SIGNATURE = "serve_image_tensor"
 # serving_default's checks, then the encoder compiled by XLA: half serving_default's op time
 # at batch 1 in the profile, slower at batch 128 (docs/performance.md has the figures).
 XLA_SIGNATURE = "serving_xla"
@@ -90,11 +93,16 @@ class EncoderServing(tf.Module):
             self._serve_image_bytes,
             input_signature=[tf.TensorSpec(None, tf.string, name=IMAGE_BYTES)],
         )
+        self.serve_image_tensor = tf.function(
+            self._serve_image_tensor,
+            input_signature=[tf.TensorSpec(None, tf.uint8, name=IMAGE_TENSOR)],
+        )
 
     def signatures(self) -> dict:
         return {
             DEFAULT_SIGNATURE: self.serve.get_concrete_function(),
             BYTES_SIGNATURE: self.serve_image_bytes.get_concrete_function(),
+            TENSOR_SIGNATURE: self.serve_image_tensor.get_concrete_function(),
             XLA_SIGNATURE: self.serve_xla.get_concrete_function(),
         }
 
@@ -168,6 +176,30 @@ class EncoderServing(tf.Module):
         x = tf.map_fn(
             self._decode_one,
             image_bytes,
+            fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32),
+            parallel_iterations=1,
+        )
+        return self._encode_scaled(x)
+
+    def _serve_image_tensor(self, image_tensor):
+        """image_tensor uint8 [B, H, W, 3], any H and W (one size per batch) -> outputs,
+        each image resized and centre-cropped as in training, after the size and count
+        checks of the image-bytes signature.
+        """
+        # EnsureShape fails with InvalidArgument naming the expected shape, for a wrong rank
+        # or channel count alike, as serving_default's does.
+        images = tf.ensure_shape(image_tensor, [None, None, None, 3])
+        shape = tf.shape(images)
+        count = image_limits.tf_check_count(shape[0], IMAGE_TENSOR, self._limits)
+        with tf.control_dependencies([count]):
+            size = image_limits.tf_check_size(shape[1], shape[2], self._limits, f"`{IMAGE_TENSOR}`")
+        with tf.control_dependencies([size]):
+            images = tf.identity(images)
+        s = self.image_size
+        # One image at a time, as the bytes signature: one image's float copy at most.
+        x = tf.map_fn(
+            lambda image: data.preprocess_image(image, s),
+            images,
             fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32),
             parallel_iterations=1,
         )

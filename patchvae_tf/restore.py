@@ -92,3 +92,47 @@ def restore(path: str, workdir: str, **objects) -> None:
     except (tf.errors.OpError, ValueError) as e:
         raise UserError(f"cannot restore {path!r}: {str(e).splitlines()[0]}") from None
     status.expect_partial()
+
+
+def newest_readable(checkpoint_dir: str, workdir: str, **objects) -> str | None:
+    """Restores the newest checkpoint of checkpoint_dir that reads back whole into objects,
+    as training does when it resumes; returns its path (None: the directory holds none).
+
+    An unreadable checkpoint (truncated, deleted or garbage files) is passed over for the one
+    before it, with a warning naming it; nothing is deleted. CheckpointMismatch (another
+    model) is raised at once; every checkpoint unreadable is one UserError naming them.
+    """
+    state = (
+        tf.train.get_checkpoint_state(checkpoint_dir) if tf.io.gfile.isdir(checkpoint_dir) else None
+    )
+    candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
+    failures = []
+    for path in candidates:
+        try:
+            restore(path, workdir, **objects)
+        except CheckpointMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001  UserError, OpError, IndexError...
+            reason = " ".join(str(e).split())[:200]
+            print(f"warning: checkpoint {path} is unreadable ({reason}); trying an older one")
+            failures.append(path)
+            continue
+        if failures:
+            print(f"using checkpoint {path}, the newest readable one")
+        return path
+    if failures:
+        raise UserError(
+            f"no readable checkpoint in {checkpoint_dir!r} (tried {', '.join(failures)})"
+        )
+    return None
+
+
+def named(path: str, workdir: str, **objects) -> None:
+    """Restores the checkpoint the user named (no fallback): one UserError if unreadable."""
+    try:
+        restore(path, workdir, **objects)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"checkpoint {path!r} is unreadable ({reason})") from None

@@ -139,6 +139,9 @@ def _other_architecture_workdir(trained, tmp_path):
     cfg, _ = trained
     workdir = tmp_path / "renamed"
     shutil.copytree(os.path.join(cfg.train.workdir, "checkpoints"), workdir / "checkpoints")
+    # Without training's record of its config (a workdir written before it existed), so the
+    # strict restore is what refuses it; with it, load_config names the edit first.
+    (workdir / "checkpoints" / "trained_config.json").unlink()
     other = cfg.replace(
         model=dataclasses.replace(cfg.model, num_parts=4),
         train=dataclasses.replace(cfg.train, workdir=str(workdir)),

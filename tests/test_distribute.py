@@ -246,7 +246,8 @@ def test_multi_worker_preempted_then_resumed(tmp_path):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, err_msg=k)
     assert _latest_step(str(checkpoints)) == saved + 2
     assert not glob.glob(str(workdir / "workertemp_*"))
-    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "logs"]
+    # The chief's training lock (released when it exited) is the one file besides.
+    assert sorted(os.listdir(workdir)) == [".training.lock", "checkpoints", "config.json", "logs"]
     # One event file per chief run: the other worker wrote no summaries.
     assert len(glob.glob(str(workdir / "logs" / "events.out.tfevents.*"))) == 2
 

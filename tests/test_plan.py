@@ -84,7 +84,10 @@ def test_evaluate_prints_the_plan_then_progress_bars(set_up, monkeypatch, capsys
         "probe: trained test",
         "probe: random train",
         "probe: random test",
+        # Parts are matched to regions on training images and scored on test images.
+        "parts: trained train",
         "parts: trained test",
+        "parts: random train",
         "parts: random test",
         "finetune run 1 of 6: trained, 0 stages frozen",
     ]

@@ -93,6 +93,8 @@ def test_workdir_from_before_image_size_moved_to_the_model_still_restores(traine
     cfg, _ = trained
     workdir = str(tmp_path / "old")
     shutil.copytree(cfg.train.workdir, workdir)
+    # A workdir of that release has no record of the config its checkpoints were trained with.
+    os.remove(os.path.join(workdir, "checkpoints", "trained_config.json"))
     path = os.path.join(workdir, "config.json")
     Path(path).write_text(OLD_CONFIG_JSON % workdir)
     old = config.load_config(path)

@@ -8,6 +8,8 @@ that share a field name (workdir, dataset, seed) never see each other's defaults
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -66,6 +68,7 @@ def parse(spec, argv: Sequence[str]) -> Any:
     Raises UserError for an unknown or malformed flag, a positional argument or a bad value;
     prints the flags' help and exits 0 for --help.
     """
+    check_flagfiles(argv)
     values = flags.FlagValues()
     define(spec, values)
     flags.DEFINE_boolean("help", False, "Show the flags and exit", flag_values=values)
@@ -81,6 +84,52 @@ def parse(spec, argv: Sequence[str]) -> Any:
     return read(spec, values)
 
 
+_FLAGFILE = "--flagfile="
+
+
+def check_flagfiles(argv: Sequence[str]) -> None:
+    """Raises UserError for a flagfile that includes itself, directly or through others:
+    absl only warns and goes on, and the run trained with every default.
+    """
+
+    def walk(path: str, chain: tuple[str, ...]) -> None:
+        real = os.path.realpath(path)
+        if real in chain:
+            cycle = " -> ".join([*chain[chain.index(real) :], real])
+            raise UserError(f"--flagfile={path} includes itself ({cycle})")
+        try:
+            with open(path) as f:
+                lines = [line.strip() for line in f]
+        except OSError:
+            return  # absl says that it cannot open it
+        for line in lines:
+            if line.startswith(_FLAGFILE):
+                walk(line[len(_FLAGFILE) :], (*chain, real))
+
+    for arg in argv[1:]:
+        if arg.startswith(_FLAGFILE):
+            walk(arg[len(_FLAGFILE) :], ())
+
+
+# Faults of the disk a command writes to: one line naming the file, not a traceback.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_DISK_WORDS = ("No space left on device", "Disk quota exceeded", "Read-only file system")
+
+
+def disk_fault(e: BaseException) -> str:
+    """One line for a write that failed for want of space or permission, or ""."""
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+        where = f" {e.filename!r}" if e.filename else ""
+        return f"cannot write{where}: {e.strerror}; nothing saved before was changed"
+    text = str(e)
+    for words in _DISK_WORDS:
+        if words in text:
+            first = next((line for line in text.splitlines() if words in line), words)
+            first = " ".join(first.split())[:300]
+            return f"cannot write: {first}; nothing saved before was changed"
+    return ""
+
+
 def usage(spec, program: str) -> str:
     """--help's text: each section's description, then its flags with their defaults."""
     lines = [f"usage: {program} [--flagfile=FILE] [--flag=value ...]"]
@@ -93,8 +142,8 @@ def usage(spec, program: str) -> str:
 
 
 def run(main: Callable[[Any], None], spec, argv: Sequence[str] | None = None) -> None:
-    """Parses sys.argv into spec's config and calls main(config); a bad flag or a UserError
-    prints one line and exits 2.
+    """Parses sys.argv into spec's config and calls main(config); a bad flag, a UserError or
+    a write refused by a full or read-only disk prints one line and exits 2.
     """
     # Our flags live apart from absl's global ones; marking those parsed keeps absl logging
     # from warning that it logs before flag parsing.
@@ -105,4 +154,10 @@ def run(main: Callable[[Any], None], spec, argv: Sequence[str] | None = None) ->
         main(parse(spec, sys.argv if argv is None else argv))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # a full disk or a read-only one: TF's errors and OSError
+        message = disk_fault(e)
+        if not message:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -75,6 +75,8 @@ class EvalConfig(SourceFields):
     compare_dir: str = option("runs/comparison", "Where --compare writes report.json/.md")
 
     def check(self) -> None:
+        if not self.compare and not self.workdir.strip():
+            raise UserError("--workdir is empty; name the trained workdir to evaluate")
         if any(k < -1 for k in self.freeze_stages):
             raise UserError(
                 f"--freeze_stages must list depths >= 0 (or -1 for all), got "

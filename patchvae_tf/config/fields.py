@@ -5,6 +5,7 @@ the base of the config sections, which makes those checks when a section is buil
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any
 
@@ -73,6 +74,9 @@ def check_types(section) -> None:
             raise UserError(f"--{f.name} must be {kind}, got {value!r}")
         if f.type in ("int", "float"):  # NumPy scalars too, as plain Python numbers
             value = int(value) if f.type == "int" else float(value)
+            # No field means anything by inf or NaN (--learning_rate=inf trained into NaN).
+            if not math.isfinite(value):
+                raise UserError(f"--{f.name} must be a finite number, got {value}")
         elif f.type == "tuple[int, ...]":
             value = tuple(int(v) for v in value)
         # Frozen dataclasses: the normalised value replaces the given one before anyone reads it.

@@ -213,6 +213,11 @@ class ModelConfig(Checked):
             )
         if not (math.isfinite(self.tau_init) and self.tau_min <= self.tau_init):
             raise UserError(f"--tau_min={self.tau_min} must not exceed --tau_init={self.tau_init}")
+        if self.arch == "vae" and (self.categorical or self.hard):
+            flag = "--categorical" if self.categorical else "--hard"
+            raise UserError(
+                f"{flag} sets PatchVAE's occurrences; --arch=vae has none (drop {flag})"
+            )
 
     @property
     def custom_encoder(self) -> bool:
@@ -237,6 +242,15 @@ class TrainConfig(Checked):
     checkpoint_every: int = option(500, "Steps between checkpoints", positive=True)
     adam_epsilon: float = option(1e-8, "Adam epsilon (PyTorch's default)", positive=True)
     seed: int = option(0, "Random seed", minimum=0)
+    memory_check: bool = option(
+        True,
+        "Refuse a run whose estimated memory (a lower bound: variables, Adam's moments and the "
+        "main activations) is over this machine's; --nomemory_check to try anyway",
+    )
+
+    def check(self) -> None:
+        if not self.workdir.strip():
+            raise UserError("--workdir is empty; name the directory the run writes to")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,10 +360,13 @@ def from_dict(section, values: dict[str, Any]):
     return section(**values)
 
 
-def load_config(path: str) -> Config:
-    """Reads a config JSON written by training (``WORKDIR/config.json``)."""
-    if not os.path.isfile(path):
-        raise UserError(f"no config at {path!r}: is this a training workdir?")
+# Beside the checkpoints, training keeps the config they were trained with: a config.json
+# edited since (image_size 32 -> 64) is noticed instead of used silently.
+# Not named config.json: load() takes a directory holding a config.json for a workdir.
+TRAINED_CONFIG = os.path.join("checkpoints", "trained_config.json")
+
+
+def _read(path: str) -> Config:
     try:
         with open(path) as f:
             cfg = Config.from_dict(json.load(f))
@@ -357,6 +374,29 @@ def load_config(path: str) -> Config:
         raise UserError(f"config {path!r} is not a valid config JSON: {e}") from None
     except UserError as e:
         raise UserError(f"config {path!r}: {e}") from None
+    return cfg
+
+
+def load_config(path: str) -> Config:
+    """Reads a config JSON written by training (``WORKDIR/config.json``).
+
+    When the workdir's checkpoints/trained_config.json (what its checkpoints were trained with)
+    names another model, raises UserError naming the fields that differ.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"no config at {path!r}: is this a training workdir?")
+    cfg = _read(path)
+    trained_path = os.path.join(os.path.dirname(path), TRAINED_CONFIG)
+    if os.path.basename(path) == "config.json" and os.path.isfile(trained_path):
+        trained = dataclasses.asdict(_read(trained_path).model)
+        now = dataclasses.asdict(cfg.model)
+        diff = [f"{k}={now[k]!r}" for k in now if now[k] != trained[k]]
+        if diff:
+            was = ", ".join(f"{k}={trained[k]!r}" for k in now if now[k] != trained[k])
+            raise UserError(
+                f"config {path!r} was edited: it says {', '.join(diff)}, but its checkpoints "
+                f"were trained with {was} ({trained_path}); restore config.json"
+            )
     if cfg.model.encoder.startswith(KERAS_MODEL_PREFIX):
         # A Keras model passed from Python: every command that builds this model finds it.
         from patchvae_tf import workdir

@@ -54,8 +54,7 @@ def restore_model(cfg: Config) -> tuple[models.Autoencoder, int]:
     """The model of cfg restored from its workdir's latest checkpoint, and that step."""
     model = models.build_model(cfg.model)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    manager = restore(cfg, model, step=step)
-    if not manager.latest_checkpoint:
+    if not restore(cfg, model, step=step):
         raise UserError(
             f"workdir {cfg.train.workdir!r} has no checkpoint; train a model there first "
             f"(python train.py --workdir={cfg.train.workdir})"

@@ -117,10 +117,16 @@ def create_strategy(cfg: DistributeConfig) -> tf.distribute.Strategy:
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        # Not runnable on this project's machines: the standard TPU start-up, untested.
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=cfg.tpu or "")
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        # Not runnable on this project's machines: the standard TPU start-up, untested
+        # beyond its failure without a TPU, which is one line.
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=cfg.tpu or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as e:
+            first = " ".join(str(e).split())[:200]
+            where = f"--tpu={cfg.tpu!r}" if cfg.tpu else "this machine (no --tpu given)"
+            raise UserError(f"--strategy=tpu: no TPU found at {where}: {first}") from None
         return tf.distribute.TPUStrategy(resolver)
     raise UserError(f"unknown --strategy {cfg.strategy!r}")
 

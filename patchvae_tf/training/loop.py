@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -15,12 +16,19 @@ import tensorflow as tf
 from patchvae_tf import data, pixels
 from patchvae_tf import restore as strict
 from patchvae_tf.config import Config
+from patchvae_tf.config.training import TRAINED_CONFIG
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import latents, models
 from patchvae_tf.model.fused import FusedAdam
-from patchvae_tf.training import distribute, precision, summaries
+from patchvae_tf.training import budget, distribute, precision, summaries
 from patchvae_tf.training.callbacks import Callbacks
-from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, write_text_atomic
+from patchvae_tf.workdir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    LOG_DIR,
+    training_lock,
+    write_text_atomic,
+)
 
 _NUM_IMAGES = 8  # images shown in TensorBoard
 # TF's restart code for preempted jobs (failure_handling): a job manager restarts on it.
@@ -169,6 +177,7 @@ def make_train_step(
     step: tf.Variable,
     jit_compile: bool = False,
     position: tf.Variable | None = None,
+    diverged: tf.Variable | None = None,
 ):
     """A tf.function taking a distributed iterator: one optimizer step on each replica's
     share of the next global batch; returns the global-batch means of the loss terms.
@@ -177,7 +186,8 @@ def make_train_step(
     by XLA; the gradient all-reduce and the update stay outside it, where every strategy
     supports them. Sampling is stateless, seeded by (seed, replica, step), so a resumed run
     draws what the uninterrupted one would; ``position`` (training examples consumed)
-    advances by the global batch each step.
+    advances by the global batch each step. ``diverged`` (-1 until then) records the first
+    step whose loss terms were not all finite, without a host round trip per step.
     """
     global_batch = cfg.train.batch_size
     forward_backward = loss_and_gradients(model, optimizer, global_batch)
@@ -205,6 +215,10 @@ def make_train_step(
             k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
             for k, v in per_replica.items()
         }
+        if diverged is not None:
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in metrics.values()])
+            first = tf.logical_and(tf.logical_not(finite), diverged < 0)
+            diverged.assign(tf.where(first, tf.cast(step, tf.int64) + 1, diverged))
         metrics["temperature"] = temperature()
         step.assign_add(1)
         if position is not None:
@@ -308,12 +322,25 @@ def train(
     says when each is called). ``strategy``: one create_strategy made already (before any
     other TensorFlow op, as a multi-worker strategy needs). Returns a summary: first and
     last logged loss, final step, images/s, and whether a callback stopped training.
+    A second run on the same workdir is refused while this one holds its lock
+    (workdir.training_lock).
     """
+    with contextlib.ExitStack() as held:
+        return _train(cfg, held, source, callbacks, strategy)
+
+
+def _train(cfg: Config, held: contextlib.ExitStack, source, callbacks, strategy) -> dict:
     t, dc = cfg.train, cfg.distribute
     _check_workdir(cfg)
     strategy = strategy or create_strategy(cfg)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec() if resolver is not None else None
+    workers = sum(spec.num_tasks(j) for j in ("chief", "worker") if j in spec.jobs) if spec else 1
+    budget.check(cfg, workers)  # before any variable or input is made
     chief = distribute.is_chief(strategy)
     source = source or data.get_source(cfg.data, cfg.model.image_size, t.seed)
+    if chief:  # the data is good: the workdir may be made, and locked
+        held.enter_context(training_lock(t.workdir))
     if dc.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(t.seed)
@@ -330,6 +357,8 @@ def train(
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         # Training examples consumed (all pipelines): where the input resumes.
         position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_position")
+        # The first step whose loss was not finite (-1: none); never checkpointed.
+        diverged = tf.Variable(-1, dtype=tf.int64, trainable=False, name="diverged_at")
 
     checkpoint_dir = os.path.join(t.workdir, CHECKPOINT_DIR)
     parts = dict(model=model, optimizer=precision.inner_optimizer(optimizer), step=step)
@@ -347,6 +376,8 @@ def train(
     if chief:
         os.makedirs(t.workdir, exist_ok=True)
         write_text_atomic(os.path.join(t.workdir, CONFIG_FILE), cfg.to_json())
+        # What the checkpoints are trained with, so readers notice an edited config.json.
+        write_text_atomic(os.path.join(t.workdir, TRAINED_CONFIG), cfg.to_json())
     if start:
         print(f"resuming from step {start} ({latest})")
     if start >= t.train_steps:
@@ -361,8 +392,32 @@ def train(
         print("note: --sync_batch_norm over several replicas runs without XLA (--jit_compile)")
         jit_compile = False
     train_step = make_train_step(
-        cfg, strategy, model, optimizer, step, jit_compile, position=position
+        cfg, strategy, model, optimizer, step, jit_compile, position=position, diverged=diverged
     )
+    weights_finite = tf.function(
+        lambda: tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in model.variables])
+    )
+
+    def stop_if_diverged(metrics) -> None:
+        """Raises UserError (one line) once a loss or a weight is not finite: checked at
+        every logged step and before every checkpoint, so none holds a non-finite value.
+        """
+        bad = int(diverged.numpy())
+        if bad < 0 and bool(weights_finite()):
+            return
+        terms = ", ".join(
+            f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()) if k != "temperature"
+        )
+        what = (
+            f"the loss went non-finite at step {bad}"
+            if bad >= 0
+            else f"the weights went non-finite by step {current}"
+        )
+        raise UserError(
+            f"training stopped: {what} (step {current}: {terms}); "
+            f"no checkpoint was written since, the latest stays "
+            f"{manager.latest_checkpoint or 'none'}; lower --learning_rate or the loss weights"
+        )
 
     if chief:
         writer = tf.summary.create_file_writer(os.path.join(t.workdir, LOG_DIR))
@@ -386,6 +441,7 @@ def train(
                 current += 1
                 window_steps += 1
                 if current % t.log_every == 0 or current == t.train_steps or first_loss is None:
+                    stop_if_diverged(metrics)
                     values = {k: float(v) for k, v in metrics.items()}
                     elapsed = time.perf_counter() - window_start
                     rate = window_steps * global_batch / max(elapsed, 1e-9)
@@ -409,6 +465,7 @@ def train(
                     logs = {**values, "learning_rate": learning_rate, "images_per_second": rate}
                     stop = hooks.logged(current, logs)
                 if current % t.checkpoint_every == 0 or current == t.train_steps or stop:
+                    stop_if_diverged(metrics)
                     # Every worker saves (a collective); only the chief's copy is kept.
                     manager.save(checkpoint_number=current)
                     distribute.remove_worker_dir(checkpoint_dir, strategy)
