@@ -268,8 +268,7 @@ def train(rcfg: RecognizerConfig) -> dict:
     has_checkpoint = os.path.isdir(checkpoints) and tf.train.latest_checkpoint(checkpoints)
     if not has_checkpoint and not rcfg.random_init:
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        manager = restore_workdir(cfg, clf.model, step=step_var)
-        if not manager.latest_checkpoint:
+        if not restore_workdir(cfg, clf.model, step=step_var):
             raise UserError(
                 f"--encoder_workdir {rcfg.encoder_workdir!r} has no checkpoint; train an encoder "
                 f"there first (python train.py --workdir={rcfg.encoder_workdir})"
