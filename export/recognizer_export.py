@@ -234,6 +234,9 @@ def _saved_model(cfg, module, stage, pixels, keras_probs, labels, rep) -> None:
     # through serve_image_bytes and through Classify, in TF 2 and in a TF 1 session.
     reference = default(images=tf.constant(rounded[:big]))["probabilities"].numpy()
     by_bytes = loaded.signatures[serving.BYTES_SIGNATURE](image_bytes=tf.constant(pngs[:big]))
+    by_tensor = loaded.signatures[serving.TENSOR_SIGNATURE](
+        **{serving.IMAGE_TENSOR: tf.constant(rounded[:big].astype(np.uint8))}
+    )
     classify = loaded.signatures[rs.CLASSIFY_SIGNATURE](inputs=tf.constant(examples[:big]))
     session = rs.session_classify(out_dir, examples[:big])
     rep["parity"]["image_bytes_vs_images"] = parity.max_abs(
@@ -245,7 +248,15 @@ def _saved_model(cfg, module, stage, pixels, keras_probs, labels, rep) -> None:
     rep["parity"]["classify_session_vs_images"] = parity.max_abs(
         {"p": session["scores"]}, {"p": reference}
     )["p"]
-    for key in ("image_bytes_vs_images", "classify_vs_images", "classify_session_vs_images"):
+    rep["parity"]["image_tensor_vs_images"] = parity.max_abs(
+        {"p": by_tensor["probabilities"].numpy()}, {"p": reference}
+    )["p"]
+    for key in (
+        "image_bytes_vs_images",
+        "image_tensor_vs_images",
+        "classify_vs_images",
+        "classify_session_vs_images",
+    ):
         parity.check(key, {"probabilities": rep["parity"][key]})
     if (
         session["classes"][0] != list(module.class_names)

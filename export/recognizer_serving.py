@@ -50,6 +50,7 @@ class RecognizerServing(serving.EncoderServing):
         return {
             serving.DEFAULT_SIGNATURE: self.serve.get_concrete_function(),
             serving.BYTES_SIGNATURE: self.serve_image_bytes.get_concrete_function(),
+            serving.TENSOR_SIGNATURE: self.serve_image_tensor.get_concrete_function(),
             CLASSIFY_SIGNATURE: self.classify.get_concrete_function(),
         }
 
