@@ -175,3 +175,35 @@ def recognizer_export(recognizer, tmp_path_factory):
         calibration_images=32,
     )
     return ecfg, rx.export(ecfg)
+
+
+# The session model's sizes (tiny_config): image, grid (scale 4), parts N, appearance L and
+# the encoder's width.
+SIZE = 32
+GRID, PARTS, APP_DIM, CHANNELS = 8, 8, 4, 32
+
+
+def version_dir(ecfg, rep) -> str:
+    """The SavedModel version directory an export report names."""
+    return os.path.join(ecfg.export_dir, "saved_model", str(rep["version"]))
+
+
+def random_pixels(n: int, seed: int = 0):
+    """n random images [n, SIZE, SIZE, 3] in [0, 255], float32."""
+    import numpy as np
+
+    return np.random.default_rng(seed).uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def bare_env() -> dict:
+    """The environment of a child process that must not import this checkout's code."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""}
+
+
+@pytest.fixture(scope="session")
+def loaded(exported):
+    """The shared export's SavedModel, loaded as TF Serving loads it."""
+    import tensorflow as tf
+
+    ecfg, rep = exported
+    return tf.saved_model.load(version_dir(ecfg, rep))

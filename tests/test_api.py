@@ -11,10 +11,6 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from patchvae_tf import config
-from patchvae_tf.config import Config, EvalConfig, ExportConfig, ModelConfig
-from patchvae_tf.errors import UserError
-
 
 @pytest.fixture(scope="module")
 def labelled(trained):
@@ -186,66 +182,6 @@ def test_restore_of_another_architecture_is_refused_everywhere(trained, tmp_path
     assert not os.path.exists(os.path.join(workdir, "eval"))
 
 
-@pytest.mark.parametrize(
-    ("args", "build"),
-    [
-        (["--scale=3"], lambda: ModelConfig(scale=3)),
-        (["--num_parts=-1"], lambda: ModelConfig(num_parts=-1)),
-        (["--image_size=30", "--scale=8"], lambda: ModelConfig(image_size=30, scale=8)),
-        (["--encoder=vgg"], lambda: ModelConfig(encoder="vgg")),
-        (["--tau_min=2"], lambda: ModelConfig(tau_min=2.0)),
-        (["--occurrence_prior=1"], lambda: ModelConfig(occurrence_prior=1.0)),
-        (["--encoder=resnet", "--scale=2"], lambda: ModelConfig(encoder="resnet", scale=2)),
-        (["--batch_size=0"], lambda: config.TrainConfig(batch_size=0)),
-        (["--train_split=all_but_test"], lambda: config.DataConfig(train_split="all_but_test")),
-        (["--tpu=x"], lambda: config.DistributeConfig(tpu="x")),
-    ],
-)
-def test_python_and_the_command_line_give_one_message(args, build):
-    from patchvae_tf.config import Config, cli
-
-    with pytest.raises(UserError) as from_cli:
-        cli.parse(Config, ["train.py", *args])
-    with pytest.raises(UserError) as from_python:
-        build()
-    assert str(from_python.value) == str(from_cli.value)
-    assert "--" in str(from_cli.value) and "\n" not in str(from_cli.value)
-
-
-def test_every_config_checks_itself_when_built_replaced_or_read(tmp_path):
-    cfg = Config()
-    with pytest.raises(UserError, match=r"^--scale must be a power of two >= 2, got 3$"):
-        cfg.replace(model=dataclasses.replace(cfg.model, scale=3))
-    with pytest.raises(UserError, match=r"^--scale must be an integer, got 'eight'$"):
-        Config.from_dict({"model": {"scale": "eight"}})
-    with pytest.raises(UserError, match=r"^--num_parts must be an integer, got True$"):
-        Config.from_dict({"model": {"num_parts": True}})
-    with pytest.raises(UserError, match="unknown ModelConfig field 'num_part'"):
-        Config.from_dict({"model": {"num_part": 4}})
-    with pytest.raises(UserError, match="unknown config section 'modle'"):
-        Config.from_dict({"modle": {}})
-    with pytest.raises(UserError, match="Config.model must be a ModelConfig, got dict"):
-        Config(model={"scale": 8})
-    with pytest.raises(UserError, match="unknown --mode 'probes'"):
-        EvalConfig(mode="probes")
-    with pytest.raises(UserError, match=r"--freeze_stages must list depths >= 0"):
-        EvalConfig(freeze_stages=[0, -2])
-    with pytest.raises(UserError, match="add onnx or litert to --formats"):
-        ExportConfig(workdir="w", export_dir="e", formats=("keras",), quantize="int8")
-    # JSON's lists and integers become the fields' tuples and floats.
-    assert EvalConfig(freeze_stages=[0, 1]).freeze_stages == (0, 1)
-    assert Config.from_dict({"model": {"beta_occ": 2}}).model.beta_occ == 2.0
-    round_trip = Config.from_dict(json.loads(Config().to_json()))
-    assert round_trip == Config()
-    # A config.json with a bad value names the file and the value.
-    bad = json.loads(Config().to_json())
-    bad["model"]["num_parts"] = 0
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(bad))
-    with pytest.raises(UserError, match=r"config '.*config.json': --num_parts must be positive"):
-        config.load_config(str(path))
-
-
 _HEAD = r"""
 import sys
 
@@ -408,35 +344,3 @@ def test_every_export_has_a_model_card(trained, exported, tmp_path):
     assert fields["evaluation"]["note"] == "evaluated at step 200, exported at 300"
     text = model_card.markdown(fields)
     assert "- part_discovery_mean_auroc: 0.9" in text and "- linear_probe_top1: 0.625" in text
-
-
-def test_every_layer_and_model_round_trips_through_keras_serialization():
-    import keras
-    import tensorflow as tf
-
-    from patchvae_tf.model import fused, keras_encoder, models, networks
-
-    cfg = ModelConfig(encoder="pyramid", image_size=16, scale=4, base_channels=8, num_parts=3)
-    model = models.build_model(cfg)
-    objects = [
-        networks.ResidualBlock(8, 2, projection=True),
-        networks.ResNetEncoder(8),
-        networks.PyramidEncoder(4, 8),
-        networks.PyramidDecoder(4, 8),
-        networks.PatchHeads(3, 2, 0.25, initialization="glorot"),
-        fused.FusedBatchNorm(momentum=0.95),
-        model,
-        models.build_model(dataclasses.replace(cfg, arch="vae")),
-        keras_encoder.Encoder.from_autoencoder(model),
-    ]
-    for obj in objects:
-        serialized = keras.saving.serialize_keras_object(obj)
-        assert serialized["registered_name"] == f"patchvae_tf>{type(obj).__name__}"
-        again = keras.saving.deserialize_keras_object(serialized)
-        assert type(again) is type(obj) and again.get_config() == obj.get_config()
-    # The Encoder shares the trained model's weights and gives its encode() on pixels.
-    pixels = tf.random.uniform([2, 16, 16, 3], 0, 255, seed=1)
-    ours = objects[-1](pixels)
-    theirs = model.encode(pixels / 127.5 - 1.0)
-    for name in theirs:
-        np.testing.assert_allclose(ours[name], theirs[name], atol=1e-6)

@@ -8,8 +8,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, random_pixels
+
+from patchvae_tf.errors import UserError
 
 
 @pytest.mark.slow
@@ -183,7 +186,6 @@ def test_bfloat16_is_judged_against_the_run_to_run_spread(tmp_path):
 
 def test_reference_needs_a_checkout_and_a_torch_interpreter(tmp_path):
     from benchmarks import reference
-    from patchvae_tf.errors import UserError
 
     with pytest.raises(UserError, match="not a checkout of kampta/PatchVAE"):
         reference.check_checkout(str(tmp_path))
@@ -199,7 +201,6 @@ def test_reference_needs_a_checkout_and_a_torch_interpreter(tmp_path):
 def test_bench_flags_name_the_bad_value(tmp_path):
     from patchvae_tf.config import BenchConfig
     from patchvae_tf.config.checks import validate_bench
-    from patchvae_tf.errors import UserError
 
     with pytest.raises(UserError, match="need --reference"):
         validate_bench(BenchConfig(reference_python="/usr/bin/python3"))
@@ -223,3 +224,16 @@ def test_peak_rss_is_the_child_s_own_not_the_benchmark_s():
     )
     assert 300 < big < 500
     del held
+
+
+def test_benchmark_iobinding_runner_returns_what_run_returns(exported):
+    """The benchmark's IOBinding path (a latency knob) computes the same outputs as run()."""
+    from benchmarks import encoder_bench
+
+    ecfg, _ = exported
+    session = encoder_bench.ort_session(os.path.join(ecfg.export_dir, "onnx", "encoder.onnx"), 1)
+    plain, bound = encoder_bench.ort_fn(session), encoder_bench.ort_fn(session, iobinding=True)
+    for batch in (1, 3, 1):  # a second shape, then the first again (its binding is reused)
+        x = random_pixels(batch, seed=batch)
+        for a, b in zip(plain(x), bound(x), strict=True):
+            np.testing.assert_array_equal(a, b)

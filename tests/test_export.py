@@ -6,37 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import APP_DIM, CHANNELS, GRID, PARTS, ROOT, SIZE, random_pixels
 
 from patchvae_tf.config import ExportConfig
 from patchvae_tf.errors import UserError
-
-SIZE = 32  # tests/conftest.py tiny_config
-GRID, PARTS, APP_DIM, CHANNELS = 8, 8, 4, 32  # its scale 4, N, L and encoder width
-
-
-@pytest.fixture(scope="module")
-def loaded(exported):
-    import tensorflow as tf
-
-    ecfg, rep = exported
-    return tf.saved_model.load(_version_dir(ecfg, rep))
-
-
-def _version_dir(ecfg, rep):
-    return os.path.join(ecfg.export_dir, "saved_model", str(rep["version"]))
-
-
-def _pixels(n, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32)
-
-
-def _env():
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""}
 
 
 def test_layout_report_and_parity(trained, exported):
@@ -95,113 +71,6 @@ def test_layout_report_and_parity(trained, exported):
     assert os.listdir(os.path.dirname(root)) == ["patchvae"]
 
 
-def test_session_loader_runs_the_saved_model_as_tf_serving_does(exported):
-    """TF Serving (and saved_model_cli run) load a SavedModel into a TF1 session: restore
-    the variables by the saver, then run the signature's tensors. A model whose functions
-    read variables the saver does not restore loads in TF2 and fails there.
-    """
-    import tensorflow as tf
-
-    ecfg, rep = exported
-    x = _pixels(3, seed=4)
-    want = tf.saved_model.load(_version_dir(ecfg, rep)).signatures["serving_default"](
-        images=tf.constant(x)
-    )
-    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
-        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], _version_dir(ecfg, rep))
-        sig = meta.signature_def["serving_default"]
-        got = sess.run({k: v.name for k, v in sig.outputs.items()}, {sig.inputs["images"].name: x})
-    assert sorted(got) == sorted(want) == ["appearance", "features", "occurrence"]
-    for k, v in got.items():
-        np.testing.assert_allclose(v, want[k].numpy(), atol=1e-5, err_msg=k)
-
-
-def test_saved_model_holds_the_encoder_only(exported):
-    import tensorflow as tf
-
-    ecfg, rep = exported
-    keys = [k for k, _ in tf.train.list_variables(f"{_version_dir(ecfg, rep)}/variables/variables")]
-    weights = [k for k in keys if "VARIABLE_VALUE" in k]
-    # The pyramid encoder's two convs (no biases) and one BatchNorm (4), three heads (6).
-    assert len(weights) == rep["model"]["encoder_variables"] == 12
-    assert not [k for k in keys if "decoder" in k]
-    assert any("moving_mean" in k for k in weights)  # BatchNorm statistics are exported
-
-
-@pytest.mark.slow
-def test_fresh_process_without_our_code_serves_both_signatures(exported, tmp_path):
-    ecfg, rep = exported
-    script = textwrap.dedent(
-        """
-        import io, json, sys
-        import numpy as np
-        import tensorflow as tf
-        m = tf.saved_model.load(sys.argv[1])
-        rng = np.random.default_rng(1)
-        pixels = rng.uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
-        a = m.signatures["serving_default"](images=tf.constant(pixels))
-        big = tf.cast(rng.uniform(0, 255, (50, 40, 3)), tf.uint8)
-        grey = tf.cast(rng.uniform(0, 255, (20, 33, 1)), tf.uint8)
-        blobs = tf.stack([tf.io.encode_jpeg(big), tf.io.encode_png(grey)])
-        b = m.signatures["serve_image_bytes"](image_bytes=blobs)
-        ours = [n for n in sys.modules if n.split(".")[0] in ("patchvae_tf", "export")]
-        print(json.dumps({
-            "default": {k: v.shape.as_list() for k, v in a.items()},
-            "bytes": {k: v.shape.as_list() for k, v in b.items()},
-            "finite": bool(all(np.isfinite(v.numpy()).all() for v in [*a.values(), *b.values()])),
-            "ours": ours,
-        }))
-        """
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, _version_dir(ecfg, rep)],
-        cwd=tmp_path,  # not the repo: our packages are not importable from here
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["ours"] == [] and got["finite"]
-    assert got["default"] == {
-        "occurrence": [3, GRID, GRID, PARTS],
-        "appearance": [3, PARTS, APP_DIM],
-        "features": [3, CHANNELS],
-    }
-    assert got["bytes"] == {
-        "occurrence": [2, GRID, GRID, PARTS],
-        "appearance": [2, PARTS, APP_DIM],
-        "features": [2, CHANNELS],
-    }
-
-
-@pytest.mark.slow
-def test_saved_model_cli_lists_both_signatures(exported):
-    ecfg, rep = exported
-    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    proc = subprocess.run(
-        [cli, "show", "--all", "--dir", _version_dir(ecfg, rep)],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    for text in (
-        "signature_def['serving_default']",
-        "signature_def['serve_image_bytes']",
-        "inputs['images']",
-        "inputs['image_bytes']",
-        "outputs['occurrence']",
-        "outputs['appearance']",
-        "outputs['features']",
-        f"shape: (-1, {GRID}, {GRID}, {PARTS})",
-    ):
-        assert text in out, text
-
-
 @pytest.mark.parametrize("batch", [1, 7])
 def test_onnx_runtime_agrees_with_saved_model(exported, loaded, batch):
     import onnx
@@ -219,7 +88,7 @@ def test_onnx_runtime_agrees_with_saved_model(exported, loaded, batch):
     names = [o.name for o in session.get_outputs()]
     assert sorted(names) == ["appearance", "features", "occurrence"]
 
-    pixels = _pixels(batch, seed=batch)
+    pixels = random_pixels(batch, seed=batch)
     got = dict(zip(names, session.run(names, {"images": pixels}), strict=True))
     want = loaded.signatures["serving_default"](images=tf.constant(pixels))
     for k in names:
@@ -248,44 +117,8 @@ def test_int8_model_is_smaller_and_close(exported):
     kinds = {n.op_type for n in onnx.load(path).graph.node}
     assert "QuantizeLinear" in kinds and "DequantizeLinear" in kinds
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (occ,) = session.run(["occurrence"], {"images": _pixels(7)})
+    (occ,) = session.run(["occurrence"], {"images": random_pixels(7)})
     assert occ.shape == (7, GRID, GRID, PARTS)
-
-
-def test_bad_inputs_raise_invalid_argument(loaded):
-    import tensorflow as tf
-
-    default = loaded.signatures["serving_default"]
-    from_bytes = loaded.signatures["serve_image_bytes"]
-    xla = loaded.signatures["serving_xla"]
-    expected_shape = r"expected shape \[\?,32,32,3\]"
-    cases = [
-        (default, {"images": np.zeros((SIZE, SIZE, 3), np.float32)}, expected_shape),
-        (default, {"images": np.zeros((1, 31, SIZE, 3), np.float32)}, expected_shape),
-        (default, {"images": np.zeros((1, SIZE, SIZE, 4), np.float32)}, expected_shape),
-        (default, {"images": -np.ones((1, SIZE, SIZE, 3), np.float32)}, "in \\[0, 255\\]"),
-        (default, {"images": np.full((1, SIZE, SIZE, 3), np.nan, np.float32)}, "in \\[0, 255\\]"),
-        # The XLA signature checks as serving_default does: XLA would drop Assert ops.
-        (xla, {"images": np.zeros((1, 31, SIZE, 3), np.float32)}, expected_shape),
-        (xla, {"images": np.full((1, SIZE, SIZE, 3), 256.0, np.float32)}, "above 255"),
-        (xla, {"images": np.full((1, SIZE, SIZE, 3), np.inf, np.float32)}, "in \\[0, 255\\]"),
-        (xla, {"images": np.zeros((0, SIZE, SIZE, 3), np.float32)}, "empty batch"),
-        (from_bytes, {"image_bytes": np.array([b"not an image at all"])}, "JPEG or PNG"),
-        (from_bytes, {"image_bytes": np.array(b"x")}, "string \\[batch\\]"),
-    ]
-    for fn, kwargs, message in cases:
-        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-            fn(**{k: tf.constant(v) for k, v in kwargs.items()})
-    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
-        default(images=tf.zeros([1, SIZE, SIZE, 3], tf.int32))  # a wrong dtype
-    # An empty batch: a message, not a convolution's error about filter depths.
-    with pytest.raises(tf.errors.InvalidArgumentError, match="`images` is an empty batch"):
-        default(images=tf.zeros([0, SIZE, SIZE, 3]))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="`image_bytes` is an empty batch"):
-        from_bytes(image_bytes=tf.zeros([0], tf.string))
-    png = tf.io.encode_png(tf.zeros([8, 8, 3], tf.uint8)).numpy()
-    with pytest.raises(tf.errors.InvalidArgumentError):  # a PNG header on a broken file
-        from_bytes(image_bytes=tf.constant([png[:40]]))
 
 
 def test_onnx_refuses_wrong_shapes_and_clips_values(exported):
@@ -305,7 +138,7 @@ def test_onnx_refuses_wrong_shapes_and_clips_values(exported):
     for images, message in cases:
         with pytest.raises(Exception, match=message):  # onnxruntime's InvalidArgument
             session.run(None, {"images": images})
-    pixels = _pixels(2, seed=5)
+    pixels = random_pixels(2, seed=5)
     wide = pixels * 2.0 - 200.0  # about half the values fall outside 0..255
     assert (wide < 0).any() and (wide > 255).any()
     got = session.run(None, {"images": wide})
@@ -456,19 +289,6 @@ def test_export_config_validation(change, message):
         dataclasses.replace(base, **change)
 
 
-def test_benchmark_iobinding_runner_returns_what_run_returns(exported):
-    """The benchmark's IOBinding path (a latency knob) computes the same outputs as run()."""
-    from benchmarks import encoder_bench
-
-    ecfg, _ = exported
-    session = encoder_bench.ort_session(os.path.join(ecfg.export_dir, "onnx", "encoder.onnx"), 1)
-    plain, bound = encoder_bench.ort_fn(session), encoder_bench.ort_fn(session, iobinding=True)
-    for batch in (1, 3, 1):  # a second shape, then the first again (its binding is reused)
-        x = _pixels(batch, seed=batch)
-        for a, b in zip(plain(x), bound(x), strict=True):
-            np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.parametrize("force", [False, True])
 def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_path, force):
     from export import exporter
@@ -554,32 +374,3 @@ def test_zero_pad_after_relu_folds_into_max_pool_with_the_same_outputs(source, v
     assert kinds == ([source, "MaxPool"] if folded else [source, "Pad", "MaxPool"])
     assert want.shape == (2, 3, 4, 4)
     np.testing.assert_array_equal(run(model), want)
-
-
-def test_batching_parameters_follow_the_measured_throughput(exported):
-    from export import batching
-
-    ecfg, rep = exported
-    with open(os.path.join(ecfg.export_dir, "batching_parameters.txt")) as f:
-        text = f.read()
-    b = rep["batching"]
-    rates = {int(k): v for k, v in b["images_per_second"].items()}
-    assert sorted(rates) == [1, 8, 32, 128] and all(v > 0 for v in rates.values())
-    assert b == {"images_per_second": b["images_per_second"], **batching.parameters(rates)}
-    # The file says what the report says, in TF Serving's text format.
-    for key in ("max_batch_size", "batch_timeout_micros", "num_batch_threads"):
-        assert f"{key} {{ value: {b[key]} }}" in text, key
-    sizes = [int(line.split(":")[1]) for line in text.splitlines() if line.startswith("allowed")]
-    assert sizes == b["allowed_batch_sizes"] and sizes[-1] == b["max_batch_size"]
-
-
-def test_batching_rule_stops_where_throughput_stops_growing():
-    from export import batching
-
-    p = batching.parameters({1: 500.0, 8: 2000.0, 32: 2900.0, 128: 3000.0}, cores=2)
-    assert p["max_batch_size"] == 32 and p["allowed_batch_sizes"] == [1, 8, 32]
-    assert p["batch_timeout_micros"] == 2000 and p["num_batch_threads"] == 2
-    p = batching.parameters({1: 500.0, 8: 900.0, 32: 1500.0, 128: 3000.0}, cores=2)
-    assert p["max_batch_size"] == 128
-    with pytest.raises(ValueError, match="batch 1"):
-        batching.parameters({8: 1.0})

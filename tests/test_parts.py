@@ -177,3 +177,16 @@ def test_parts_are_matched_on_one_split_and_scored_on_another():
     )
     assert result["matched"]["square"]["part"] == 3
     assert result["matched"]["square"]["auroc"] < 0.7
+
+
+def test_auroc_counts_pairs_and_ties():
+    from patchvae_tf import evaluation
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 200).astype(float)  # many ties
+    labels = rng.random(200) < 0.3
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
+    assert evaluation.auroc(scores, labels) == pytest.approx(pairs)
+    assert evaluation.auroc([0.1, 0.2, 0.9], [False, False, True]) == 1.0
+    assert np.isnan(evaluation.auroc([0.1, 0.2], [True, True]))

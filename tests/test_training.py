@@ -121,25 +121,6 @@ def test_workdir_from_before_image_size_moved_to_the_model_still_restores(traine
     )
 
 
-def test_flagfile_parsing():
-    argv = ["train.py", f"--flagfile={ROOT}/configs/shapes.cfg", "--num_parts=5"]
-    cfg = cli.parse(config.Config, argv)
-    assert cfg.data.dataset == "shapes" and cfg.model.encoder == "pyramid"
-    assert cfg.model.num_parts == 5 and cfg.model.prior == 0.2
-    for name in ("cifar100", "indoor67", "places205", "imagenet", "mnist"):
-        parsed = cli.parse(config.Config, ["train.py", f"--flagfile={ROOT}/configs/{name}.cfg"])
-        assert parsed.train.workdir == f"runs/{name}"
-
-
-def test_commands_sharing_a_flag_name_keep_their_own_defaults():
-    """evaluate.py's --dataset defaults to None (the training data), train.py's to shapes,
-    whichever command parsed first in this process.
-    """
-    assert cli.parse(config.EvalConfig, ["evaluate.py"]).dataset is None
-    assert cli.parse(config.Config, ["train.py"]).data.dataset == "shapes"
-    assert cli.parse(config.EvalConfig, ["evaluate.py"]).dataset is None
-
-
 def _run(args, cwd=ROOT):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
@@ -150,31 +131,6 @@ def _run(args, cwd=ROOT):
         text=True,
         timeout=300,
     )
-
-
-@pytest.mark.parametrize(
-    "args,needle",
-    [
-        (["--num_parts=0"], "--num_parts must be positive, got 0"),
-        (["--batch_size=-4"], "--batch_size must be positive, got -4"),
-        (["--image_size=30", "--scale=8"], "--image_size=30 is not divisible by --scale=8"),
-        (["--encoder=vgg"], "unknown --encoder 'vgg'"),
-        (["--num_parts=abc"], "abc"),
-        (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
-        (["positional"], "unexpected arguments ['positional']"),
-        (["--flagfile={tmp}/missing.cfg"], "Unable to open flagfile"),
-        (["--flagfile={tmp}/bad.cfg"], "flag --image_size=abc: invalid literal"),
-        (["--strategy=foo"], "unknown --strategy 'foo'"),
-    ],
-)
-def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path):
-    (tmp_path / "bad.cfg").write_text("--dataset=shapes\n--image_size=abc\n")
-    args = [a.format(tmp=tmp_path) for a in args]
-    result = _run([*args, f"--workdir={tmp_path / 'w'}"])
-    assert result.returncode == 2, result.stderr
-    assert needle in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.slow
@@ -253,43 +209,6 @@ def _wait_for(path, proc, timeout=240):
         time.sleep(0.2)
 
 
-@pytest.mark.slow
-def test_sigterm_saves_at_that_step_exits_42_and_resumes_there(tmp_path):
-    import re
-    import signal
-
-    workdir = tmp_path / "w"
-    args = [*TINY_FLAGS, f"--workdir={workdir}", "--checkpoint_every=25"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *args, "--train_steps=100000"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_for(workdir / "checkpoints" / "ckpt-25.index", proc)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == training.PREEMPTED_EXIT_CODE == 42, err[-3000:]
-    saved = int(re.search(r"preempted: checkpoint saved at step (\d+)", out).group(1))
-    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
-    assert latest.endswith(f"ckpt-{saved}") and saved > 25
-    step = tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")
-    assert step == saved
-    assert "Traceback" not in err
-
-    resumed = _run([*args, f"--train_steps={saved + 3}"])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from step {saved} " in resumed.stdout
-    final = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
-    assert tf.train.load_variable(final, "step/.ATTRIBUTES/VARIABLE_VALUE") == saved + 3
-
-
 def _image_folder(root):
     """Two classes of odd-sized RGB images (13 training images: epochs end mid-batch)."""
     import numpy as np
@@ -319,77 +238,6 @@ def _float_variables(prefix):
 
 # Each case costs about a minute of TensorFlow start-ups on 2 cores: three cases cover the
 # three kinds of dataset and both device counts (the other pairings passed as well when added).
-@pytest.mark.slow
-@pytest.mark.parametrize(("dataset", "devices"), [("shapes", 1), ("folder", 2), ("tfds", 1)])
-def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one(
-    tmp_path, request, dataset, devices
-):
-    """--deterministic: killed (SIGKILL) after a checkpoint and resumed, a run ends with the
-    weights of a run that never stopped: the input order, flips and samples resume exactly.
-    """
-    import signal
-
-    import numpy as np
-
-    name = _image_folder(tmp_path / "images") if dataset == "folder" else "shapes"
-    if dataset == "tfds":  # 37 training images here too
-        from conftest import TINY_TFDS
-
-        name = f"{TINY_TFDS} --data_dir={request.getfixturevalue('tiny_tfds')}"
-    args = [
-        *TINY_FLAGS,
-        *f"--dataset={name}".split(),
-        "--shapes_train_size=37",  # epochs end mid-batch here too
-        "--batch_size=8",
-        "--checkpoint_every=6",
-        "--deterministic",
-        "--random_flip",
-    ]
-    if devices == 2:
-        args += ["--strategy=mirrored", "--virtual_cpu_devices=2"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    killed, fresh = tmp_path / "killed", tmp_path / "fresh"
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *args, f"--workdir={killed}", "--train_steps=100000"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_for(killed / "checkpoints" / "ckpt-12.index", proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
-    saved = int(latest.rsplit("-", 1)[1])
-    steps = saved + 7  # past the last checkpoint, through several epoch ends
-    runs = {
-        workdir: subprocess.Popen(
-            [sys.executable, "train.py", *args, f"--workdir={workdir}", f"--train_steps={steps}"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for workdir in (killed, fresh)
-    }
-    outputs = {}
-    for workdir, run in runs.items():
-        outputs[workdir], err = run.communicate(timeout=300)
-        assert run.returncode == 0, err[-3000:]
-    assert f"resuming from step {saved} " in outputs[killed]
-    final = {w: _float_variables(str(w / "checkpoints" / f"ckpt-{steps}")) for w in runs}
-    assert final[killed].keys() == final[fresh].keys() and len(final[fresh]) > 20
-    worst = max(float(np.max(np.abs(final[killed][k] - final[fresh][k]))) for k in final[fresh])
-    print(f"{dataset}, {devices} device(s): resumed at {saved}, max |weight diff| {worst:.3g}")
-    assert worst <= 1e-6, worst
-    position = tf.train.load_variable(
-        str(killed / "checkpoints" / f"ckpt-{steps}"), "input_position/.ATTRIBUTES/VARIABLE_VALUE"
-    )
-    assert position == steps * 8
 
 
 @pytest.mark.slow

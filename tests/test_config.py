@@ -1,0 +1,70 @@
+"""Configs check themselves the same way from Python and from the command line."""
+
+import dataclasses
+import json
+
+import pytest
+
+from patchvae_tf import config
+from patchvae_tf.config import Config, EvalConfig, ExportConfig, ModelConfig
+from patchvae_tf.errors import UserError
+
+
+@pytest.mark.parametrize(
+    ("args", "build"),
+    [
+        (["--scale=3"], lambda: ModelConfig(scale=3)),
+        (["--num_parts=-1"], lambda: ModelConfig(num_parts=-1)),
+        (["--image_size=30", "--scale=8"], lambda: ModelConfig(image_size=30, scale=8)),
+        (["--encoder=vgg"], lambda: ModelConfig(encoder="vgg")),
+        (["--tau_min=2"], lambda: ModelConfig(tau_min=2.0)),
+        (["--occurrence_prior=1"], lambda: ModelConfig(occurrence_prior=1.0)),
+        (["--encoder=resnet", "--scale=2"], lambda: ModelConfig(encoder="resnet", scale=2)),
+        (["--batch_size=0"], lambda: config.TrainConfig(batch_size=0)),
+        (["--train_split=all_but_test"], lambda: config.DataConfig(train_split="all_but_test")),
+        (["--tpu=x"], lambda: config.DistributeConfig(tpu="x")),
+    ],
+)
+def test_python_and_the_command_line_give_one_message(args, build):
+    from patchvae_tf.config import Config, cli
+
+    with pytest.raises(UserError) as from_cli:
+        cli.parse(Config, ["train.py", *args])
+    with pytest.raises(UserError) as from_python:
+        build()
+    assert str(from_python.value) == str(from_cli.value)
+    assert "--" in str(from_cli.value) and "\n" not in str(from_cli.value)
+
+
+def test_every_config_checks_itself_when_built_replaced_or_read(tmp_path):
+    cfg = Config()
+    with pytest.raises(UserError, match=r"^--scale must be a power of two >= 2, got 3$"):
+        cfg.replace(model=dataclasses.replace(cfg.model, scale=3))
+    with pytest.raises(UserError, match=r"^--scale must be an integer, got 'eight'$"):
+        Config.from_dict({"model": {"scale": "eight"}})
+    with pytest.raises(UserError, match=r"^--num_parts must be an integer, got True$"):
+        Config.from_dict({"model": {"num_parts": True}})
+    with pytest.raises(UserError, match="unknown ModelConfig field 'num_part'"):
+        Config.from_dict({"model": {"num_part": 4}})
+    with pytest.raises(UserError, match="unknown config section 'modle'"):
+        Config.from_dict({"modle": {}})
+    with pytest.raises(UserError, match="Config.model must be a ModelConfig, got dict"):
+        Config(model={"scale": 8})
+    with pytest.raises(UserError, match="unknown --mode 'probes'"):
+        EvalConfig(mode="probes")
+    with pytest.raises(UserError, match=r"--freeze_stages must list depths >= 0"):
+        EvalConfig(freeze_stages=[0, -2])
+    with pytest.raises(UserError, match="add onnx or litert to --formats"):
+        ExportConfig(workdir="w", export_dir="e", formats=("keras",), quantize="int8")
+    # JSON's lists and integers become the fields' tuples and floats.
+    assert EvalConfig(freeze_stages=[0, 1]).freeze_stages == (0, 1)
+    assert Config.from_dict({"model": {"beta_occ": 2}}).model.beta_occ == 2.0
+    round_trip = Config.from_dict(json.loads(Config().to_json()))
+    assert round_trip == Config()
+    # A config.json with a bad value names the file and the value.
+    bad = json.loads(Config().to_json())
+    bad["model"]["num_parts"] = 0
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(UserError, match=r"config '.*config.json': --num_parts must be positive"):
+        config.load_config(str(path))

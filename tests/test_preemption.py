@@ -1,0 +1,121 @@
+"""A killed or preempted training run resumes where it stopped."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ROOT
+from test_training import TINY_FLAGS, _float_variables, _image_folder, _run, _wait_for
+
+from patchvae_tf import training
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_that_step_exits_42_and_resumes_there(tmp_path):
+    import re
+    import signal
+
+    workdir = tmp_path / "w"
+    args = [*TINY_FLAGS, f"--workdir={workdir}", "--checkpoint_every=25"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args, "--train_steps=100000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(workdir / "checkpoints" / "ckpt-25.index", proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == training.PREEMPTED_EXIT_CODE == 42, err[-3000:]
+    saved = int(re.search(r"preempted: checkpoint saved at step (\d+)", out).group(1))
+    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    assert latest.endswith(f"ckpt-{saved}") and saved > 25
+    step = tf.train.load_variable(latest, "step/.ATTRIBUTES/VARIABLE_VALUE")
+    assert step == saved
+    assert "Traceback" not in err
+
+    resumed = _run([*args, f"--train_steps={saved + 3}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step {saved} " in resumed.stdout
+    final = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    assert tf.train.load_variable(final, "step/.ATTRIBUTES/VARIABLE_VALUE") == saved + 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dataset", "devices"), [("shapes", 1), ("folder", 2), ("tfds", 1)])
+def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one(
+    tmp_path, request, dataset, devices
+):
+    """--deterministic: killed (SIGKILL) after a checkpoint and resumed, a run ends with the
+    weights of a run that never stopped: the input order, flips and samples resume exactly.
+    """
+    import signal
+
+    name = _image_folder(tmp_path / "images") if dataset == "folder" else "shapes"
+    if dataset == "tfds":  # 37 training images here too
+        from conftest import TINY_TFDS
+
+        name = f"{TINY_TFDS} --data_dir={request.getfixturevalue('tiny_tfds')}"
+    args = [
+        *TINY_FLAGS,
+        *f"--dataset={name}".split(),
+        "--shapes_train_size=37",  # epochs end mid-batch here too
+        "--batch_size=8",
+        "--checkpoint_every=6",
+        "--deterministic",
+        "--random_flip",
+    ]
+    if devices == 2:
+        args += ["--strategy=mirrored", "--virtual_cpu_devices=2"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    killed, fresh = tmp_path / "killed", tmp_path / "fresh"
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args, f"--workdir={killed}", "--train_steps=100000"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(killed / "checkpoints" / "ckpt-12.index", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    saved = int(latest.rsplit("-", 1)[1])
+    steps = saved + 7  # past the last checkpoint, through several epoch ends
+    runs = {
+        workdir: subprocess.Popen(
+            [sys.executable, "train.py", *args, f"--workdir={workdir}", f"--train_steps={steps}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for workdir in (killed, fresh)
+    }
+    outputs = {}
+    for workdir, run in runs.items():
+        outputs[workdir], err = run.communicate(timeout=300)
+        assert run.returncode == 0, err[-3000:]
+    assert f"resuming from step {saved} " in outputs[killed]
+    final = {w: _float_variables(str(w / "checkpoints" / f"ckpt-{steps}")) for w in runs}
+    assert final[killed].keys() == final[fresh].keys() and len(final[fresh]) > 20
+    worst = max(float(np.max(np.abs(final[killed][k] - final[fresh][k]))) for k in final[fresh])
+    print(f"{dataset}, {devices} device(s): resumed at {saved}, max |weight diff| {worst:.3g}")
+    assert worst <= 1e-6, worst
+    position = tf.train.load_variable(
+        str(killed / "checkpoints" / f"ckpt-{steps}"), "input_position/.ATTRIBUTES/VARIABLE_VALUE"
+    )
+    assert position == steps * 8
