@@ -128,7 +128,7 @@ def write(path: str, results: dict) -> None:
 
 
 def main(cfg: BenchConfig) -> dict:
-    from benchmarks import reference
+    from parity import reference
 
     # Timing needs only the same layers: where torchvision does not import, the worker's own
     # ResNet-18 stands in (reported in the results' reference modules). Parity refuses it.

@@ -185,7 +185,7 @@ def test_bfloat16_is_judged_against_the_run_to_run_spread(tmp_path):
 
 
 def test_reference_needs_a_checkout_and_a_torch_interpreter(tmp_path):
-    from benchmarks import reference
+    from parity import reference
 
     with pytest.raises(UserError, match="not a checkout of kampta/PatchVAE"):
         reference.check_checkout(str(tmp_path))

@@ -5,7 +5,7 @@ import os
 import pytest
 from conftest import ROOT
 
-from benchmarks import parity, parity_tensors, reference
+from parity import harness, reference, tensors
 
 
 def _checkout() -> str | None:
@@ -26,10 +26,10 @@ def _python() -> str | None:
 
 
 def test_relative_difference_is_scaled_by_the_reference_tensor():
-    abs_diff, scale, rel = parity_tensors.difference([1.0, -4.0, 0.0], [1.0, -3.0, 0.5])
+    abs_diff, scale, rel = tensors.difference([1.0, -4.0, 0.0], [1.0, -3.0, 0.5])
     assert (abs_diff, scale, rel) == (1.0, 3.0, pytest.approx(1 / 3))
-    assert parity_tensors.difference([0.0], [0.0])[2] == 0.0
-    row = parity_tensors.row("v", "gradient", "w", [1.0, 2.0], [1.0, 2.0001], 1e-4)
+    assert tensors.difference([0.0], [0.0])[2] == 0.0
+    row = tensors.row("v", "gradient", "w", [1.0, 2.0], [1.0, 2.0001], 1e-4)
     assert row["within_tolerance"] and row["difference"] == pytest.approx(0.0001 / 2.0001)
 
 
@@ -37,10 +37,10 @@ def test_keras_kernels_take_torch_layouts():
     import numpy as np
 
     conv = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # HWIO
-    assert parity_tensors.to_torch(conv).shape == (5, 4, 2, 3)  # OIHW
-    assert parity_tensors.to_torch(conv)[1, 2, 0, 1] == conv[0, 1, 2, 1]
+    assert tensors.to_torch(conv).shape == (5, 4, 2, 3)  # OIHW
+    assert tensors.to_torch(conv)[1, 2, 0, 1] == conv[0, 1, 2, 1]
     dense = np.arange(6).reshape(2, 3)
-    assert (parity_tensors.to_torch(dense) == dense.T).all()
+    assert (tensors.to_torch(dense) == dense.T).all()
 
 
 _NO_REFERENCE = pytest.mark.skipif(
@@ -58,14 +58,14 @@ _NO_REFERENCE = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def ref():
     """One worker running the authors' code for every test here."""
-    worker = reference.start(_checkout(), _python(), False, None, parity.WORKER)
+    worker = reference.start(_checkout(), _python(), False, None, harness.WORKER)
     yield worker
     worker.close()
 
 
 def _run(ref, tmp_path, variants, seed=0, steps=2):
     """float64, batch 4, 16-pixel images (the recipes' networks on a 2 x 2 grid)."""
-    pcfg = parity.ParityConfig(
+    pcfg = harness.ParityConfig(
         reference=_checkout(),
         out=str(tmp_path / f"parity_{seed}.json"),
         variants=variants,
@@ -75,7 +75,7 @@ def _run(ref, tmp_path, variants, seed=0, steps=2):
         seed=seed,
         growth=False,
     )
-    return parity.run(pcfg, ref)
+    return harness.run(pcfg, ref)
 
 
 @pytest.mark.slow

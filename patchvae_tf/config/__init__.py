@@ -19,6 +19,8 @@ from patchvae_tf.config.choices import (
     MAX_ONNX_OPSET,
     MIN_ONNX_OPSET,
     NORMALIZATIONS,
+    PARITY_DTYPES,
+    PARITY_VARIANTS,
     PRECISIONS,
     QUANTIZE_MODES,
     RECOGNIZER_HEADS,
@@ -32,6 +34,7 @@ from patchvae_tf.config.commands import (
     BenchConfig,
     EvalConfig,
     ExportConfig,
+    ParityConfig,
 )
 from patchvae_tf.config.recognition import RecognizerConfig
 from patchvae_tf.config.training import (
@@ -68,7 +71,10 @@ __all__ = [
     "MAX_ONNX_OPSET",
     "MIN_ONNX_OPSET",
     "ModelConfig",
+    "ParityConfig",
     "NORMALIZATIONS",
+    "PARITY_DTYPES",
+    "PARITY_VARIANTS",
     "PRECISIONS",
     "QUANTIZE_MODES",
     "RECOGNIZER_HEADS",

@@ -41,3 +41,16 @@ DEFAULT_BENCH_SECTIONS = BENCH_SECTIONS[:-1]
 MAX_IMAGE_PIXELS = 4096 * 4096
 MAX_IMAGE_ASPECT = 16.0
 MAX_REQUEST_IMAGES = 128
+# python -m parity: the compared variants and the dtypes both sides run in.
+PARITY_VARIANTS = (
+    "cifar",
+    "categorical",
+    "hard",
+    "categorical_hard",
+    "pyramid",
+    "vae",
+    "imagenet",
+    "classifier",
+    "classifier_pool",
+)
+PARITY_DTYPES = ("float64", "float32")

@@ -17,6 +17,8 @@ from patchvae_tf.config.choices import (
     MAX_ONNX_OPSET,
     MAX_REQUEST_IMAGES,
     MIN_ONNX_OPSET,
+    PARITY_DTYPES,
+    PARITY_VARIANTS,
     QUANTIZE_MODES,
 )
 from patchvae_tf.config.fields import Checked, option
@@ -246,3 +248,53 @@ class BenchConfig(Checked):
                 "--reference_python, --reference_setup and --reference_venv need "
                 "--reference=PATH (a checkout of kampta/PatchVAE)"
             )
+
+
+# --- parity (python -m parity) ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityConfig(Checked):
+    """What the parity harness compares and against which checkout."""
+
+    reference: str = option("", "A checkout of kampta/PatchVAE (model.py, loss.py, ...)")
+    reference_python: str = option("", "A Python that imports torch and torchvision")
+    reference_setup: bool = option(
+        False, "Create a virtual environment with torch and torchvision for the reference (once)"
+    )
+    reference_venv: str = option(
+        "", "Where --reference_setup creates it (default ~/.cache/patchvae-tf/torch-venv)"
+    )
+    torchvision_stand_in: bool = option(
+        False,
+        "Where torchvision does not import, run their model on this project's copy of "
+        "ResNet-18 (recorded in the JSON and the table)",
+    )
+    out: str = option("parity/results/parity.json", "JSON file (a .md table beside it)")
+    dtype: str = option(
+        "float64",
+        "float64: both sides in float64, flat tolerances, exit 1 on any tensor outside | "
+        "float32: a user's run, rows outside explained per tensor by float32 rounding",
+        choices=PARITY_DTYPES,
+    )
+    variants: tuple[str, ...] = option(
+        PARITY_VARIANTS, "Comma-separated, of " + ",".join(PARITY_VARIANTS), choices=PARITY_VARIANTS
+    )
+    steps: int = option(20, "Adam steps compared, every tensor after each", positive=True)
+    batch_size: int = option(128, "Images in the batch (the recipe's 128)", positive=True)
+    image_size: int = option(32, "Image size (the CIFAR recipe's 32)", positive=True)
+    imagenet_size: int = option(
+        64, "Image size of the imagenet variant (its recipe's 224 is slow on a CPU)", positive=True
+    )
+    num_classes: int = option(
+        100, "Classes of the finetuning classifier (CIFAR-100's)", positive=True
+    )
+    seed: int = option(0, "Seed of the weights, the batch and the noise", minimum=0)
+    growth: bool = option(
+        True,
+        "float64: also run theirs from weights one ulp away, and raise a tensor's tolerance "
+        "to GROWTH_MARGIN times that growth where it is larger",
+    )
+    project_defaults: bool = option(
+        False, "Also run each variant with this project's defaults of the options that differ"
+    )

@@ -78,7 +78,7 @@ def sample_occurrence(
     a stateless seed [2] (training passes one per step, so a resumed run draws what it
     would have). The noise is TFP's: U(tiny, 1) draws u = tf.random.stateless_uniform(
     [1, B, h, w, N], seed) turned into the logistic noise logit(u), or with categorical the
-    Gumbel noise -log(-log(u)) (benchmarks/parity.py replays those draws into the authors'
+    Gumbel noise -log(-log(u)) (parity/harness.py replays those draws into the authors'
     samplers).
     """
     if hard_categorical not in HARD_CATEGORICAL:

@@ -152,7 +152,7 @@ def step_seed(cfg: Config, replica, step) -> tf.Tensor:
 def loss_and_gradients(model, optimizer, global_batch: int):
     """The training step's forward and backward pass on one replica: (images [b, H, W, 3],
     tau, seed) -> (gradients, the loss terms summed / global batch, the model's outputs).
-    benchmarks/parity.py runs this same function against the authors' step.
+    parity/harness.py runs this same function against the authors' step.
     """
 
     def forward_backward(images, tau, seed):

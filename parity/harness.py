@@ -1,7 +1,7 @@
 """Parity with the authors' code: our training step and theirs (kampta/PatchVAE, in PyTorch)
 from the same weights, batch and seeded noise, compared tensor by tensor after every step.
 
-    python -m benchmarks.parity --reference=PATH [--reference_python=PY | --reference_setup]
+    python -m parity --reference=PATH [--reference_python=PY | --reference_setup]
 
 For each variant our model is built from its recipe in configs/ (the CIFAR recipe and its
 categorical, hard and categorical-hard variants, the default run's pyramid encoder, the VAE,
@@ -18,14 +18,14 @@ variants do one SGD step of our --mode=finetune classifier (flatten or pooled he
 their classifier.py's, then compare the inference-mode logits.
 
 --dtype=float64 (the default): both sides in float64, where rounding no longer hides a
-difference. Flat tolerances (parity_tensors.TOLERANCES64), raised per tensor and step only
+difference. Flat tolerances (tensors.TOLERANCES64), raised per tensor and step only
 where float64's own growth is larger (their float64 run against itself from weights one ulp
 away, times GROWTH_MARGIN); no row is excused. The run exits 1 naming the first tensor and
 step outside its tolerance. --dtype=float32: a user's run; a row outside its tolerance is
 explained as float32 rounding only where ours is no further from their float64 result than
 their float32 result is, for that tensor (up to 3x).
 
-The documented differences float64 can see are options of ours (parity_tensors.
+The documented differences float64 can see are options of ours (tensors.
 AUTHORS_VALUES): the comparison sets each to the authors' value and lists it; with
 --project_defaults each variant whose recipe differs also runs with this project's defaults,
 as rows that only inform.
@@ -38,85 +38,24 @@ with epsilon / sqrt(1 - beta_2^t): their Adam is given that epsilon step by step
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
 import sys
 import tempfile
 
-from patchvae_tf.config.fields import Checked, option
-
-VARIANTS = (
-    "cifar",
-    "categorical",
-    "hard",
-    "categorical_hard",
-    "pyramid",
-    "vae",
-    "imagenet",
-    "classifier",
-    "classifier_pool",
-)
-DTYPES = ("float64", "float32")
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parity_worker.py")
-
-
-@dataclasses.dataclass(frozen=True)
-class ParityConfig(Checked):
-    """What the parity harness compares and against which checkout."""
-
-    reference: str = option("", "A checkout of kampta/PatchVAE (model.py, loss.py, ...)")
-    reference_python: str = option("", "A Python that imports torch and torchvision")
-    reference_setup: bool = option(
-        False, "Create a virtual environment with torch and torchvision for the reference (once)"
-    )
-    reference_venv: str = option(
-        "", "Where --reference_setup creates it (default ~/.cache/patchvae-tf/torch-venv)"
-    )
-    torchvision_stand_in: bool = option(
-        False,
-        "Where torchvision does not import, run their model on this project's copy of "
-        "ResNet-18 (recorded in the JSON and the table)",
-    )
-    out: str = option("benchmarks/results/parity.json", "JSON file (a .md table beside it)")
-    dtype: str = option(
-        "float64",
-        "float64: both sides in float64, flat tolerances, exit 1 on any tensor outside | "
-        "float32: a user's run, rows outside explained per tensor by float32 rounding",
-        choices=DTYPES,
-    )
-    variants: tuple[str, ...] = option(
-        VARIANTS, "Comma-separated, of " + ",".join(VARIANTS), choices=VARIANTS
-    )
-    steps: int = option(20, "Adam steps compared, every tensor after each", positive=True)
-    batch_size: int = option(128, "Images in the batch (the recipe's 128)", positive=True)
-    image_size: int = option(32, "Image size (the CIFAR recipe's 32)", positive=True)
-    imagenet_size: int = option(
-        64, "Image size of the imagenet variant (its recipe's 224 is slow on a CPU)", positive=True
-    )
-    num_classes: int = option(
-        100, "Classes of the finetuning classifier (CIFAR-100's)", positive=True
-    )
-    seed: int = option(0, "Seed of the weights, the batch and the noise", minimum=0)
-    growth: bool = option(
-        True,
-        "float64: also run theirs from weights one ulp away, and raise a tensor's tolerance "
-        "to GROWTH_MARGIN times that growth where it is larger",
-    )
-    project_defaults: bool = option(
-        False, "Also run each variant with this project's defaults of the options that differ"
-    )
-
-
-from benchmarks.parity_steps import compare_classifier, compare_model  # noqa: E402
-from benchmarks.parity_tensors import (  # noqa: E402
+from parity.steps import compare_classifier, compare_model
+from parity.tensors import (
     GROWTH_MARGIN,
     TOLERANCES,
     TOLERANCES64,
     set_options,
     variant_config,
 )
+from patchvae_tf.config import ParityConfig
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+
 
 # --- the run ---------------------------------------------------------------------------
 
@@ -125,7 +64,7 @@ def run(pcfg: ParityConfig, ref) -> dict:
     from benchmarks import hardware
 
     results = {
-        "command": "python -m benchmarks.parity "
+        "command": "python -m parity "
         + " ".join(
             f"--{k}={','.join(v) if isinstance(v, tuple) else v}"
             for k, v in pcfg.to_dict().items()
@@ -351,7 +290,7 @@ def write(path: str, results: dict) -> None:
 
 
 def main(pcfg: ParityConfig) -> dict:
-    from benchmarks import reference
+    from parity import reference
     from patchvae_tf.errors import UserError
 
     if not pcfg.reference:
@@ -380,14 +319,7 @@ def main(pcfg: ParityConfig) -> dict:
     return results
 
 
-def _command(pcfg: ParityConfig) -> None:
+def command(pcfg: ParityConfig) -> None:
     """The command: exit 1 when a row is outside its tolerance with no reason."""
     if main(pcfg)["first_outside"]:
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from patchvae_tf.config import cli
-
-    cli.run(_command, ParityConfig)

@@ -1,4 +1,4 @@
-"""Times the authors' PyTorch PatchVAE, driven by benchmarks/reference.py over stdin/stdout.
+"""Times the authors' PyTorch PatchVAE, driven by parity/reference.py over stdin/stdout.
 
 Runs in a PyTorch interpreter (torch is no dependency of this project), standalone: it
 imports nothing from this repository, only the user's checkout of kampta/PatchVAE, by path.

@@ -1,4 +1,4 @@
-"""Runs the authors' PyTorch model on given weights, batch and noise, for benchmarks/parity.py.
+"""Runs the authors' PyTorch model on given weights, batch and noise, for parity/harness.py.
 
 Standalone in a PyTorch interpreter, as reference_worker.py (whose checkout loading and
 stand-in modules it reuses): it imports nothing from this repository's package. Arrays travel

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from benchmarks.parity_tensors import (
+from parity.tensors import (
     GROWTH_MARGIN,
     SGD,
     TOLERANCES,

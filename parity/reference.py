@@ -123,7 +123,7 @@ def start(
     stand_in: bool = False,
 ):
     """A running Reference for the benchmark's flags, or None without --reference; worker:
-    the script it runs (reference_worker.py, or parity_worker.py for benchmarks.parity);
+    the script it runs (reference_worker.py, or worker.py for python -m parity);
     stand_in: allow this project's ResNet-18 where torchvision does not import.
     """
     if not checkout:
@@ -132,7 +132,7 @@ def start(
     return Reference(interpreter(python, setup, venv_dir), checkout, worker, stand_in)
 
 
-if __name__ == "__main__":  # python -m benchmarks.reference CHECKOUT PYTHON: a smoke check
+if __name__ == "__main__":  # python -m parity.reference CHECKOUT PYTHON: a smoke check
     ref = Reference(sys.argv[2], check_checkout(sys.argv[1]))
     print(ref.info)
     ref.close()
