@@ -15,6 +15,7 @@ from benchmarks.progress import log, ratio_text
 from benchmarks.recipes import recipe_config
 from patchvae_tf.config import Config, ExportConfig
 from patchvae_tf.model import models
+from patchvae_tf.pixels import to_model
 from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
 
@@ -65,7 +66,7 @@ def keras_fn(model, jit_compile: bool):
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
     def encode(pixels):
-        return model.encode(tf.clip_by_value(pixels, 0.0, 255.0) / 127.5 - 1.0, training=False)
+        return model.encode(to_model(tf.clip_by_value(pixels, 0.0, 255.0)), training=False)
 
     return lambda x: {k: v.numpy() for k, v in encode(tf.constant(x)).items()}
 

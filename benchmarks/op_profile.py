@@ -17,6 +17,7 @@ import numpy as np
 from benchmarks import encoder_bench, hardware, paired
 from benchmarks.progress import log, ratio_text
 from benchmarks.recipes import recipe_config
+from patchvae_tf.pixels import to_pixels
 
 TOP = 12  # entries kept per table
 
@@ -284,7 +285,7 @@ def section(bench) -> dict:
             for name, f in (("float32", "encoder.onnx"), ("int8", "encoder.int8.onnx"))
         }
         unit = exporter.training_images(cfg, s.parity_images + s.calibration_images)
-        pixels = ((unit + 1.0) * 127.5).astype(np.float32)
+        pixels = to_pixels(unit).astype(np.float32)
         if bench.peer:
             bench.peer.setup("encoder_setup", f"encoder_{size}", size, batches=[1, s.encoder_batch])
         out["int8_variants"] = int8_variants(

@@ -32,6 +32,7 @@ from patchvae_tf.config.checks import validate_export
 from patchvae_tf.data import image_limits
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import models
+from patchvae_tf.pixels import to_pixels
 from patchvae_tf.workdir import CONFIG_FILE
 
 # The benchmarks read the first training images as the export does.
@@ -71,11 +72,11 @@ def export(cfg: ExportConfig) -> dict:
     module = serving.EncoderServing(model, limits)
     unit, calib_unit, checked_on, calibrated_on = images.export_images(cfg, model_cfg, model)
     calib = len(calib_unit)
-    pixels = ((unit + 1.0) * 127.5).astype(np.float32)
+    pixels = to_pixels(unit).astype(np.float32)
     # int8: calibrated on the training images and their extremes (saturated, uniform,
     # noisy), so every valid input is within the quantized ranges; gated on the parity
     # images and on a stress set made from them (not from the calibration images).
-    calibration = ((calib_unit + 1.0) * 127.5).astype(np.float32)
+    calibration = to_pixels(calib_unit).astype(np.float32)
     rep_calibration = {"calibration_images": len(calibration), "calibration_extremes": 0}
     if len(calibration):
         extremes = stress.stack(stress.stress_images(calibration))

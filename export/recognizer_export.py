@@ -32,6 +32,7 @@ from patchvae_tf import restore as strict
 from patchvae_tf.config import ExportConfig
 from patchvae_tf.data import image_limits
 from patchvae_tf.errors import UserError
+from patchvae_tf.pixels import to_model, to_pixels
 from patchvae_tf.recognition import fit, recognizer
 from patchvae_tf.recognition.classifier import num_stages
 
@@ -105,13 +106,13 @@ def export(cfg: ExportConfig) -> dict:
     enc = rec.encoder_config
     source = data.get_source(enc.data, rec.image_size, enc.train.seed)
     unit, labels = _images(source, "test", MAX_TEST_IMAGES)
-    pixels = ((unit + 1.0) * 127.5).astype(np.float32)
+    pixels = to_pixels(unit).astype(np.float32)
     keras_probs = _batched(
-        lambda p: clf.outputs(tf.constant(p / 127.5 - 1.0))["probabilities"], pixels
+        lambda p: clf.outputs(tf.constant(to_model(p)))["probabilities"], pixels
     ).astype(np.float64)
     calibration = None
     if cfg.quantize:
-        calibration = (_images(source, "train", cfg.calibration_images)[0] + 1.0) * 127.5
+        calibration = to_pixels(_images(source, "train", cfg.calibration_images)[0])
     limits = image_limits.ImageLimits(
         cfg.max_image_pixels, cfg.max_image_aspect, cfg.max_request_images
     )

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from export import serving
 from patchvae_tf.data import image_limits
+from patchvae_tf.pixels import to_model
 
 CLASSIFY_SIGNATURE = "classification"
 # TF Serving's Classify RPC accepts a signature only under this method name; TF 2's
@@ -61,7 +62,7 @@ class RecognizerServing(serving.EncoderServing):
         """Images [B, S, S, 3] float 0..255 -> {"probabilities" [B, C]}; no checks (the
         function ONNX and LiteRT are converted from: numbers only).
         """
-        x = tf.clip_by_value(images, 0.0, 255.0) / 127.5 - 1.0
+        x = to_model(tf.clip_by_value(images, 0.0, 255.0))
         probabilities = self._classify_outputs(x)[PROBABILITIES]
         return {PROBABILITIES: tf.identity(probabilities, name=PROBABILITIES)}
 

@@ -7,6 +7,7 @@ import tensorflow as tf
 from patchvae_tf import data
 from patchvae_tf.data import image_limits
 from patchvae_tf.model import models
+from patchvae_tf.pixels import to_model
 
 IMAGES = "images"
 IMAGE_BYTES = "image_bytes"
@@ -112,7 +113,7 @@ class EncoderServing(tf.Module):
         The scaling is the last step of patchvae_tf.source.preprocess_image, so served and
         training inputs match.
         """
-        return self._encode_scaled(tf.clip_by_value(images, 0.0, 255.0) / 127.5 - 1.0)
+        return self._encode_scaled(to_model(tf.clip_by_value(images, 0.0, 255.0)))
 
     def _encode_scaled(self, x):
         """X [B, S, S, 3] in [-1, 1] -> {name: output} of model.encode (inference mode)."""
@@ -122,7 +123,7 @@ class EncoderServing(tf.Module):
         """Images [B, S, S, 3] float32 0..255 -> outputs, after checking shape and values."""
         # No clip: the checks have refused every value it would change (two full passes
         # over the input that protect nothing).
-        return self._encode_scaled(self._checked(images) / 127.5 - 1.0)
+        return self._encode_scaled(to_model(self._checked(images)))
 
     def _serve_xla(self, images):
         """As _serve, with the encoder compiled by XLA (the checks are not)."""

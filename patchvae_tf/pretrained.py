@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from patchvae_tf.data import image_limits, source
 from patchvae_tf.errors import UserError
+from patchvae_tf.pixels import to_model, to_pixels
 from patchvae_tf.workdir import CONFIG_FILE
 
 _REPORT = "export_report.json"  # export/layout.py's REPORT, read without the export package
@@ -119,7 +120,7 @@ class Pretrained:
         encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
         outputs = {k: [None, *v.shape[1:]] for k, v in encode(_blank(model.image_size)).items()}
         return cls(
-            lambda pixels: encode(pixels / 127.5 - 1.0),
+            lambda pixels: encode(to_model(pixels)),
             model.image_size,
             outputs,
             batch_size=batch_size,
@@ -149,7 +150,7 @@ class Pretrained:
         )
         outputs = {k: [None, *v.shape[1:]] for k, v in encode(_blank(model.image_size)).items()}
         return cls(
-            lambda pixels: encode(pixels / 127.5 - 1.0),
+            lambda pixels: encode(to_model(pixels)),
             model.image_size,
             outputs,
             batch_size=batch_size,
@@ -160,7 +161,7 @@ class Pretrained:
             limits=image_limits.ImageLimits(
                 rec.encoder_config.data.max_image_pixels, rec.encoder_config.data.max_image_aspect
             ),
-            classify_fn=lambda pixels: probabilities(pixels / 127.5 - 1.0),
+            classify_fn=lambda pixels: probabilities(to_model(pixels)),
             class_names=rec.class_names,
         )
 
@@ -224,7 +225,7 @@ class Pretrained:
         # source.preprocess_image scales to [-1, 1]; the encoders take 0..255 pixels, as the
         # SavedModel does, so both kinds of model see the same numbers.
         unit = source.preprocess_image(source.to_rgb(tf.constant(image)), self.image_size)
-        return (unit + 1.0) * 127.5
+        return to_pixels(unit)
 
     # --- what a researcher calls ----------------------------------------------------------
 
@@ -280,7 +281,7 @@ class Pretrained:
         out = []
         for i, chunk in enumerate(self._chunks(images)):
             seeds = tf.constant([seed, i], tf.int32)
-            decoded = model(chunk / 127.5 - 1.0, training=False, seed=seeds)["reconstruction"]
+            decoded = model(to_model(chunk), training=False, seed=seeds)["reconstruction"]
             out.append(_to_pixels(decoded))
         return np.concatenate(out)
 
@@ -314,7 +315,7 @@ def _blank(size: int) -> tf.Tensor:
 
 
 def _to_pixels(unit: tf.Tensor) -> np.ndarray:
-    return np.clip((unit.numpy() + 1.0) * 127.5, 0.0, 255.0).astype(np.float32)
+    return np.clip(to_pixels(unit.numpy()), 0.0, 255.0).astype(np.float32)
 
 
 def _items(images) -> Iterable:

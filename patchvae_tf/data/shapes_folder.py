@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 
+from patchvae_tf.pixels import to_pixels
 from patchvae_tf.config import SHAPES_LABELS, TEXTURE_CONTRAST
 
 
@@ -53,7 +54,7 @@ def write_folder(
         for i, ex in enumerate(ds):
             name = names[int(ex["label"])]
             if counts[split][name] < quota:
-                pixels = tf.cast(tf.round((ex["image"] + 1.0) * 127.5), tf.uint8)
+                pixels = tf.cast(tf.round(to_pixels(ex["image"])), tf.uint8)
                 path = os.path.join(out, split, name, f"{i:06d}.png")
                 tf.io.write_file(path, tf.io.encode_png(pixels))
                 counts[split][name] += 1

@@ -17,6 +17,7 @@ from patchvae_tf import workdir
 from patchvae_tf.config import KERAS_MODEL_PREFIX, ModelConfig
 from patchvae_tf.config.training import is_function_name
 from patchvae_tf.errors import UserError
+from patchvae_tf.pixels import to_pixels
 
 
 def import_function(name: str, flag: str = "--encoder"):
@@ -96,7 +97,7 @@ class Backbone(keras.layers.Layer):
     def call(self, x, training=None):
         """X [B, H, W, 3]: [-1, 1] pixels with preprocessing, else the input space."""
         if self._preprocess is not None:
-            x = self._preprocess((x + 1.0) * 127.5)
+            x = self._preprocess(to_pixels(x))
         return self.network(x, training=training)
 
     def feature_scale(self, image_size: int) -> int:
