@@ -42,6 +42,8 @@ def export_artifacts(cfg: Config, root: str, calibration_images: int, parity_ima
         export_dir=export_dir,
         formats=("saved_model", "onnx", "litert"),
         quantize="int8",
+        # Timed whatever the int8 gate says of it; its agreement is in the report.
+        force_int8=True,
         parity_images=parity_images,
         calibration_images=calibration_images,
     )

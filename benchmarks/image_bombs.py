@@ -63,22 +63,27 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _worker(target: str, export_dir: str, paths: list[str], valid: str) -> dict:
-    """In the fresh process: load, one valid image, then the bomb request."""
+def _worker(
+    target: str, export_dir: str, paths: list[str], valid: str, version: str = ""
+) -> dict:
+    """In the fresh process: load (the newest version, or the one named), one valid image,
+    then the bomb request.
+    """
+    version_dir = os.path.join(export_dir, "saved_model", version or _version(export_dir))
     import numpy as np
     import tensorflow as tf
 
     import patchvae_tf
 
     if target == "serving":
-        loaded = tf.saved_model.load(os.path.join(export_dir, "saved_model", _version(export_dir)))
+        loaded = tf.saved_model.load(version_dir)
         serve = loaded.signatures["serve_image_bytes"]
 
         def call(files):
             blobs = [open(p, "rb").read() for p in files]
             return serve(image_bytes=tf.constant(blobs))
     else:
-        model = patchvae_tf.load(export_dir)
+        model = patchvae_tf.load(version_dir)
 
         def call(files):
             return model.encode(files)

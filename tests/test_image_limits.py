@@ -197,10 +197,12 @@ def test_tfds_images_past_the_limit_are_dropped_undecoded(tiny_tfds):
 @pytest.mark.slow
 def test_each_bomb_stays_under_1_5_gb_in_one_process(exported):
     """The whole process's peak (ru_maxrss) for the largest bomb, through serving and encode."""
-    ecfg, _ = exported
+    ecfg, rep = exported
+    # The shared export's own version: other tests publish later versions beside it.
+    version = str(rep["version"])
     for target in ("serving", "encode"):
         proc = subprocess.run(
-            [sys.executable, "-c", _BOMB_WORKER, target, ecfg.export_dir],
+            [sys.executable, "-c", _BOMB_WORKER, target, ecfg.export_dir, version],
             capture_output=True, text=True, cwd=REPO, timeout=300,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         )  # fmt: skip
@@ -213,12 +215,12 @@ def test_each_bomb_stays_under_1_5_gb_in_one_process(exported):
 _BOMB_WORKER = """
 import json, os, sys, tempfile
 from benchmarks import image_bombs
-target, export_dir = sys.argv[1:]
+target, export_dir, version = sys.argv[1:]
 tmp = tempfile.mkdtemp()
 bomb, valid = os.path.join(tmp, "bomb.png"), os.path.join(tmp, "valid.png")
 image_bombs.write_png(bomb, 20000, 20000, 0)
 image_bombs.write_png(valid, 48, 40, 2)
-print(json.dumps(image_bombs._worker(target, export_dir, [bomb], valid)))
+print(json.dumps(image_bombs._worker(target, export_dir, [bomb], valid, version)))
 """
 
 
