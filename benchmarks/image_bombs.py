@@ -60,6 +60,19 @@ def write_png(path: str, width: int, height: int, colour: int) -> int:
 
 
 def _peak_mb() -> float:
+    """The peak resident memory of this process alone, in MB.
+
+    VmHWM belongs to the process's address space, which exec replaces; ru_maxrss keeps the
+    parent's high-water mark across exec, so a worker started by a large process (pytest
+    after a whole suite) would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -17,9 +17,7 @@ above every version in E, into a staging directory next to E, and renames it int
 (it appears whole); then E/current names it, one more rename. TF Serving treats a version as
 immutable too (it does not reload a number it serves). Killed between the two renames, an
 export leaves the newest version published and E/current one behind; the next export points
-E/current at the newest version before it does anything else. Versions written by the
-previous release (E/saved_model/<version> a link to .<version>-<id>) are versions like any
-other.
+E/current at the newest version before it does anything else.
 """
 
 from __future__ import annotations
@@ -55,8 +53,6 @@ CURRENT = "current"
 # E/<name> -> current/<name>
 POINTERS = (ONNX_DIR, KERAS_DIR, LITERT_DIR, REPORT, MODEL_CARD, MODELS_CONFIG, BATCHING)
 GROUP_IN_MODEL = os.path.join("assets.extra", "export")  # its export's onnx/, report, config
-# What a killed commit of the previous release (which could replace a version) left.
-_OLD_JOURNAL = ".commit.json"
 
 
 def version_dir(root: str, version: int) -> str:
@@ -75,15 +71,12 @@ def read_json(path: str) -> dict | None:
 
 
 def _entries(export_dir: str, sub: str) -> dict[int, str]:
-    """Version -> name of each entry of E/sub whose name starts with a number (history
-    entries of the previous release are named <version>-<id>).
-    """
+    """Version -> name of each entry of E/sub named by a number."""
     root = os.path.join(export_dir, sub)
     out = {}
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        head = name.split("-")[0]
-        if head.isdigit() and os.path.isdir(os.path.join(root, name)):
-            out[int(head)] = name
+        if name.isdigit() and os.path.isdir(os.path.join(root, name)):
+            out[int(name)] = name
     return out
 
 
@@ -129,11 +122,6 @@ def recover(export_dir: str) -> str | None:
 
     Returns "repointed", or None when E/current already names the newest version.
     """
-    journal = os.path.join(export_dir, _OLD_JOURNAL)
-    if os.path.lexists(journal):
-        # Each step of the previous release's commit left whole versions; only the pointer
-        # below can be behind.
-        os.remove(journal)
     published = versions(export_dir)
     group = _group_of(export_dir, published[-1]) if published else None
     current = os.path.join(export_dir, CURRENT)
@@ -152,19 +140,21 @@ def next_version(export_dir: str, step: int) -> int:
 
 
 def check_target(export_dir: str, version: int) -> None:
-    """Refuses a file as export dir, an export dir of an older layout, and a version that is
-    not above every version the export dir holds. First repairs what a killed export left.
+    """Refuses a file as export dir, a directory holding the export's names but no export,
+    and a version that is not above every version the export dir holds. First repairs what
+    a killed export left.
     """
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise UserError(f"--export_dir {export_dir!r} is a file, not a directory")
     _remove_dead_staging(export_dir)
     if not os.path.isdir(export_dir):
         return
-    old = [n for n in POINTERS if os.path.lexists(os.path.join(export_dir, n))]
-    if old and not os.path.lexists(os.path.join(export_dir, CURRENT)):
+    # The fixed links (E/onnx, E/export_report.json, ...) would replace real files there.
+    taken = [n for n in POINTERS if os.path.lexists(os.path.join(export_dir, n))]
+    if taken and not os.path.lexists(os.path.join(export_dir, CURRENT)):
         raise UserError(
-            f"--export_dir {export_dir!r} was written by a release before E/current "
-            f"(it has {', '.join(old)} but no current); export into a new --export_dir"
+            f"--export_dir {export_dir!r} holds {', '.join(taken)} but is no export directory "
+            "(it has no current); export into a new --export_dir"
         )
     recover(export_dir)
     published = versions(export_dir)

@@ -123,29 +123,7 @@ def _reader(export_dir):
     return rep["export_id"]
 
 
-def _to_links_layout(export_dir):
-    """The layout of the previous release: each version a link to a hidden directory beside
-    it, ONNX-only exports in history/<version>-<id>, and a journal a killed commit left.
-    """
-    models = os.path.join(export_dir, layout.SAVED_MODEL)
-    for name in _served(export_dir):
-        store = f".{name}-{_own_report(export_dir, name)['export_id']}"
-        os.rename(os.path.join(models, name), os.path.join(models, store))
-        os.symlink(store, os.path.join(models, name))
-    history = os.path.join(export_dir, layout.HISTORY)
-    for name in os.listdir(history) if os.path.isdir(history) else []:
-        entry = os.path.join(history, name)
-        rep = layout.read_json(os.path.join(entry, layout.REPORT))
-        os.rename(entry, f"{entry}-{rep['export_id']}")
-        current = os.path.join(export_dir, layout.CURRENT)
-        if os.readlink(current) == os.path.join(layout.HISTORY, name):
-            os.remove(current)
-            os.symlink(os.path.join(layout.HISTORY, f"{name}-{rep['export_id']}"), current)
-    with open(os.path.join(export_dir, ".commit.json"), "w") as f:
-        json.dump({"id": "x", "version": 4, "group": "history/4-x", "store": None}, f)
-
-
-SCENARIOS = ["first_export", "new_version", "onnx_only", "previous_release"]
+SCENARIOS = ["first_export", "new_version", "onnx_only"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -162,8 +140,6 @@ def test_a_commit_killed_at_any_step_shows_one_whole_export(tmp_path, monkeypatc
             old = _export(export_dir, 5)
             _export(export_dir, 6, formats=("onnx",))  # a version without a SavedModel
             old = _export(export_dir, 7)
-            if scenario == "previous_release":
-                _to_links_layout(export_dir)
             assert _reader(export_dir) == old
         before = {n: _own_report(export_dir, n) for n in _served(export_dir)}
         formats = ("onnx",) if scenario == "onnx_only" else ("saved_model", "onnx")
@@ -212,11 +188,11 @@ def test_published_versions_are_never_replaced(tmp_path):
     assert _served(export_dir) == ["300"]  # an ONNX-only version is not TF Serving's
 
 
-def test_an_export_dir_of_an_older_layout_is_refused(tmp_path):
+def test_a_directory_holding_the_export_s_names_but_no_export_is_refused(tmp_path):
     export_dir = tmp_path / "e"
     (export_dir / "onnx").mkdir(parents=True)
     (export_dir / layout.REPORT).write_text("{}")
-    with pytest.raises(UserError, match="written by a release before E/current"):
+    with pytest.raises(UserError, match="holds onnx, export_report.json but is no export"):
         layout.check_target(str(export_dir), 1)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ROOT
-from test_training import TINY_FLAGS, _float_variables, _image_folder, _run, _wait_for
+from test_training import TINY_FLAGS, _float_variables, _image_folder, _run, _wait_for_checkpoint
 
 from patchvae_tf import training
 
@@ -30,7 +30,7 @@ def test_sigterm_saves_at_that_step_exits_42_and_resumes_there(tmp_path):
         text=True,
     )
     try:
-        _wait_for(workdir / "checkpoints" / "ckpt-25.index", proc)
+        _wait_for_checkpoint(workdir / "checkpoints", 25, proc)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -86,7 +86,7 @@ def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one(
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_for(killed / "checkpoints" / "ckpt-12.index", proc)
+        _wait_for_checkpoint(killed / "checkpoints", 12, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:

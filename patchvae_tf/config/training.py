@@ -334,9 +334,6 @@ class Config(Checked):
                 f"unknown config section {unknown[0]!r}; expected some of {', '.join(names)}"
             )
         sections = {name: dict(d.get(name) or {}) for name in names}
-        # Workdirs written before image_size moved to the model keep it under "data".
-        if "image_size" in sections["data"]:
-            sections["model"].setdefault("image_size", sections["data"].pop("image_size"))
         return cls(
             **{
                 name: from_dict(section, sections[name])

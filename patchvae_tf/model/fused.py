@@ -28,12 +28,6 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
     own implementation.
     """
 
-    @classmethod
-    def from_config(cls, config):
-        # Configs saved before the kernel was chosen by dtype carry a "fused" flag.
-        config = {k: v for k, v in config.items() if k != "fused"}
-        return super().from_config(config)
-
     def _fusable(self, inputs, mask) -> bool:
         return (
             keras.backend.backend() == "tensorflow"
@@ -100,12 +94,6 @@ class FusedAdam(keras.optimizers.Adam):
     keras.optimizers.Adam. The kernel has every float dtype (float64 included); AMSGrad and
     sparse gradients take Keras's path.
     """
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        # Configs saved before the kernel was chosen by dtype carry a "fused" flag.
-        config = {k: v for k, v in config.items() if k != "fused"}
-        return super().from_config(config, custom_objects=custom_objects)
 
     def update_step(self, gradient, variable, learning_rate):
         if self.amsgrad or isinstance(gradient, tf.IndexedSlices):

@@ -234,8 +234,7 @@ def _restore_readable(checkpoint_dir, parts, position, step, batch_size):
     """Restores the newest checkpoint that reads back whole; returns its path (None: none).
 
     A checkpoint whose files were truncated or deleted is passed over for the one before,
-    with a warning, and nothing is deleted. Checkpoints written before the input position
-    was saved resume it as one global batch per step.
+    with a warning, and nothing is deleted.
     """
     workdir = os.path.dirname(checkpoint_dir)
     state = tf.train.get_checkpoint_state(checkpoint_dir)
@@ -243,12 +242,7 @@ def _restore_readable(checkpoint_dir, parts, position, step, batch_size):
     failures = []
     for path in candidates:
         try:
-            names = {name for name, _ in tf.train.list_variables(path)}
-            if any(n.startswith("input_position/") for n in names):
-                strict.restore(path, workdir, **parts, input_position=position)
-            else:
-                strict.restore(path, workdir, **parts)
-                position.assign(step * batch_size)
+            strict.restore(path, workdir, **parts, input_position=position)
         except strict.CheckpointMismatch:
             raise  # another model's checkpoint: an older one of the same run will not fit either
         except Exception as e:  # noqa: BLE001  TF raises OpError, IndexError, ValueError...
