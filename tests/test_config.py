@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -68,3 +69,64 @@ def test_every_config_checks_itself_when_built_replaced_or_read(tmp_path):
     path.write_text(json.dumps(bad))
     with pytest.raises(UserError, match=r"config '.*config.json': --num_parts must be positive"):
         config.load_config(str(path))
+
+
+
+_WORKDIR = r"^--workdir is required, got '\s*'$"
+_SEED = r"^--seed must be >= 0, got -1$"
+_REFERENCE = r"^--reference_python, --reference_setup and --reference_venv need --reference="
+
+
+@pytest.mark.parametrize(
+    "spec, args, build, message",
+    [
+        (Config, ["--workdir="], lambda: config.TrainConfig(workdir=""), _WORKDIR),
+        (EvalConfig, ["--workdir= "], lambda: EvalConfig(workdir=" "), _WORKDIR),
+        (
+            ExportConfig,
+            ["--workdir=", "--export_dir=e"],
+            lambda: ExportConfig(workdir="", export_dir="e"),
+            _WORKDIR,
+        ),
+        (
+            config.RecognizerConfig,
+            ["--workdir=", "--encoder_workdir=w"],
+            lambda: config.RecognizerConfig(workdir="", encoder_workdir="w"),
+            _WORKDIR,
+        ),
+        (Config, ["--seed=-1"], lambda: config.TrainConfig(seed=-1), _SEED),
+        (EvalConfig, ["--seed=-1"], lambda: EvalConfig(seed=-1), _SEED),
+        (
+            config.RecognizerConfig,
+            ["--seed=-1", "--workdir=r", "--encoder_workdir=w"],
+            lambda: config.RecognizerConfig(seed=-1, workdir="r", encoder_workdir="w"),
+            _SEED,
+        ),
+        (config.BenchConfig, ["--seed=-1"], lambda: config.BenchConfig(seed=-1), _SEED),
+        (config.ParityConfig, ["--seed=-1"], lambda: config.ParityConfig(seed=-1), _SEED),
+        (
+            config.BenchConfig,
+            ["--reference_setup"],
+            lambda: config.BenchConfig(reference_setup=True),
+            _REFERENCE,
+        ),
+        (
+            config.ParityConfig,
+            ["--reference_venv=v"],
+            lambda: config.ParityConfig(reference_venv="v"),
+            _REFERENCE,
+        ),
+    ],
+)
+def test_a_shared_field_gives_every_command_one_message(spec, args, build, message):
+    """--workdir, --seed and the --reference fields are written once: the same mistake reads
+    the same from every command's command line and from Python.
+    """
+    from patchvae_tf.config import cli
+
+    with pytest.raises(UserError) as from_cli:
+        cli.parse(spec, ["cmd", *args])
+    with pytest.raises(UserError) as from_python:
+        build()
+    assert str(from_python.value) == str(from_cli.value)
+    assert re.match(message, str(from_cli.value)), from_cli.value

@@ -147,12 +147,12 @@ def test_self_including_flagfiles_are_refused(tmp_path):
 @pytest.mark.parametrize(
     "build, needle",
     [
-        (lambda: TrainConfig(workdir=""), "--workdir is empty"),
-        (lambda: TrainConfig(workdir="  "), "--workdir is empty"),
-        (lambda: EvalConfig(workdir=""), "--workdir is empty"),
+        (lambda: TrainConfig(workdir=""), "^--workdir is required, got ''$"),
+        (lambda: TrainConfig(workdir="  "), "^--workdir is required, got '  '$"),
+        (lambda: EvalConfig(workdir=""), "^--workdir is required, got ''$"),
         (lambda: ModelConfig(arch="vae", categorical=True), "--categorical sets PatchVAE's"),
         (lambda: ModelConfig(arch="vae", hard=True), "--hard sets PatchVAE's"),
-        (lambda: Config.from_dict({"train": {"workdir": ""}}), "--workdir is empty"),
+        (lambda: Config.from_dict({"train": {"workdir": ""}}), "--workdir is required"),
     ],
 )
 def test_more_config_mistakes_are_one_line(build, needle):

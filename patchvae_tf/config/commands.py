@@ -1,10 +1,11 @@
-"""The configs of evaluate.py, python -m export and python -m benchmarks."""
+"""The configs of evaluate.py, python -m export, python -m benchmarks and python -m parity."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 
+from patchvae_tf.config import shared
 from patchvae_tf.config.choices import (
     BENCH_SECTIONS,
     CLASSIFIER_HEADS,
@@ -22,7 +23,7 @@ from patchvae_tf.config.choices import (
     QUANTIZE_MODES,
 )
 from patchvae_tf.config.fields import Checked, option
-from patchvae_tf.config.training import SourceFields
+from patchvae_tf.config.shared import ReferenceFields, SourceFields
 from patchvae_tf.errors import UserError
 
 # --- evaluation (evaluate.py) ----------------------------------------------------
@@ -34,7 +35,7 @@ class EvalConfig(SourceFields):
 
     # None evaluates on the data the model was trained on.
     dataset: str | None = option(None, "Evaluate on this dataset instead of the training one")
-    workdir: str = option("runs/shapes", "Training workdir: config.json and checkpoints")
+    workdir: str = shared.workdir("runs/shapes", "The trained workdir")
     mode: str = option("all", " | ".join(EVAL_MODES), choices=EVAL_MODES)
     image_size: int = option(0, "Must equal the model's; 0 means the model's", minimum=0)
     batch_size: int = option(128, "Batch size for features", positive=True)
@@ -70,15 +71,13 @@ class EvalConfig(SourceFields):
         choices=CLASSIFIER_HEADS,
     )
     gallery_size: int = option(10, "Images per part in parts.png", positive=True)
-    seed: int = option(0, "Random seed", minimum=0)
+    seed: int = shared.seed()
     compare: tuple[str, ...] = option(
         (), "Comma-separated evaluated workdirs to put side by side (instead of evaluating)"
     )
     compare_dir: str = option("runs/comparison", "Where --compare writes report.json/.md")
 
     def check(self) -> None:
-        if not self.compare and not self.workdir.strip():
-            raise UserError("--workdir is empty; name the trained workdir to evaluate")
         if any(k < -1 for k in self.freeze_stages):
             raise UserError(
                 f"--freeze_stages must list depths >= 0 (or -1 for all), got "
@@ -97,8 +96,10 @@ class EvalConfig(SourceFields):
 class ExportConfig(Checked):
     """What the export stage writes; the model itself comes from WORKDIR/config.json."""
 
-    workdir: str = option("", "Training workdir: config.json and checkpoints")
-    export_dir: str = option("", "Export base directory (saved_model/, onnx/, report)")
+    workdir: str = shared.workdir("", "The trained workdir (train.py's or train_classifier.py's)")
+    export_dir: str = option(
+        "", "Export base directory (saved_model/, onnx/, report)", required=True
+    )
     version: int = option(
         0,
         "Version to publish, above every version in --export_dir (published versions never "
@@ -170,9 +171,6 @@ class ExportConfig(Checked):
     )
 
     def check(self) -> None:
-        for name in ("workdir", "export_dir"):
-            if not getattr(self, name):
-                raise UserError(f"--{name} is required")
         if os.path.abspath(self.export_dir) == os.path.abspath(self.workdir):
             raise UserError(f"--export_dir={self.export_dir!r} must differ from --workdir")
         if not self.formats:
@@ -193,7 +191,7 @@ class ExportConfig(Checked):
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchConfig(Checked):
+class BenchConfig(ReferenceFields):
     """What the benchmark command measures, and the reference it measures against."""
 
     out: str = option(
@@ -208,19 +206,7 @@ class BenchConfig(Checked):
     steps: int = option(
         0, "Train steps per timing window; 0: 3 at 32 px, 2 at 64 px (--quick: 2)", minimum=0
     )
-    seed: int = option(0, "Random seed", minimum=0)
-    reference: str = option(
-        "",
-        "A checkout of kampta/PatchVAE: its model is timed on the same recipes, interleaved "
-        "with ours, and every figure gets its ours-to-theirs ratio",
-    )
-    reference_python: str = option("", "--reference: a Python that imports torch")
-    reference_setup: bool = option(
-        False, "--reference: create a virtual environment with torch for it (once)"
-    )
-    reference_venv: str = option(
-        "", "Where --reference_setup creates it (default ~/.cache/patchvae-tf/torch-venv)"
-    )
+    seed: int = shared.seed()
     memory_folder: str = option(
         "",
         "An image folder (FOLDER/train/CLASS/*.jpg), e.g. from python -m "
@@ -235,36 +221,22 @@ class BenchConfig(Checked):
     precision_seeds: int = option(2, "Seeds per precision (a spread needs 2)", minimum=2)
 
     def check(self) -> None:
-        # Whether --reference and --memory_folder exist is checked when the command runs
-        # (checks.validate_bench): a config may be built on another machine.
+        # Whether --memory_folder exists is checked when the command runs (checks.py): a
+        # config may be built on another machine.
+        super().check()
         if not self.out:
             raise UserError("--out is required: the JSON file the results go to")
         if not self.sections:
             raise UserError(f"--sections is empty; expected some of {', '.join(BENCH_SECTIONS)}")
-        if (self.reference_python or self.reference_setup or self.reference_venv) and not (
-            self.reference
-        ):
-            raise UserError(
-                "--reference_python, --reference_setup and --reference_venv need "
-                "--reference=PATH (a checkout of kampta/PatchVAE)"
-            )
 
 
 # --- parity (python -m parity) ---------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class ParityConfig(Checked):
+class ParityConfig(ReferenceFields):
     """What the parity harness compares and against which checkout."""
 
-    reference: str = option("", "A checkout of kampta/PatchVAE (model.py, loss.py, ...)")
-    reference_python: str = option("", "A Python that imports torch and torchvision")
-    reference_setup: bool = option(
-        False, "Create a virtual environment with torch and torchvision for the reference (once)"
-    )
-    reference_venv: str = option(
-        "", "Where --reference_setup creates it (default ~/.cache/patchvae-tf/torch-venv)"
-    )
     torchvision_stand_in: bool = option(
         False,
         "Where torchvision does not import, run their model on this project's copy of "
@@ -289,7 +261,7 @@ class ParityConfig(Checked):
     num_classes: int = option(
         100, "Classes of the finetuning classifier (CIFAR-100's)", positive=True
     )
-    seed: int = option(0, "Seed of the weights, the batch and the noise", minimum=0)
+    seed: int = shared.seed()
     growth: bool = option(
         True,
         "float64: also run theirs from weights one ulp away, and raise a tensor's tolerance "

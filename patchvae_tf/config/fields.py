@@ -17,6 +17,7 @@ def option(
     help: str,  # noqa: A002  (the flag's --help text)
     *,
     choices: tuple | None = None,
+    required: bool = False,
     positive: bool = False,
     minimum: float | None = None,
     maximum: float | None = None,
@@ -28,6 +29,7 @@ def option(
     """
     checks = {
         "choices": choices,
+        "required": required,  # a string that may not be blank
         "positive": positive,
         "minimum": minimum,
         "maximum": maximum,
@@ -112,6 +114,8 @@ def check_options(section) -> None:
                 if v not in meta["choices"]:
                     expected = ", ".join(c for c in meta["choices"] if c)
                     raise UserError(f"unknown --{f.name} {v!r}; expected one of {expected}")
+        if meta.get("required") and not (value or "").strip():
+            raise UserError(f"--{f.name} is required, got {value!r}")
         if value is None or isinstance(value, (str, tuple, bool)):
             continue
         if meta.get("positive") and not value > 0:

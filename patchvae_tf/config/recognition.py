@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from patchvae_tf.config import shared
 from patchvae_tf.config.choices import CLASSIFIER_INPUTS, RECOGNIZER_HEADS
 from patchvae_tf.config.fields import option
-from patchvae_tf.config.training import SourceFields
+from patchvae_tf.config.shared import SourceFields
 from patchvae_tf.errors import UserError
 
 
@@ -21,10 +22,10 @@ class RecognizerConfig(SourceFields):
         "PATH/test/CLASS/*.jpg); unset: the data the encoder was trained on",
     )
 
-    encoder_workdir: str = option("", "Training workdir of the encoder (train.py's --workdir)")
-    workdir: str = option(
-        "", "The recognizer's own workdir: config.json, checkpoints, logs, results.json"
+    encoder_workdir: str = option(
+        "", "Training workdir of the encoder (train.py's --workdir)", required=True
     )
+    workdir: str = shared.workdir("", "The recognizer's own workdir (results.json beside them)")
     labels_per_class: int = option(
         0,
         "Train on this many labelled images per class, drawn from the training split with "
@@ -72,14 +73,9 @@ class RecognizerConfig(SourceFields):
         0.5, "Dropout before the authors' head's hidden layer", minimum=0.0, below=1.0
     )
     checkpoint_every: int = option(10, "Epochs between checkpoints", positive=True)
-    seed: int = option(
-        0, "Random seed: the labelled draw, the head's weights, shuffling", minimum=0
-    )
+    seed: int = shared.seed()
 
     def check(self) -> None:
-        for name in ("encoder_workdir", "workdir"):
-            if not getattr(self, name):
-                raise UserError(f"--{name} is required")
         if os.path.abspath(self.workdir) == os.path.abspath(self.encoder_workdir):
             raise UserError(
                 f"--workdir={self.workdir!r} must differ from --encoder_workdir: a recognizer "

@@ -9,6 +9,7 @@ import os
 import re
 from typing import Any, ClassVar
 
+from patchvae_tf.config import shared
 from patchvae_tf.config.choices import (
     ANNEAL_SCHEDULES,
     ARCHS,
@@ -27,6 +28,7 @@ from patchvae_tf.config.choices import (
     TRAIN_SPLITS,
 )
 from patchvae_tf.config.fields import Checked, option
+from patchvae_tf.config.shared import SourceFields
 from patchvae_tf.errors import UserError
 
 # --- training (train.py) --------------------------------------------------------
@@ -37,16 +39,6 @@ _FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 def is_function_name(text: str) -> bool:
     """Whether text has the form module:function (dotted names on both sides)."""
     return bool(_FUNCTION_NAME.fullmatch(text))
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceFields(Checked):
-    """Where images come from: the fields every command that reads a dataset shares."""
-
-    dataset: str = option("shapes", "shapes | a TFDS name (cifar100, mnist, ...) | folder:PATH")
-    data_dir: str | None = option(None, "TFDS data directory")
-    train_split_file: str | None = option(None, "Folder datasets: file of training image paths")
-    test_split_file: str | None = option(None, "Folder datasets: file of test image paths")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,23 +226,19 @@ class ModelConfig(Checked):
 class TrainConfig(Checked):
     """The optimisation and what the run writes."""
 
-    workdir: str = option("runs/shapes", "Checkpoints, logs and config go here")
+    workdir: str = shared.workdir("runs/shapes", "Where the run writes")
     batch_size: int = option(128, "Global batch size", positive=True)
     learning_rate: float = option(1e-4, "Adam learning rate", positive=True)
     train_steps: int = option(2000, "Total optimizer steps", positive=True)
     log_every: int = option(100, "Steps between TensorBoard summaries", positive=True)
     checkpoint_every: int = option(500, "Steps between checkpoints", positive=True)
     adam_epsilon: float = option(1e-8, "Adam epsilon (PyTorch's default)", positive=True)
-    seed: int = option(0, "Random seed", minimum=0)
+    seed: int = shared.seed()
     memory_check: bool = option(
         True,
         "Refuse a run whose estimated memory (a lower bound: variables, Adam's moments and the "
         "main activations) is over this machine's; --nomemory_check to try anyway",
     )
-
-    def check(self) -> None:
-        if not self.workdir.strip():
-            raise UserError("--workdir is empty; name the directory the run writes to")
 
 
 @dataclasses.dataclass(frozen=True)
