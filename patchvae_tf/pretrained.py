@@ -114,22 +114,9 @@ class Pretrained:
             # config.json records where the run was trained; the workdir may have moved since.
             cfg = cfg.replace(train=dataclasses.replace(cfg.train, workdir=workdir))
             model, step = restore_model(cfg)
-            limits = image_limits.ImageLimits(cfg.data.max_image_pixels, cfg.data.max_image_aspect)
         except UserError as e:
             raise ValueError(str(e)) from None
-        encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
-        outputs = {k: [None, *v.shape[1:]] for k, v in encode(_blank(model.image_size)).items()}
-        return cls(
-            lambda pixels: encode(to_model(pixels)),
-            model.image_size,
-            outputs,
-            batch_size=batch_size,
-            config=cfg,
-            model=model,
-            step=step,
-            path=workdir,
-            limits=limits,
-        )
+        return cls._of_model(model, cfg, step, workdir, batch_size)
 
     @classmethod
     def from_recognizer(cls, workdir: str, batch_size: int = 64) -> Pretrained:
@@ -143,26 +130,38 @@ class Pretrained:
         except UserError as e:
             raise ValueError(str(e)) from None
         clf = rec.classifier
-        model = clf.model
-        encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
         probabilities = tf.function(
             lambda x: clf.outputs(x)["probabilities"], reduce_retracing=True
         )
+        return cls._of_model(
+            clf.model,
+            rec.encoder_config,
+            rec.encoder_step,
+            workdir,
+            batch_size,
+            classify_fn=lambda pixels: probabilities(to_model(pixels)),
+            class_names=rec.class_names,
+        )
+
+    @classmethod
+    def _of_model(cls, model, cfg, step, path: str, batch_size: int, **classify) -> Pretrained:
+        """A restored Keras model of training config cfg, encoding in inference mode under the
+        image limits cfg's data section sets; classify: a recognizer's classify_fn and
+        class_names.
+        """
+        encode = tf.function(lambda x: model.encode(x, training=False), reduce_retracing=True)
         outputs = {k: [None, *v.shape[1:]] for k, v in encode(_blank(model.image_size)).items()}
         return cls(
             lambda pixels: encode(to_model(pixels)),
             model.image_size,
             outputs,
             batch_size=batch_size,
-            config=rec.encoder_config,
+            config=cfg,
             model=model,
-            step=rec.encoder_step,
-            path=workdir,
-            limits=image_limits.ImageLimits(
-                rec.encoder_config.data.max_image_pixels, rec.encoder_config.data.max_image_aspect
-            ),
-            classify_fn=lambda pixels: probabilities(to_model(pixels)),
-            class_names=rec.class_names,
+            step=step,
+            path=path,
+            limits=image_limits.ImageLimits(cfg.data.max_image_pixels, cfg.data.max_image_aspect),
+            **classify,
         )
 
     @classmethod

@@ -1,12 +1,20 @@
-"""Shared fixtures: one tiny PatchVAE trained once per test session, and the repository's root."""
+"""Shared fixtures and helpers: one tiny PatchVAE trained once per test session, its export
+and recognizer, the repository's root, and the small configs, data and commands several test
+files use.
+"""
 
+import dataclasses
 import os
+import shutil
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The checkout: where train.py, configs/ and docs/ are.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from patchvae_tf.config import (  # noqa: E402
@@ -49,6 +57,69 @@ def tiny_config(workdir: str, **train) -> Config:
         # float32 whatever the host: --mixed_precision=auto would pick bfloat16 on CPUs with
         # AVX512_BF16 or AMX, and the tests compare numbers.
         distribute=DistributeConfig(mixed_precision="none"),
+    )
+
+
+def small_config(workdir, steps=4, batch=16, **distribute) -> Config:
+    """tiny_config smaller still: each TensorFlow subprocess spends its time starting up."""
+    cfg = tiny_config(str(workdir), train_steps=steps, log_every=1000, checkpoint_every=1000)
+    return cfg.replace(
+        data=dataclasses.replace(cfg.data, shapes_train_size=256, shapes_test_size=16),
+        model=dataclasses.replace(cfg.model, base_channels=8, num_parts=4, appearance_dim=2),
+        train=dataclasses.replace(cfg.train, batch_size=batch),
+        # float32 whatever the host, as in tiny_config: --mixed_precision=auto would train
+        # these in bfloat16 on CPUs with AVX512_BF16, and the tests compare numbers.
+        distribute=DistributeConfig(
+            **{"jit_compile": False, "mixed_precision": "none", **distribute}
+        ),
+    )
+
+
+# evaluate.py's settings small enough for 2 shared cores: the probes see 256 images per split.
+EVAL_FAST = dict(
+    eval_examples=256,
+    batch_size=64,
+    probe_steps=200,
+    finetune_epochs=2,
+    finetune_batch_size=128,
+    finetune_lr_step_epochs=1,
+    freeze_stages=(-1,),
+    gallery_size=5,
+)
+
+
+def copy_workdir(cfg, dest) -> str:
+    """A private copy of cfg's workdir under dest, so tests writing eval/ do not collide."""
+    workdir = str(dest / "workdir")
+    shutil.copytree(cfg.train.workdir, workdir, ignore=shutil.ignore_patterns("eval", ".eval-*"))
+    return workdir
+
+
+def run_train(args, cwd=ROOT) -> subprocess.CompletedProcess:
+    """python train.py ARGS in a child process, its output captured as text."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def library_worker(cfg_path, mode: str, **env) -> subprocess.Popen:
+    """tests/library_worker.py training the config JSON at cfg_path by patchvae_tf.train in a
+    child process; mode: what it runs (its second argument). Output: stdout, with stderr.
+    """
+    base = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    worker = os.path.join(ROOT, "tests", "library_worker.py")
+    return subprocess.Popen(
+        [sys.executable, worker, str(cfg_path), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**base, "PYTHONPATH": ROOT, **env},
     )
 
 
@@ -188,10 +259,12 @@ def version_dir(ecfg, rep) -> str:
     return os.path.join(ecfg.export_dir, "saved_model", str(rep["version"]))
 
 
+# Odd-sized uint8 images [13, 20, 28, 3] for patchvae_tf.train(): 13 ends an epoch mid-batch.
+PIXELS = np.random.default_rng(7).integers(0, 256, size=(13, 20, 28, 3), dtype=np.uint8)
+
+
 def random_pixels(n: int, seed: int = 0):
     """n random images [n, SIZE, SIZE, 3] in [0, 255], float32."""
-    import numpy as np
-
     return np.random.default_rng(seed).uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32)
 
 

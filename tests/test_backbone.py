@@ -11,12 +11,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from patchvae_tf.config import ModelConfig
 from patchvae_tf.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIXELS = np.random.default_rng(3).integers(0, 256, size=(24, 40, 36, 3), dtype=np.uint8)
 
 

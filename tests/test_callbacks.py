@@ -6,10 +6,41 @@ import os
 
 import keras
 import pytest
-from conftest import tiny_config
-from test_trainer import PIXELS, Recorder, _scalars
+import tensorflow as tf
+from conftest import PIXELS, library_worker, tiny_config
 
 from patchvae_tf.errors import UserError
+
+
+class Recorder(keras.callbacks.Callback):
+    """Records what the loop calls, and stops training once ``stop_at`` steps are done."""
+
+    def __init__(self, stop_at=None):
+        super().__init__()
+        self.stop_at, self.calls, self.logs = stop_at, [], {}
+
+    def on_train_begin(self, logs=None):
+        self.calls.append(("begin", self.params["steps"]))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append(("batch", batch))
+        self.logs[batch] = dict(logs)
+        if self.stop_at is not None and batch >= self.stop_at:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.calls.append(("end", logs["loss"]))
+
+
+def _scalars(logdir):
+    """{(tag, step): value} of every scalar in the TensorBoard event files under logdir."""
+    found = {}
+    for path in tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    found[value.tag, event.step] = float(tf.make_ndarray(value.tensor))
+    return found
 
 
 def test_a_callback_sees_every_logged_metric_and_stops_training(tmp_path, capsys):
@@ -57,10 +88,7 @@ def test_keras_early_stopping_stops_training_after_a_logging_interval_without_pr
 @pytest.mark.slow
 def test_two_workers_agree_on_a_stop_only_one_of_them_asked_for(tmp_path):
     import socket
-    import subprocess
-    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = tiny_config(str(tmp_path / "w"), train_steps=50, log_every=1, checkpoint_every=100)
     cfg = cfg.replace(
         train=dataclasses.replace(cfg.train, batch_size=8),
@@ -72,24 +100,15 @@ def test_two_workers_agree_on_a_stop_only_one_of_them_asked_for(tmp_path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
-    procs = []
-    for i in range(2):
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-        env = {
-            **os.environ,
-            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-            "PYTHONPATH": root,
-        }
-        worker = os.path.join(root, "tests", "library_worker.py")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, worker, str(tmp_path / "cfg.json"), "3"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-            )
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = [
+        library_worker(
+            tmp_path / "cfg.json",
+            "3",
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
         )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=400)[0] for p in procs]  # a hang fails here
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     for out in outs:

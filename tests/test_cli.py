@@ -5,8 +5,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
-from test_training import _run
+from conftest import ROOT, run_train
 
 from patchvae_tf import config
 from patchvae_tf.config import cli
@@ -123,7 +122,7 @@ def test_commands_sharing_a_flag_name_keep_their_own_defaults():
 def test_bad_flags_exit_2_with_one_line(args, needle, tmp_path):
     (tmp_path / "bad.cfg").write_text("--dataset=shapes\n--image_size=abc\n")
     args = [a.format(tmp=tmp_path) for a in args]
-    result = _run([*args, f"--workdir={tmp_path / 'w'}"])
+    result = run_train([*args, f"--workdir={tmp_path / 'w'}"])
     assert result.returncode == 2, result.stderr
     assert needle in result.stderr
     assert "Traceback" not in result.stderr

@@ -71,7 +71,6 @@ def test_every_config_checks_itself_when_built_replaced_or_read(tmp_path):
         config.load_config(str(path))
 
 
-
 _WORKDIR = r"^--workdir is required, got '\s*'$"
 _SEED = r"^--seed must be >= 0, got -1$"
 _REFERENCE = r"^--reference_python, --reference_setup and --reference_venv need --reference="

@@ -12,28 +12,12 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import ROOT, small_config
 
-from patchvae_tf.config import DistributeConfig
 from patchvae_tf.errors import UserError
 
 WORKER = os.path.join(ROOT, "tests", "scale_worker.py")
 PYTHON = sys.executable
-
-
-def _config(workdir, steps=4, batch=16, **distribute):
-    """A model small enough that each TensorFlow subprocess spends its time starting up."""
-    cfg = tiny_config(str(workdir), train_steps=steps, log_every=1000, checkpoint_every=1000)
-    return cfg.replace(
-        data=dataclasses.replace(cfg.data, shapes_train_size=256, shapes_test_size=16),
-        model=dataclasses.replace(cfg.model, base_channels=8, num_parts=4, appearance_dim=2),
-        train=dataclasses.replace(cfg.train, batch_size=batch),
-        # float32 whatever the host, as in tiny_config: --mixed_precision=auto would train
-        # these in bfloat16 on CPUs with AVX512_BF16, and the tests compare numbers.
-        distribute=DistributeConfig(
-            **{"jit_compile": False, "mixed_precision": "none", **distribute}
-        ),
-    )
 
 
 def _env(**extra):
@@ -154,7 +138,7 @@ def test_mirrored_matches_default_and_deterministic_repeats(tmp_path):
     """
     runs = []
     for name, strategy in (("default", "default"), ("mirrored", "mirrored")):
-        cfg = _config(
+        cfg = small_config(
             tmp_path / name,
             steps=2,
             strategy=strategy,
@@ -166,7 +150,7 @@ def test_mirrored_matches_default_and_deterministic_repeats(tmp_path):
             {"config": cfg.to_dict(), "out": str(tmp_path / f"{name}.npz"), "fixed_latents": True}
         )
     for name in ("seeded1", "seeded2"):
-        cfg = _config(tmp_path / name, steps=3, virtual_cpu_devices=2, deterministic=True)
+        cfg = small_config(tmp_path / name, steps=3, virtual_cpu_devices=2, deterministic=True)
         runs.append({"config": cfg.to_dict(), "out": str(tmp_path / f"{name}.npz")})
     proc = _worker(tmp_path, "strategies", runs)
     assert proc.wait(timeout=600) == 0, _log(tmp_path, "strategies")[-3000:]
@@ -204,7 +188,7 @@ def test_multi_worker_preempted_then_resumed(tmp_path):
     def launch(rnd, steps, checkpoint_every):
         # Synchronised BatchNorm: otherwise each worker's moving statistics follow its own
         # batches (only the chief's are checkpointed) and could not be compared.
-        cfg = _config(workdir, steps=steps, strategy="multi_worker", sync_batch_norm=True)
+        cfg = small_config(workdir, steps=steps, strategy="multi_worker", sync_batch_norm=True)
         cfg = cfg.replace(train=dataclasses.replace(cfg.train, checkpoint_every=checkpoint_every))
         procs = []
         for i in range(2):
@@ -309,39 +293,3 @@ def test_sigkill_resumes_at_checkpoint(tmp_path):
     assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == saved + 3
     # Adam counted every step since 0: its state came back with the weights.
     assert reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == saved + 3
-
-
-# --- XLA and mixed precision (in this process: no devices or global state change) ------
-
-
-def _one_batch(cfg):
-    import tensorflow as tf
-
-    from patchvae_tf import data
-
-    source = data.get_source(cfg.data, cfg.model.image_size, cfg.train.seed)
-    batch = next(iter(data.input_dataset(source, "train", cfg.train.batch_size, training=True)))
-    return lambda: iter(tf.data.Dataset.from_tensors({"image": batch["image"]}).repeat())
-
-
-def _trainer(cfg, policy="none", jit_compile=False, weights=None):
-    """(model, optimizer, train_step) under the default strategy, as training.train makes them."""
-    import keras
-    import tensorflow as tf
-
-    from patchvae_tf import training
-    from patchvae_tf.training import precision
-
-    keras.utils.set_random_seed(cfg.train.seed)
-    model = precision.build_model_in_policy(cfg.model, policy)
-    if weights is not None:
-        model.set_weights(weights)
-    optimizer = precision.wrap_optimizer(training.make_optimizer(cfg), policy)
-    optimizer.build(model.trainable_variables)
-    step = tf.Variable(0, dtype=tf.int64)
-    strategy = tf.distribute.get_strategy()
-    return (
-        model,
-        optimizer,
-        training.make_train_step(cfg, strategy, model, optimizer, step, jit_compile),
-    )

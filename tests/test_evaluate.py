@@ -7,30 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import EVAL_FAST, ROOT, copy_workdir, tiny_config
 from PIL import Image
 
 from patchvae_tf.config import EvalConfig
 from patchvae_tf.errors import UserError
-
-# Small enough for 2 shared cores: the probes see 256 images per split.
-FAST = dict(
-    eval_examples=256,
-    batch_size=64,
-    probe_steps=200,
-    finetune_epochs=2,
-    finetune_batch_size=128,
-    finetune_lr_step_epochs=1,
-    freeze_stages=(-1,),
-    gallery_size=5,
-)
-
-
-def _copy_workdir(cfg, dest) -> str:
-    """A private copy of the fixture's workdir, so tests writing eval/ do not collide."""
-    workdir = str(dest / "workdir")
-    shutil.copytree(cfg.train.workdir, workdir, ignore=shutil.ignore_patterns("eval", ".eval-*"))
-    return workdir
 
 
 def _png_shape(path):
@@ -44,8 +25,8 @@ def evaluated(trained, tmp_path_factory):
     from patchvae_tf import evaluation
 
     cfg, summary = trained
-    workdir = _copy_workdir(cfg, tmp_path_factory.mktemp("evaluated"))
-    report = evaluation.evaluate(EvalConfig(workdir=workdir, mode="all", **FAST))
+    workdir = copy_workdir(cfg, tmp_path_factory.mktemp("evaluated"))
+    report = evaluation.evaluate(EvalConfig(workdir=workdir, mode="all", **EVAL_FAST))
     return cfg, summary, workdir, report
 
 
@@ -187,9 +168,11 @@ def test_folder_dataset_gets_probe_numbers(trained, tmp_path):
     from patchvae_tf import evaluation
 
     cfg, _ = trained
-    workdir = _copy_workdir(cfg, tmp_path)
+    workdir = copy_workdir(cfg, tmp_path)
     dataset = _write_folder(tmp_path / "images", ["blue", "red"], 12)
-    report = evaluation.evaluate(EvalConfig(workdir=workdir, mode="probe", dataset=dataset, **FAST))
+    report = evaluation.evaluate(
+        EvalConfig(workdir=workdir, mode="probe", dataset=dataset, **EVAL_FAST)
+    )
     assert report["num_classes"] == 2 and report["dataset"] == dataset
     assert report["linear_probe"]["test_examples"] == 24
     # Red against blue is easy for any encoder, trained or random.
@@ -204,9 +187,9 @@ def test_bad_inputs_are_user_errors(trained, tmp_path):
     from patchvae_tf import evaluation
 
     cfg, _ = trained
-    workdir = _copy_workdir(cfg, tmp_path)
+    workdir = copy_workdir(cfg, tmp_path)
     with pytest.raises(UserError, match="--image_size=64 does not match the model's image size"):
-        evaluation.evaluate(EvalConfig(workdir=workdir, image_size=64, **FAST))
+        evaluation.evaluate(EvalConfig(workdir=workdir, image_size=64, **EVAL_FAST))
     one_class = _write_folder(tmp_path / "one", ["red"], 2)
     with pytest.raises(UserError, match="has 1 class; probe needs labels"):
         evaluation.evaluate(EvalConfig(workdir=workdir, mode="probe", dataset=one_class))
@@ -259,7 +242,7 @@ def test_a_later_partial_run_keeps_the_earlier_sections(evaluated, tmp_path):
     _, _, workdir, before = evaluated
     copy = str(tmp_path / "workdir")
     shutil.copytree(workdir, copy)
-    report = evaluation.evaluate(EvalConfig(workdir=copy, mode="parts", **FAST))
+    report = evaluation.evaluate(EvalConfig(workdir=copy, mode="parts", **EVAL_FAST))
     saved = json.load(open(os.path.join(copy, "eval", "report.json")))
     assert saved == json.loads(json.dumps(report))
     assert saved["linear_probe"] == before["linear_probe"]
@@ -270,7 +253,9 @@ def test_a_later_partial_run_keeps_the_earlier_sections(evaluated, tmp_path):
     assert "Kept from an earlier run" in open(os.path.join(copy, "eval", "report.md")).read()
     # Another dataset is another report: nothing is carried over.
     dataset = _write_folder(tmp_path / "images", ["blue", "red"], 6)
-    other = evaluation.evaluate(EvalConfig(workdir=copy, mode="probe", dataset=dataset, **FAST))
+    other = evaluation.evaluate(
+        EvalConfig(workdir=copy, mode="probe", dataset=dataset, **EVAL_FAST)
+    )
     assert other["from_earlier_run"] == [] and other["finetune"] is None
 
 
@@ -285,7 +270,9 @@ def test_compare_puts_patchvae_vae_and_random_init_side_by_side(evaluated, tmp_p
     vae_cfg = vae_cfg.replace(model=dataclasses.replace(vae_cfg.model, arch="vae", beta_app=4.0))
     training.train(vae_cfg)
     evaluation.evaluate(
-        EvalConfig(workdir=vae_cfg.train.workdir, mode="probe", **{**FAST, "freeze_stages": ()})
+        EvalConfig(
+            workdir=vae_cfg.train.workdir, mode="probe", **{**EVAL_FAST, "freeze_stages": ()}
+        )
     )
     out = tmp_path / "comparison"
     result = _run(f"--compare={patch_workdir},{vae_cfg.train.workdir}", f"--compare_dir={out}")
@@ -366,7 +353,7 @@ def test_indoor_style_run_imagenet_normalised_through_evaluation_and_export(tmp_
     summary = training.train(cfg)
     assert np.isfinite(summary["last_loss"])
     report = evaluation.evaluate(
-        EvalConfig(workdir=cfg.train.workdir, mode="probe", **{**FAST, "freeze_stages": ()})
+        EvalConfig(workdir=cfg.train.workdir, mode="probe", **{**EVAL_FAST, "freeze_stages": ()})
     )
     # 24 images, 4 listed for testing: the model saw 20; the probe trains on the 4 listed.
     assert report["linear_probe"]["train_examples"] == 4

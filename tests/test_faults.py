@@ -10,12 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from patchvae_tf.config import Config, EvalConfig, ModelConfig, TrainConfig
 from patchvae_tf.errors import UserError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _copy_workdir(trained, tmp_path, name="w"):
@@ -109,7 +107,7 @@ def test_a_second_training_run_on_one_workdir_is_refused(tmp_path):
         "    time.sleep(600)\n"
     )
     holder = subprocess.Popen(
-        [sys.executable, "-c", code, workdir], stdout=subprocess.PIPE, text=True, cwd=REPO
+        [sys.executable, "-c", code, workdir], stdout=subprocess.PIPE, text=True, cwd=ROOT
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from test_evaluate import FAST, _copy_workdir
+from conftest import EVAL_FAST, copy_workdir
 
 from patchvae_tf.config import EvalConfig
 from patchvae_tf.errors import UserError
@@ -18,9 +18,9 @@ def test_finetuning_learns(trained, tmp_path):
     from patchvae_tf import evaluation
 
     cfg, _ = trained
-    workdir = _copy_workdir(cfg, tmp_path)
+    workdir = copy_workdir(cfg, tmp_path)
     settings = {
-        **FAST,
+        **EVAL_FAST,
         "freeze_stages": (0,),
         "finetune_epochs": 6,
         "finetune_batch_size": 64,
@@ -71,13 +71,13 @@ def test_classifier_head_choices_are_checked():
 def test_sgd_schedule_divides_by_ten_every_step_epochs():
     import keras
 
-    from patchvae_tf import evaluation
+    from patchvae_tf.recognition import fit
 
-    lr = evaluation.finetune_schedule(0.1, epochs=90, step_epochs=30, steps_per_epoch=10)
+    lr = fit.schedule(0.1, epochs=90, step_epochs=30, steps_per_epoch=10)
     assert isinstance(lr, keras.optimizers.schedules.PiecewiseConstantDecay)
     values = [float(lr(s)) for s in (0, 299, 300, 599, 600, 899)]
     np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
-    assert evaluation.finetune_schedule(0.1, epochs=30, step_epochs=30, steps_per_epoch=5) == 0.1
+    assert fit.schedule(0.1, epochs=30, step_epochs=30, steps_per_epoch=5) == 0.1
 
 
 def test_finetuning_trains_every_conv_after_the_frozen_stages_and_no_batch_norm_scale():

@@ -11,10 +11,9 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT
 
 from patchvae_tf.data import image_limits
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -203,7 +202,7 @@ def test_each_bomb_stays_under_1_5_gb_in_one_process(exported):
     for target in ("serving", "encode"):
         proc = subprocess.run(
             [sys.executable, "-c", _BOMB_WORKER, target, ecfg.export_dir, version],
-            capture_output=True, text=True, cwd=REPO, timeout=300,
+            capture_output=True, text=True, cwd=ROOT, timeout=300,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]

@@ -9,8 +9,6 @@ import pytest
 
 from export import quantize, stress
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def test_stress_sets_cover_the_range():
     rng = np.random.default_rng(0)

@@ -2,14 +2,49 @@
 
 import numpy as np
 import pytest
-from test_distribute import _config, _one_batch, _trainer
+from conftest import small_config
+
+# In this process: no devices or global state change.
+
+
+def _one_batch(cfg):
+    import tensorflow as tf
+
+    from patchvae_tf import data
+
+    source = data.get_source(cfg.data, cfg.model.image_size, cfg.train.seed)
+    batch = next(iter(data.input_dataset(source, "train", cfg.train.batch_size, training=True)))
+    return lambda: iter(tf.data.Dataset.from_tensors({"image": batch["image"]}).repeat())
+
+
+def _trainer(cfg, policy="none", jit_compile=False, weights=None):
+    """(model, optimizer, train_step) under the default strategy, as training.train makes them."""
+    import keras
+    import tensorflow as tf
+
+    from patchvae_tf import training
+    from patchvae_tf.training import precision
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    model = precision.build_model_in_policy(cfg.model, policy)
+    if weights is not None:
+        model.set_weights(weights)
+    optimizer = precision.wrap_optimizer(training.make_optimizer(cfg), policy)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64)
+    strategy = tf.distribute.get_strategy()
+    return (
+        model,
+        optimizer,
+        training.make_train_step(cfg, strategy, model, optimizer, step, jit_compile),
+    )
 
 
 def test_xla_agrees_with_graph_mode(tmp_path):
     """The same weights and batch give the same rates (no sampling in them) and, up to
     sampling noise, the same loss with and without XLA; TFP's relaxed samples compile.
     """
-    cfg = _config(tmp_path)
+    cfg = small_config(tmp_path)
     batches = _one_batch(cfg)
     plain, _, plain_step = _trainer(cfg)
     xla, _, xla_step = _trainer(cfg, jit_compile=True, weights=plain.get_weights())
@@ -35,7 +70,7 @@ def test_mixed_precision_trains(tmp_path, policy):
     """
     import keras
 
-    cfg = _config(tmp_path)
+    cfg = small_config(tmp_path)
     batches = _one_batch(cfg)
     before = keras.config.dtype_policy().name
     model, optimizer, train_step = _trainer(cfg, policy)

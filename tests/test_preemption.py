@@ -7,10 +7,64 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT
-from test_training import TINY_FLAGS, _float_variables, _image_folder, _run, _wait_for_checkpoint
+from conftest import ROOT, run_train
 
 from patchvae_tf import training
+
+TINY_FLAGS = [
+    "--dataset=shapes",
+    "--shapes_train_size=512",
+    "--shapes_test_size=64",
+    "--image_size=16",
+    "--encoder=pyramid",
+    "--base_channels=8",
+    "--scale=4",
+    "--num_parts=4",
+    "--appearance_dim=2",
+    "--batch_size=16",
+    "--log_every=100000",
+]
+
+
+def _wait_for_checkpoint(checkpoint_dir, step, proc, timeout=240):
+    """Waits until proc's newest checkpoint is at step or later. Not a file of that step: a
+    fast run writes and rotates out several checkpoints between two looks.
+    """
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        latest = tf.train.latest_checkpoint(str(checkpoint_dir))
+        if latest and int(latest.rsplit("-", 1)[1]) >= step:
+            return
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, f"no checkpoint of step {step} or later after {timeout} s"
+        time.sleep(0.2)
+
+
+def _image_folder(root):
+    """Two classes of odd-sized RGB images (13 training images: epochs end mid-batch)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 13), ("test", 2)):
+        for i in range(count):
+            cls = root / split / ("ab"[i % 2])
+            cls.mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 255, (20 + i, 18, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(cls / f"{i}.png")
+    return f"folder:{root}"
+
+
+def _float_variables(prefix):
+    """The floating-point variables of the checkpoint at prefix, by name."""
+    reader = tf.train.load_checkpoint(prefix)
+    out = {}
+    for name in reader.get_variable_to_shape_map():
+        value = np.asarray(reader.get_tensor(name))
+        if value.dtype.kind == "f" and "save_counter" not in name:
+            out[name] = value
+    return out
 
 
 @pytest.mark.slow
@@ -43,7 +97,7 @@ def test_sigterm_saves_at_that_step_exits_42_and_resumes_there(tmp_path):
     assert step == saved
     assert "Traceback" not in err
 
-    resumed = _run([*args, f"--train_steps={saved + 3}"])
+    resumed = run_train([*args, f"--train_steps={saved + 3}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from step {saved} " in resumed.stdout
     final = tf.train.latest_checkpoint(str(workdir / "checkpoints"))

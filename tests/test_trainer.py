@@ -11,14 +11,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_config
+from conftest import PIXELS, library_worker, tiny_config
 
 from patchvae_tf import data
 from patchvae_tf.data import python_source
 from patchvae_tf.errors import UserError
-
-RNG = np.random.default_rng(7)
-PIXELS = RNG.integers(0, 256, size=(13, 20, 28, 3), dtype=np.uint8)
 
 
 def _stream(source, start, count, batch=1):
@@ -64,7 +61,7 @@ def test_python_data_resumes_at_any_example_exactly(kind, tmp_path):
 
 
 def test_images_of_any_dtype_and_channels_are_read_as_rgb_pixels():
-    grey = RNG.integers(0, 256, size=(3, 24, 24), dtype=np.uint8)
+    grey = np.random.default_rng(8).integers(0, 256, size=(3, 24, 24), dtype=np.uint8)
     for given in (grey, grey.astype(np.float32), grey[..., None].astype(np.int32)):
         source = python_source.python_source(tf.data.Dataset.from_tensor_slices(given), 8)
         got = next(iter(data.input_dataset(source, "test", 3, training=False)))["image"].numpy()
@@ -132,37 +129,6 @@ def test_train_on_an_array_records_it_and_the_commands_refuse_to_read_it(tmp_pat
     assert patchvae_tf.train(longer, PIXELS).step == 6
     out = capsys.readouterr().out
     assert "resuming from step 4" in out and "note: resuming on a tf.data.Dataset" not in out
-
-
-class Recorder(keras.callbacks.Callback):
-    """Records what the loop calls, and stops training once ``stop_at`` steps are done."""
-
-    def __init__(self, stop_at=None):
-        super().__init__()
-        self.stop_at, self.calls, self.logs = stop_at, [], {}
-
-    def on_train_begin(self, logs=None):
-        self.calls.append(("begin", self.params["steps"]))
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.calls.append(("batch", batch))
-        self.logs[batch] = dict(logs)
-        if self.stop_at is not None and batch >= self.stop_at:
-            self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        self.calls.append(("end", logs["loss"]))
-
-
-def _scalars(logdir):
-    """{(tag, step): value} of every scalar in the TensorBoard event files under logdir."""
-    found = {}
-    for path in tf.io.gfile.glob(os.path.join(logdir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == "scalars":
-                    found[value.tag, event.step] = float(tf.make_ndarray(value.tensor))
-    return found
 
 
 def _write_pngs(folder, images):
@@ -286,27 +252,16 @@ def test_notebook_own_data_backbone_callback_then_export_from_the_workdir_alone(
 
 @pytest.mark.slow
 def test_a_dataset_and_a_backbone_function_train_under_a_mirrored_strategy(tmp_path):
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = tiny_config(str(tmp_path / "w"), train_steps=3, log_every=1, checkpoint_every=3)
     cfg = cfg.replace(
         train=dataclasses.replace(cfg.train, batch_size=8),
         distribute=dataclasses.replace(cfg.distribute, strategy="mirrored", virtual_cpu_devices=2),
     )
     (tmp_path / "cfg.json").write_text(cfg.to_json())
-    worker = os.path.join(root, "tests", "library_worker.py")
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    result = subprocess.run(
-        [sys.executable, worker, str(tmp_path / "cfg.json"), "mirrored"],
-        capture_output=True,
-        text=True,
-        env={**env, "PYTHONPATH": root},
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    lines = result.stdout.splitlines()
+    proc = library_worker(tmp_path / "cfg.json", "mirrored")
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-4000:]
+    lines = out.splitlines()
     refused = [line for line in lines if line.startswith("REFUSED")]
     assert refused == [
         "REFUSED a keras.Model object cannot be copied to the 2 replicas of this strategy; "

@@ -2,14 +2,11 @@ import glob
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, tiny_config
+from conftest import ROOT, run_train, tiny_config
 
 from patchvae_tf import config, training
 from patchvae_tf.config import cli
@@ -71,24 +68,10 @@ def test_different_model_in_same_workdir_is_refused(trained):
         training.train(other)
 
 
-# config.json as training wrote it while image_size lived in the data section: tiny_config's
-# values, every other field at its default.
-def _run(args, cwd=ROOT):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_bad_data_exits_2_and_writes_nothing(tmp_path):
     workdir = tmp_path / "w"
-    result = _run([f"--dataset=folder:{tmp_path / 'nowhere'}", f"--workdir={workdir}"])
+    result = run_train([f"--dataset=folder:{tmp_path / 'nowhere'}", f"--workdir={workdir}"])
     assert result.returncode == 2
     assert f"image folder '{tmp_path / 'nowhere'}' does not exist" in result.stderr
     assert "Traceback" not in result.stderr and not workdir.exists()
@@ -134,62 +117,6 @@ def test_bad_data_is_a_user_error(case, tmp_path):
     assert "\n" not in str(err.value)
     if case != "workdir_is_file":
         assert not workdir.exists()
-
-
-TINY_FLAGS = [
-    "--dataset=shapes",
-    "--shapes_train_size=512",
-    "--shapes_test_size=64",
-    "--image_size=16",
-    "--encoder=pyramid",
-    "--base_channels=8",
-    "--scale=4",
-    "--num_parts=4",
-    "--appearance_dim=2",
-    "--batch_size=16",
-    "--log_every=100000",
-]
-
-
-def _wait_for_checkpoint(checkpoint_dir, step, proc, timeout=240):
-    """Waits until proc's newest checkpoint is at step or later. Not a file of that step: a
-    fast run writes and rotates out several checkpoints between two looks.
-    """
-    import time
-
-    end = time.monotonic() + timeout
-    while True:
-        latest = tf.train.latest_checkpoint(str(checkpoint_dir))
-        if latest and int(latest.rsplit("-", 1)[1]) >= step:
-            return
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < end, f"no checkpoint of step {step} or later after {timeout} s"
-        time.sleep(0.2)
-
-
-def _image_folder(root):
-    """Two classes of odd-sized RGB images (13 training images: epochs end mid-batch)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 13), ("test", 2)):
-        for i in range(count):
-            cls = root / split / ("ab"[i % 2])
-            cls.mkdir(parents=True, exist_ok=True)
-            pixels = rng.integers(0, 255, (20 + i, 18, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(cls / f"{i}.png")
-    return f"folder:{root}"
-
-
-def _float_variables(prefix):
-
-    reader = tf.train.load_checkpoint(prefix)
-    out = {}
-    for name in reader.get_variable_to_shape_map():
-        value = np.asarray(reader.get_tensor(name))
-        if value.dtype.kind == "f" and "save_counter" not in name:
-            out[name] = value
-    return out
 
 
 # Each case costs about a minute of TensorFlow start-ups on 2 cores: three cases cover the

@@ -183,6 +183,24 @@ def _stream_source(kind: str, make: Callable, image_size: int) -> Source:
 # --- arrays and files -----------------------------------------------------------------
 
 
+def _by_index(count: int, load: Callable, skip_errors: bool = False) -> Callable:
+    """A source's reader of count items by index: load(i) makes item i. Training's order is
+    positions.epoch_indices' (resumable at any example); otherwise each input pipeline reads
+    every num-th item from its own. skip_errors drops an item whose load fails.
+    """
+
+    def read(input_context=None, shuffle_seed=None, start=0):
+        if shuffle_seed is not None:
+            order = positions.epoch_indices(count, shuffle_seed, start, input_context)
+        else:
+            pid, num = positions.pipeline(input_context)
+            order = tf.data.Dataset.range(pid, count, num)
+        items = order.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        return items.ignore_errors(log_warning=True) if skip_errors else items
+
+    return read
+
+
 def _array_source(images: np.ndarray, image_size: int) -> Source:
     if images.ndim == 3:
         images = images[..., None]
@@ -192,18 +210,7 @@ def _array_source(images: np.ndarray, image_size: int) -> Source:
         )
     _check_pixels(images.reshape(-1, *images.shape[2:]), "the array")
     pixels = tf.constant(images)
-
-    def read(input_context=None, shuffle_seed=None, start=0):
-        if shuffle_seed is not None:
-            order = positions.epoch_indices(len(images), shuffle_seed, start, input_context)
-        else:
-            pid, num = positions.pipeline(input_context)
-            order = tf.data.Dataset.range(pid, len(images), num)
-        return order.map(
-            lambda i: _prepared(tf.gather(pixels, i), image_size),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-
+    read = _by_index(len(images), lambda i: _prepared(tf.gather(pixels, i), image_size))
     return _source("array", read, read, len(images))
 
 
@@ -215,18 +222,10 @@ def _files_source(paths: list[str], image_size: int, limits) -> Source:
         )
     names = tf.constant(paths)
 
-    def read(input_context=None, shuffle_seed=None, start=0):
-        if shuffle_seed is not None:
-            order = positions.epoch_indices(len(paths), shuffle_seed, start, input_context)
-        else:
-            pid, num = positions.pipeline(input_context)
-            order = tf.data.Dataset.range(pid, len(paths), num)
+    def load(i):
+        blob = tf.io.read_file(tf.gather(names, i))
+        return _prepared(decode_image(blob, limits, "a training image"), image_size)
 
-        def load(i):
-            blob = tf.io.read_file(tf.gather(names, i))
-            return _prepared(decode_image(blob, limits, "a training image"), image_size)
-
-        # A file that fails to decode, or is past the size limits, is dropped, as in folders.
-        return order.map(load, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
-
+    # A file that fails to decode, or is past the size limits, is dropped, as in folders.
+    read = _by_index(len(paths), load, skip_errors=True)
     return _source("files", read, read, len(paths))

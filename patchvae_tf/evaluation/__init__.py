@@ -7,7 +7,6 @@ attribute (import from patchvae_tf.evaluation.setup to reach the module).
 """
 
 from patchvae_tf.evaluation.figures import part_labels, read_scalars, reconstruction_error
-from patchvae_tf.evaluation.finetune import finetune_schedule
 from patchvae_tf.evaluation.parts import (
     ACTIVE_RATE,
     DETECTED_AUROC,
@@ -32,7 +31,6 @@ __all__ = [
     "auroc",
     "encode_split",
     "evaluate",
-    "finetune_schedule",
     "linear_probe",
     "cell_count_accuracy",
     "match_parts",

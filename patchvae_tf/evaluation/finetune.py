@@ -13,7 +13,7 @@ from patchvae_tf.config import EvalConfig
 from patchvae_tf.evaluation.setup import Setup, batches, duration, progbar, restore_model
 from patchvae_tf.model import models
 from patchvae_tf.recognition import fit
-from patchvae_tf.recognition.classifier import Classifier
+from patchvae_tf.recognition.classifier import classifier
 from patchvae_tf.recognition.fit import topk_accuracy
 
 
@@ -24,25 +24,11 @@ def _freeze_depths(ecfg: EvalConfig, num_stages: int) -> list[int]:
     return list(dict.fromkeys(num_stages if k < 0 else k for k in ecfg.freeze_stages))
 
 
-def classifier(model, ecfg: EvalConfig, num_classes: int, frozen: int) -> Classifier:
-    """The authors' classifier.py (recognition.Classifier) on ``model``'s phi(x) with the first
-    ``frozen`` stages fixed and --classifier_head's reduction. As under PyTorch's
-    model.train(), BatchNorm normalises with batch statistics and updates its moving
-    averages in frozen stages too.
-    """
-    return Classifier(
-        model,
-        num_classes,
-        frozen,
-        head=ecfg.classifier_head,
-        dropout=ecfg.dropout,
-        seed=ecfg.seed,
-    )
-
-
 def _classifier(model, setup: Setup, ecfg: EvalConfig, frozen: int):
     """(Classifier, its SGD optimizer with the rate divided by 10 every
-    --finetune_lr_step_epochs epochs) on ``model`` with the first ``frozen`` stages fixed.
+    --finetune_lr_step_epochs epochs) on ``model`` with the first ``frozen`` stages fixed: the
+    authors' classifier.py, so BatchNorm normalises with batch statistics and updates its
+    moving averages in frozen stages too, as under PyTorch's model.train().
     """
     clf = classifier(model, ecfg, setup.source.num_classes, frozen)
     _, _, steps_per_epoch = _epochs(setup.source, ecfg)
@@ -104,9 +90,6 @@ def _finetune_once(model, setup: Setup, ecfg: EvalConfig, frozen: int, title: st
         "test_examples": len(labels),
         "seconds": round(seconds, 1),
     }
-
-
-finetune_schedule = fit.schedule
 
 
 def _epochs(source, ecfg: EvalConfig) -> tuple[int, int, int]:

@@ -211,3 +211,27 @@ class Classifier:
         grads = tape.gradient(total, self.variables)
         optimizer.apply_gradients(zip(grads, self.variables, strict=True))
         return ce, features, logits, grads
+
+
+def classifier(
+    model: models.Autoencoder,
+    cfg,
+    num_classes: int,
+    frozen: int,
+    *,
+    inputs: str = "features",
+    inference_encoder: bool = False,
+) -> Classifier:
+    """The Classifier on ``model`` that a command's config asks for: its classifier_head,
+    dropout and seed (evaluate.py's finetuning, train_classifier.py's recognizer).
+    """
+    return Classifier(
+        model,
+        num_classes,
+        frozen,
+        head=cfg.classifier_head,
+        inputs=inputs,
+        dropout=cfg.dropout,
+        seed=cfg.seed,
+        inference_encoder=inference_encoder,
+    )

@@ -25,7 +25,7 @@ from patchvae_tf.config.recognition import RecognizerConfig
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import models
 from patchvae_tf.recognition import fit, labels
-from patchvae_tf.recognition.classifier import Classifier, num_stages
+from patchvae_tf.recognition.classifier import Classifier, classifier, num_stages
 from patchvae_tf.workdir import CHECKPOINT_DIR, CONFIG_FILE, LOG_DIR, write_text_atomic
 from patchvae_tf.workdir import restore as restore_workdir
 
@@ -115,14 +115,12 @@ def build(rcfg: RecognizerConfig, cfg: Config, num_classes: int) -> Classifier:
             "--freeze_stages=-1 (frozen)"
         )
     frozen = stages if rcfg.freeze_stages < 0 else rcfg.freeze_stages
-    return Classifier(
+    return classifier(
         model,
+        rcfg,
         num_classes,
         frozen,
-        head=rcfg.classifier_head,
         inputs=rcfg.classifier_input,
-        dropout=rcfg.dropout,
-        seed=rcfg.seed,
         inference_encoder=frozen == stages,
     )
 
