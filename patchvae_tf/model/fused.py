@@ -39,9 +39,8 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         )
 
     def call(self, inputs, training=None, mask=None):
-        # Inference (and frozen layers) keep Keras's ops: with fixed statistics they are a
-        # per-channel multiply-add that grappler folds, while TF's fused inference kernel
-        # made the batch-1 encoder several times slower.
+        # Inference and frozen layers keep Keras's ops: a multiply-add grappler folds, where
+        # TF's fused inference kernel made the batch-1 encoder several times slower.
         if not (training and self.trainable and self._fusable(inputs, mask)):
             return super().call(inputs, training=training, mask=mask)
         if keras.backend.standardize_dtype(inputs.dtype) not in _FUSED_BN_DTYPES:

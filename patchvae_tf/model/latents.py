@@ -90,10 +90,8 @@ def sample_occurrence(
     if categorical:
         z = occurrence_posterior(logits, tau, categorical).sample(seed=seed)
     else:
-        # RelaxedBernoulli is sigmoid(Logistic(l / tau, 1 / tau)), and we draw it so.
-        # TFP's Sigmoid bijector computes tf.where(x < c, exp(x), sigmoid(x)): once
-        # (l + noise) / tau passes 88, exp overflows in the unused branch and its gradient
-        # is 0 * inf = NaN, which killed training as tau annealed. tf.sigmoid is safe.
+        # RelaxedBernoulli is sigmoid(Logistic(l / tau, 1 / tau)), drawn with tf.sigmoid: TFP's
+        # bijector's unused exp(x) branch overflows past x = 88, a NaN gradient as tau anneals.
         z = tf.sigmoid(tfd.Logistic(logits / tau, 1.0 / tau).sample(seed=seed))
     if hard:
         if categorical and hard_categorical == "one_hot":
