@@ -192,6 +192,8 @@ class ParityWorker(reference_worker.Worker):
             "temp": r["tau"]["init"],
             "tau": r["tau"],
             "steps": 0,
+            # False: PyTorch's own CPU kernels instead of oneDNN's (another op order).
+            "mkldnn": r.get("mkldnn", True),
         }
         return {}
 
@@ -207,10 +209,11 @@ class ParityWorker(reference_worker.Worker):
         optimizer.param_groups[0]["eps"] = c["eps"][c["steps"]]
         optimizer.zero_grad()
         tau = c["temp"]
-        with self._replay(noise.get("uniform"), noise["normal"]):
-            recon, mu, var, vis = model(c["x"], tau)
-        loss, parts = c["loss"](recon, c["x"], mu, var, vis)
-        loss.backward()
+        with self.torch.backends.mkldnn.flags(enabled=c["mkldnn"]):
+            with self._replay(noise.get("uniform"), noise["normal"]):
+                recon, mu, var, vis = model(c["x"], tau)
+            loss, parts = c["loss"](recon, c["x"], mu, var, vis)
+            loss.backward()
         out = {f"fwd/{k}": a for k, a in c["seen"].items()}
         out |= self._outputs(recon, mu, var, vis, c["variant"])
         out |= {f"grad/{k}": p.grad.numpy().copy() for k, p in model.named_parameters()}
@@ -259,7 +262,11 @@ class ParityWorker(reference_worker.Worker):
         noise = self._noise(r["noise"], c["x"].dtype)
         model.eval()
         try:
-            with self.torch.no_grad(), self._replay(noise.get("uniform"), noise["normal"]):
+            with (
+                self.torch.no_grad(),
+                self.torch.backends.mkldnn.flags(enabled=c["mkldnn"]),
+                self._replay(noise.get("uniform"), noise["normal"]),
+            ):
                 recon, mu, var, vis = model(c["x"], c["temp"])
         finally:
             model.train()

@@ -33,6 +33,34 @@ def test_relative_difference_is_scaled_by_the_reference_tensor():
     assert row["within_tolerance"] and row["difference"] == pytest.approx(0.0001 / 2.0001)
 
 
+def test_float32_rows_are_rounding_only_within_their_runs_spread_of_that_tensor():
+    def outside(ours, theirs, spread=None):
+        r = {"within_tolerance": False, "tolerance": 1e-3}
+        r |= {"ours_vs_float64": ours, "theirs_vs_float64": theirs}
+        return r | ({} if spread is None else {"float32_spread": spread})
+
+    rows = harness.explain(
+        [
+            outside(0.05, 0.02),  # within 3 x their run
+            outside(0.07, 0.02),  # beyond 3 x their run, no spread measured
+            outside(0.07, 0.02, spread=0.03),  # within 3 x the furthest of their runs
+            outside(0.10, 0.02, spread=0.03),  # beyond it
+            outside(9e-4, 1e-6, spread=1e-6),  # within the tolerance itself
+        ]
+    )
+    assert ["reason" in r for r in rows] == [True, False, True, False, True]
+    assert "up to 3.0e-02" in rows[2]["reason"]
+    assert (
+        harness.first_outside(
+            [
+                r | {"variant": "v", "step": 1, "group": "g", "name": "n", "difference": 1.0}
+                for r in rows
+            ]
+        )["name"]
+        == "n"
+    )
+
+
 def test_keras_kernels_take_torch_layouts():
     import numpy as np
 
