@@ -61,6 +61,43 @@ def test_float32_rows_are_rounding_only_within_their_runs_spread_of_that_tensor(
     )
 
 
+def test_markdown_lists_each_row_outside_with_its_reason():
+    rows = harness.explain(
+        [
+            {
+                "variant": "cifar",
+                "step": 1,
+                "group": "gradient",
+                "name": f"w{i}",
+                "difference": d,
+                "tolerance": 1e-3,
+                "within_tolerance": d <= 1e-3,
+                "ours_vs_float64": d,
+                "theirs_vs_float64": 0.02,
+            }
+            for i, d in enumerate([1e-4, 0.05, 0.5])
+        ]
+    )
+    results = {
+        "machine": {"cpu": "cpu", "cpu_kind": "AVX2", "cores": 2},
+        "command": "python -m parity",
+        "reference": {"torch": "t"},
+        "torchvision": "v",
+        "difference": "d",
+        "tolerances": {},
+        "authors_values": {},
+        "rows": rows,
+        "summary": harness.summary(rows),
+    }
+    text = harness.markdown(results)
+    outside = text.split("## Rows outside their tolerance")[1].strip().splitlines()
+    assert len(outside) == 4  # header, rule, the two rows outside
+    assert outside[2].startswith("| cifar | 1 | gradient | w1 | 5.00e-02 |")
+    assert "float32 rounding" in outside[2] and outside[3].endswith("|  |")
+    summary = [line for line in text.splitlines() if line.startswith("| cifar | 1 | 3 |")]
+    assert summary == ["| cifar | 1 | 3 | 2 | 1 | gradient w2 | 5.00e-01 | 1e-03 | 5.00e-01 |  |"]
+
+
 def test_keras_kernels_take_torch_layouts():
     import numpy as np
 
