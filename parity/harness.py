@@ -131,9 +131,9 @@ def explain(rows: list) -> list:
     """float32 only: gives a row outside its tolerance the reason "float32 rounding" where
     ours is no further from their float64 result than their float32 runs are, for this
     tensor (up to SPREAD_MARGIN times the furthest of them), or than the tolerance. Their
-    float32 runs: on oneDNN's kernels and, with --growth, on PyTorch's own, since one order
-    of the sums shows only one of the ways rounding can carry a trajectory. float64 rows
-    carry no reasons.
+    float32 runs: from our weights on oneDNN's kernels and, with --growth, on PyTorch's own
+    and from weights one ulp away, since one run shows only one of the ways rounding can
+    carry a trajectory. float64 rows carry no reasons.
     """
     for r in rows:
         if r["within_tolerance"] or "ours_vs_float64" not in r:

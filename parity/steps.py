@@ -192,15 +192,16 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
         "tau": {"init": m.tau_init, "min": m.tau_min, "anneal": m.anneal_rate},
     }
     # Sessions: theirs in the run's dtype; in float32 also their float64 run (the rounding
-    # reference) and, with --growth, their float32 run on PyTorch's own CPU kernels instead
-    # of oneDNN's (another order of the same sums: how far rounding alone carries a float32
-    # run, per tensor); in float64 with --growth their run from weights one ulp away
-    # (float64's own growth).
+    # reference) and, with --growth, two more float32 runs of theirs, on PyTorch's own CPU
+    # kernels instead of oneDNN's (another order of the same sums) and from weights one ulp
+    # away: how far rounding alone carries a float32 run, per tensor. In float64 with
+    # --growth their run from weights one ulp away (float64's own growth).
     sessions = {"theirs": {"double": float64}}
     if not float64:
         sessions["exact"] = {"double": True}
         if pcfg.growth:
             sessions["spread_native"] = {"double": False, "mkldnn": False}
+            sessions["spread_ulp"] = {"double": False, "perturb": True}
     elif pcfg.growth:
         sessions["ulp"] = {"double": True, "perturb": True}
     for key, extra in sessions.items():

@@ -145,7 +145,8 @@ class ParityWorker(reference_worker.Worker):
     def _prepared(self, model, inputs: str, double: bool, perturb: bool = False):
         """(model, arrays): the model with the run's weights, in train mode, and the run's
         arrays; with double both in float64. perturb: every weight and statistic moved by
-        one unit in the last place (away from zero), to measure float64's own growth.
+        one unit in the last place of the run's dtype (away from zero), to measure how far
+        rounding alone carries a run.
         """
         import numpy as np
 
