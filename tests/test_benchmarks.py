@@ -15,11 +15,14 @@ from conftest import ROOT, random_pixels
 from patchvae_tf.errors import UserError
 
 
-@pytest.mark.slow
-def test_quick_run_without_reference_writes_json_and_table(tmp_path):
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """(results JSON, Markdown table, results folder) of one python -m benchmarks --quick run
+    without a reference, its memory section on a small image folder.
+    """
     from benchmarks import image_folder
-    from export import quantize
 
+    tmp_path = tmp_path_factory.mktemp("bench")
     folder = tmp_path / "folder"
     assert image_folder.main([f"--out={folder}", "--images=40", "--test_images=10"]) == 0
     out = tmp_path / "results" / "run.json"
@@ -41,11 +44,15 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(out.read_text())
-    table = (tmp_path / "results" / "run.md").read_text()
-    assert "no reference in this run" in table and table.count("|") > 20
-    assert not list((tmp_path / "results").glob("*.tmp"))
+    results = tmp_path / "results"
+    return json.loads(out.read_text()), (results / "run.md").read_text(), results
 
+
+@pytest.mark.slow
+def test_quick_run_without_reference_writes_json_and_table(quick_run):
+    r, table, results = quick_run
+    assert "no reference in this run" in table and table.count("|") > 20
+    assert not list(results.glob("*.tmp"))
     assert r["reference"] is None
     assert r["machine"]["cpu_kind"] in ("AMX", "AVX-512 with BF16", "AVX-512", "AVX2", "other")
     # FLOPs are counted from the graph: the CIFAR-recipe PatchVAE encoder is a truncated
@@ -54,7 +61,14 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     fl = r["flops_per_image"]["patchvae_32px"]
     assert 45e6 < fl["encoder_inference"]["total"] < 52e6
     assert fl["train_step"]["total"] == 3 * fl["train_forward"]["total"]
+    summary = r["summary"]
+    for name in ("train_cifar_default", "onnxruntime_int8_batch", "saved_model_batch"):
+        assert summary[name]["ratio"] is None and summary[name]["met"] is None
 
+
+@pytest.mark.slow
+def test_quick_run_times_training_in_windows_without_ratios(quick_run):
+    r, _, _ = quick_run
     for c in r["train"] + r["train_knobs"]:
         fig = c["images_per_second"]
         assert fig["ratio"] is None and fig["theirs"] is None
@@ -64,6 +78,10 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     knob = r["train_knobs"][0]
     assert knob["synthetic"] and knob["steps_per_loop"] == 2 and knob["keras_kernels"]
 
+
+@pytest.mark.slow
+def test_quick_run_times_every_encoder_runtime_and_batching(quick_run):
+    r, table, _ = quick_run
     runtimes = {e["runtime"] for e in r["encoder"]}
     assert runtimes == {
         "keras",
@@ -82,12 +100,16 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     for e in r["encoder"]:
         assert e["batch1_ms"]["ours"] > 0 and e["batch_images_per_second"]["ours"] > 0
         assert e["batch1_ms"]["ratio"] is None
-    summary = r["summary"]
-    for name in ("train_cifar_default", "onnxruntime_int8_batch", "saved_model_batch"):
-        assert summary[name]["ratio"] is None and summary[name]["met"] is None
 
-    # The profile: each per-op table adds up to the op time it divides, which is within the
-    # time of the runs it comes from.
+
+@pytest.mark.slow
+def test_quick_run_profile_tables_add_up(quick_run):
+    """Each per-op table adds up to the op time it divides, which is within the time of the
+    runs it comes from.
+    """
+    from export import quantize
+
+    r, table, _ = quick_run
     prof = r["profile"]
     for name, o in prof["onnxruntime"].items():
         kinds = {e["name"] for e in o["by_op_type"]}
@@ -117,10 +139,13 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     assert all(v["features_mean_cosine"] > 0.9 for k, v in variants.items() if k != "float32")
     assert "int8 settings" in table
 
-    runs = r["memory"]["runs"]
+
+@pytest.mark.slow
+def test_quick_run_measures_peak_memory_on_each_dataset_size(quick_run):
+    runs = quick_run[0]["memory"]["runs"]
     assert [x["dataset_size"] for x in runs] == [16, 64, 16, 40]
     assert all(100 < x["peak_rss_mb"] < 1e5 for x in runs)
-    assert r["memory"]["growth_ratio_folder"] == round(
+    assert quick_run[0]["memory"]["growth_ratio_folder"] == round(
         runs[3]["peak_rss_mb"] / runs[2]["peak_rss_mb"], 3
     )
 
