@@ -129,3 +129,16 @@ def test_a_shared_field_gives_every_command_one_message(spec, args, build, messa
         build()
     assert str(from_python.value) == str(from_cli.value)
     assert re.match(message, str(from_cli.value)), from_cli.value
+
+
+def test_labelled_data_is_the_listed_split_of_the_commands_dataset_or_the_training_one():
+    trained = config.DataConfig(
+        dataset="folder:all", train_split="all_but_test", test_split_file="test.txt"
+    )
+    own = EvalConfig().labelled(trained)
+    assert own == dataclasses.replace(trained, train_split="listed")
+    given = config.RecognizerConfig(
+        workdir="r", encoder_workdir="w", dataset="cifar10", data_dir="/tfds"
+    ).labelled(trained)
+    assert (given.dataset, given.data_dir, given.test_split_file) == ("cifar10", "/tfds", None)
+    assert given.train_split == "listed" and given.shapes_train_size == trained.shapes_train_size

@@ -34,6 +34,17 @@ class SourceFields(Checked):
     train_split_file: str | None = option(None, "Folder datasets: file of training image paths")
     test_split_file: str | None = option(None, "Folder datasets: file of test image paths")
 
+    def labelled(self, data):
+        """A training DataConfig read for labels: its listed training split (also where the
+        model trained on every image but the test ones, all_but_test), and this command's
+        dataset fields in place of its own when --dataset is set.
+        """
+        data = dataclasses.replace(data, train_split="listed")
+        if not self.dataset:
+            return data
+        names = [f.name for f in dataclasses.fields(SourceFields)]
+        return dataclasses.replace(data, **{name: getattr(self, name) for name in names})
+
 
 @dataclasses.dataclass(frozen=True)
 class ReferenceFields(Checked):

@@ -35,19 +35,7 @@ def _data_config(cfg: Config, ecfg: EvalConfig) -> Config:
             f"--image_size={ecfg.image_size} does not match the model's image size {image_size} "
             f"(from {os.path.join(ecfg.workdir, CONFIG_FILE)})"
         )
-    # Recognition trains on the labelled training split, also when the model was trained on
-    # every image but the test ones (Indoor67's allminustest).
-    listed = dataclasses.replace(cfg.data, train_split="listed")
-    if ecfg.dataset is None:
-        return cfg.replace(data=listed)
-    override = dataclasses.replace(
-        listed,
-        dataset=ecfg.dataset,
-        data_dir=ecfg.data_dir,
-        train_split_file=ecfg.train_split_file,
-        test_split_file=ecfg.test_split_file,
-    )
-    return cfg.replace(data=override)
+    return cfg.replace(data=ecfg.labelled(cfg.data))
 
 
 def restore_model(cfg: Config) -> tuple[models.Autoencoder, int]:

@@ -160,19 +160,9 @@ def _encoder_config(rcfg: RecognizerConfig) -> Config:
             f"--encoder_workdir {w!r} is a recognizer; give the encoder's train.py workdir"
         )
     cfg = load_config(os.path.join(w, CONFIG_FILE))
-    cfg = cfg.replace(train=dataclasses.replace(cfg.train, workdir=w))
-    # Recognition trains on the labelled training split, also when the encoder was trained
-    # on every image but the test ones (Indoor67's all_but_test).
-    d = dataclasses.replace(cfg.data, train_split="listed")
-    if rcfg.dataset:
-        d = dataclasses.replace(
-            d,
-            dataset=rcfg.dataset,
-            data_dir=rcfg.data_dir,
-            train_split_file=rcfg.train_split_file,
-            test_split_file=rcfg.test_split_file,
-        )
-    return cfg.replace(data=d)
+    return cfg.replace(
+        train=dataclasses.replace(cfg.train, workdir=w), data=rcfg.labelled(cfg.data)
+    )
 
 
 def _check_source(source: data.Source, rcfg: RecognizerConfig) -> tuple[str, ...]:
