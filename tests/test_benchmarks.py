@@ -18,7 +18,7 @@ from patchvae_tf.errors import UserError
 @pytest.mark.slow
 def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     from benchmarks import image_folder
-    from export import quantize
+    from benchmarks.op_profile import VARIANTS
 
     folder = tmp_path / "folder"
     assert image_folder.main([f"--out={folder}", "--images=40", "--test_images=10"]) == 0
@@ -112,7 +112,7 @@ def test_quick_run_without_reference_writes_json_and_table(tmp_path):
     # Summed over the executor's threads (at most one per core), the ops fit in the wall time.
     assert 0 < step["ops_ms"] <= os.cpu_count() * step["step_ms"] * 1.05
     variants = {v["variant"]: v for v in prof["int8_variants"]}
-    assert set(variants) == {"float32", *quantize.VARIANTS}
+    assert set(variants) == {"float32", *VARIANTS}
     assert variants["float32"]["over_float32"] == 1.0
     assert all(v["features_mean_cosine"] > 0.9 for k, v in variants.items() if k != "float32")
     assert "int8 settings" in table
