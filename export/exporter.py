@@ -176,7 +176,7 @@ def _saved_model(cfg, module, stage, pixels, keras_out) -> tuple[dict, dict]:
     # The bytes signature on lossless PNGs of the same (rounded) pixels must give what
     # serving_default gives: decoding and preprocessing add nothing.
     rounded = np.round(pixels)
-    pngs = tf.stack([tf.io.encode_png(tf.cast(p, tf.uint8)) for p in rounded])
+    pngs = tf.constant(warmup.png_files(pixels))
     rounded_out = _numpy(default(images=tf.constant(rounded)))
     checks["image_bytes_vs_images"] = (
         "serve_image_bytes vs serving_default",
@@ -195,7 +195,7 @@ def _saved_model(cfg, module, stage, pixels, keras_out) -> tuple[dict, dict]:
     )
     s = pixels.shape[1]
     larger = tf.image.resize(as_uint8, [s * 3 // 2, s * 2], method="nearest")
-    larger_pngs = tf.stack([tf.io.encode_png(p) for p in larger])
+    larger_pngs = tf.constant(warmup.png_files(larger.numpy()))
     checks["image_tensor_vs_image_bytes_resized"] = (
         f"serve_image_tensor vs serve_image_bytes at {s * 2}x{s * 3 // 2}",
         _numpy(tensor_sig(image_tensor=larger)),

@@ -193,7 +193,7 @@ def _saved_model(cfg, module, stage, test: Checked) -> dict:
         raise parity.ParityError(f"saved_model.pb's classification method name is {method!r}")
     big = min(len(pixels), 8)
     rounded = np.round(pixels)
-    pngs = np.array([tf.io.encode_png(tf.cast(p, tf.uint8)).numpy() for p in rounded])
+    pngs = warmup.png_files(pixels)
     examples = [rs.example(p) for p in pngs]
     requests = [
         (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:1]),

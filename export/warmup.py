@@ -12,6 +12,13 @@ from export import serving
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
+def png_files(pixels: np.ndarray) -> np.ndarray:
+    """Pixels [B, S, S, 3] 0..255, rounded, as PNG files [B] (bytes): lossless, so a signature
+    decoding them sees the rounded pixels.
+    """
+    return np.array([tf.io.encode_png(tf.cast(p, tf.uint8)).numpy() for p in np.round(pixels)])
+
+
 def _predict_log(model_name: str, signature: str, name: str, value: np.ndarray):
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
@@ -31,7 +38,7 @@ def write_warmup(saved_model_dir: str, model_name: str, pixels: np.ndarray) -> l
     compiles) the shapes real traffic uses before the first request. Returns what was
     written, for the report.
     """
-    pngs = np.array([tf.io.encode_png(tf.cast(tf.round(p), tf.uint8)).numpy() for p in pixels])
+    pngs = png_files(pixels)
     big = min(len(pixels), 8)
     requests = [
         (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:1]),
