@@ -385,11 +385,7 @@ def summary(cfg: ExportConfig, rep: dict) -> str:
     lines = [f"exported step {rep['step']} as version {rep['version']} to {cfg.export_dir}"]
     for rel, size in sorted(rep["files"].items()):
         lines.append(f"  {rel}: {size / 1e6:.2f} MB")
-    worst = {
-        name: max(diffs.values())
-        for name, diffs in rep["parity"].items()
-        if isinstance(diffs, dict) and diffs
-    }
+    worst = parity.worst(rep["parity"])
     lines += [f"  max abs diff {name}: {v:.2e}" for name, v in sorted(worst.items())]
     for key, name in (("int8", "int8"), ("litert_int8", "LiteRT int8")):
         if rep.get(key, {}).get("refused"):

@@ -4,7 +4,6 @@ fixed links through E/current (docs/serving.md draws the layout).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -40,16 +39,6 @@ GROUP_IN_MODEL = os.path.join("assets.extra", "export")  # its export's onnx/, r
 def version_dir(root: str, version: int) -> str:
     """ROOT/saved_model/<version>: what tensorflow_model_server --model_base_path watches."""
     return os.path.join(root, SAVED_MODEL, str(version))
-
-
-def read_json(path: str) -> dict | None:
-    """The JSON object at path, or None when it is missing or unreadable."""
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _entries(export_dir: str, sub: str) -> dict[int, str]:
