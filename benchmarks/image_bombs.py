@@ -76,9 +76,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _worker(
-    target: str, export_dir: str, paths: list[str], valid: str, version: str = ""
-) -> dict:
+def _worker(target: str, export_dir: str, paths: list[str], valid: str, version: str = "") -> dict:
     """In the fresh process: load (the newest version, or the one named), one valid image,
     then the bomb request.
     """

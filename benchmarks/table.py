@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from benchmarks.markdown import table
+
 NO_REFERENCE = "no reference in this run (--reference=PATH): ratios absent"
 
 
@@ -87,10 +89,6 @@ def summary(r: dict) -> dict:
     return out
 
 
-def _row(cells) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
 def _pair(fig: dict, fmt: str) -> list[str]:
     """Ours, theirs and the ratio with its range over window pairs."""
     theirs = "" if fig["theirs"] is None else format(fig["theirs"], fmt)
@@ -129,20 +127,8 @@ def markdown(r: dict) -> str:
             "Training (shapes images; resnet encoder, scale 8, 64 channels, N=16, L=6; Adam "
             "step included; the reference trains on one fixed batch in memory):",
             "",
-            _row(
-                [
-                    "recipe",
-                    "batch",
-                    "setting",
-                    "ours images/s",
-                    "reference images/s",
-                    "ratio",
-                    "ours GFLOP/s",
-                    "load",
-                ]
-            ),
-            _row(["---"] * 8),
         ]
+        rows = []
         for c in train:
             setting = f"{c['variant']}: {c['policy']}, XLA {'on' if c['jit_compile'] else 'off'}"
             if c.get("synthetic"):
@@ -151,18 +137,18 @@ def markdown(r: dict) -> str:
                 setting += f", {c['steps_per_loop']} steps per call"
             if c.get("keras_kernels"):
                 setting += ", Keras BatchNorm and Adam (unfused)"
-            lines.append(
-                _row(
-                    [
-                        f"{c['image_size']} px",
-                        c["batch"],
-                        setting,
-                        *_pair(c["images_per_second"], ".0f"),
-                        c.get("gflops_per_second", ""),
-                        c["load_average"],
-                    ]
-                )
+            rows.append(
+                [
+                    f"{c['image_size']} px",
+                    c["batch"],
+                    setting,
+                    *_pair(c["images_per_second"], ".0f"),
+                    c.get("gflops_per_second", ""),
+                    c["load_average"],
+                ]
             )
+        header = ["recipe", "batch", "setting", "ours images/s", "reference images/s", "ratio"]
+        lines += table(header + ["ours GFLOP/s", "load"], rows)
         if r.get("train_variants_skipped"):
             lines += ["", f"Not timed: {r['train_variants_skipped']}."]
         lines.append("")
@@ -173,32 +159,19 @@ def markdown(r: dict) -> str:
             f"out; reference: eval-mode model.encode under no_grad). Batch 1 and batch "
             f"{e0['batch']}:",
             "",
-            _row(
-                [
-                    "runtime",
-                    "settings",
-                    "ours batch 1 ms",
-                    "reference ms",
-                    "ratio",
-                    "ours images/s",
-                    "reference images/s",
-                    "ratio",
-                ]
-            ),
-            _row(["---"] * 8),
         ]
-        for e in r["encoder"]:
-            lines.append(
-                _row(
-                    [
-                        e["runtime"],
-                        e["settings"],
-                        *_pair(e["batch1_ms"], ".3f"),
-                        *_pair(e["batch_images_per_second"], ".0f"),
-                    ]
-                )
-            )
-        lines.append("")
+        header = ["runtime", "settings", "ours batch 1 ms", "reference ms", "ratio"]
+        header += ["ours images/s", "reference images/s", "ratio"]
+        rows = [
+            [
+                e["runtime"],
+                e["settings"],
+                *_pair(e["batch1_ms"], ".3f"),
+                *_pair(e["batch_images_per_second"], ".0f"),
+            ]
+            for e in r["encoder"]
+        ]
+        lines += table(header, rows) + [""]
     if r.get("batching"):
         b = r["batching"]
         rates = ", ".join(f"batch {k}: {v:.0f}" for k, v in b["images_per_second"].items())
@@ -210,10 +183,8 @@ def markdown(r: dict) -> str:
     if r.get("memory"):
         mem = r["memory"]
         lines += ["Peak resident memory of train.py (CIFAR recipe, default precision):", ""]
-        lines += [_row(["data", "images", "steps", "peak RSS MB"]), _row(["---"] * 4)]
-        lines += [
-            _row([x["data"], x["dataset_size"], x["steps"], x["peak_rss_mb"]]) for x in mem["runs"]
-        ]
+        rows = [[x["data"], x["dataset_size"], x["steps"], x["peak_rss_mb"]] for x in mem["runs"]]
+        lines += table(["data", "images", "steps", "peak RSS MB"], rows)
         lines.append("")
     if r.get("precision"):
         p = r["precision"]
@@ -221,52 +192,34 @@ def markdown(r: dict) -> str:
             "bfloat16 against float32, final loss (mean of the last quarter of the logged "
             f"losses); bfloat16 {'native' if p['bfloat16_native'] else 'emulated, under XLA'}:",
             "",
-            _row(
-                [
-                    "recipe",
-                    "steps",
-                    "float32 per seed",
-                    "bfloat16 per seed",
-                    "difference of means",
-                    "run-to-run spread",
-                    "same loss",
-                ]
-            ),
-            _row(["---"] * 7),
         ]
-        for name, v in p["recipes"].items():
-            lines.append(
-                _row(
-                    [
-                        name,
-                        v["steps"],
-                        v["float32_final"],
-                        v["bfloat16_final"],
-                        v["difference_of_means"],
-                        v["run_to_run_spread"],
-                        "yes" if v["within_spread"] else "no",
-                    ]
-                )
-            )
-        lines.append("")
+        header = ["recipe", "steps", "float32 per seed", "bfloat16 per seed"]
+        header += ["difference of means", "run-to-run spread", "same loss"]
+        rows = [
+            [
+                name,
+                v["steps"],
+                v["float32_final"],
+                v["bfloat16_final"],
+                v["difference_of_means"],
+                v["run_to_run_spread"],
+                "yes" if v["within_spread"] else "no",
+            ]
+            for name, v in p["recipes"].items()
+        ]
+        lines += table(header, rows) + [""]
     if r.get("profile"):
         lines += _profile(r["profile"])
     if r.get("flops_per_image"):
-        lines += [
-            _row(["model", "encoder GFLOP/image", "train step GFLOP/image"]),
-            _row(["---"] * 3),
+        rows = [
+            [
+                k,
+                round(v["encoder_inference"]["total"] / 1e9, 4),
+                round(v["train_step"]["total"] / 1e9, 4),
+            ]
+            for k, v in sorted(r["flops_per_image"].items())
         ]
-        for k, v in sorted(r["flops_per_image"].items()):
-            lines.append(
-                _row(
-                    [
-                        k,
-                        round(v["encoder_inference"]["total"] / 1e9, 4),
-                        round(v["train_step"]["total"] / 1e9, 4),
-                    ]
-                )
-            )
-        lines.append("")
+        lines += table(["model", "encoder GFLOP/image", "train step GFLOP/image"], rows) + [""]
     for k, v in r.get("summary", {}).items():
         lines.append(f"- {k}: {v}")
     return "\n".join(lines) + "\n"
@@ -276,34 +229,18 @@ def _profile(p: dict) -> list[str]:
     """The profile section: int8 settings side by side, then the largest entries of each
     per-op table (ms per image batch or per train step, and share of the summed op time).
     """
-    lines = [
-        "int8 settings, batch images/s in the same windows (2 threads):",
-        "",
-        _row(
-            [
-                "variant",
-                "features cosine to float32",
-                "over float32",
-                "images/s",
-                "reference",
-                "ratio",
-            ]
-        ),
-        _row(["---"] * 6),
+    header = ["variant", "features cosine to float32", "over float32", "images/s"]
+    rows = [
+        [
+            v["variant"],
+            v["features_mean_cosine"] or "",
+            v["over_float32"],
+            *_pair(v["images_per_second"], ".0f"),
+        ]
+        for v in p["int8_variants"]
     ]
-    for v in p["int8_variants"]:
-        fig = v["images_per_second"]
-        lines.append(
-            _row(
-                [
-                    v["variant"],
-                    v["features_mean_cosine"] or "",
-                    v["over_float32"],
-                    *_pair(fig, ".0f"),
-                ]
-            )
-        )
-    lines.append("")
+    lines = ["int8 settings, batch images/s in the same windows (2 threads):", ""]
+    lines += table(header + ["reference", "ratio"], rows) + [""]
     tables = [
         (f"ONNX Runtime {k}, batch {o['batch']}, {o['model_run_ms']} ms per run", o)
         for k, o in p["onnxruntime"].items()

@@ -192,10 +192,16 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
         "tau": {"init": m.tau_init, "min": m.tau_min, "anneal": m.anneal_rate},
     }
     # Sessions: theirs in the run's dtype; in float32 also their float64 run (the rounding
-    # reference); in float64 with --growth their run from weights one ulp away.
+    # reference) and, with --growth, two more float32 runs of theirs, on PyTorch's own CPU
+    # kernels instead of oneDNN's (another order of the same sums) and from weights one ulp
+    # away: how far rounding alone carries a float32 run, per tensor. In float64 with
+    # --growth their run from weights one ulp away (float64's own growth).
     sessions = {"theirs": {"double": float64}}
     if not float64:
         sessions["exact"] = {"double": True}
+        if pcfg.growth:
+            sessions["spread_native"] = {"double": False, "mkldnn": False}
+            sessions["spread_ulp"] = {"double": False, "perturb": True}
     elif pcfg.growth:
         sessions["ulp"] = {"double": True, "perturb": True}
     for key, extra in sessions.items():
@@ -244,8 +250,12 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
             extra = {"our_name": names[tensor].path} if tensor in names else {}
             tol = _tolerance(pcfg, group, t)
             if "exact" in got:
-                extra["ours_vs_float64"] = difference(ours[key], got["exact"][key])[2]
-                extra["theirs_vs_float64"] = difference(theirs[key], got["exact"][key])[2]
+                exact = got["exact"][key]
+                extra["ours_vs_float64"] = difference(ours[key], exact)[2]
+                extra["theirs_vs_float64"] = difference(theirs[key], exact)[2]
+                spread = [difference(got[k][key], exact)[2] for k in got if k.startswith("spread")]
+                if spread:
+                    extra["float32_spread"] = max([extra["theirs_vs_float64"], *spread])
             if "ulp" in got:
                 growth = difference(got["ulp"][key], theirs[key])[2]
                 extra["growth"] = growth

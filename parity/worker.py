@@ -145,7 +145,8 @@ class ParityWorker(reference_worker.Worker):
     def _prepared(self, model, inputs: str, double: bool, perturb: bool = False):
         """(model, arrays): the model with the run's weights, in train mode, and the run's
         arrays; with double both in float64. perturb: every weight and statistic moved by
-        one unit in the last place (away from zero), to measure float64's own growth.
+        one unit in the last place of the run's dtype (away from zero), to measure how far
+        rounding alone carries a run.
         """
         import numpy as np
 
@@ -192,6 +193,8 @@ class ParityWorker(reference_worker.Worker):
             "temp": r["tau"]["init"],
             "tau": r["tau"],
             "steps": 0,
+            # False: PyTorch's own CPU kernels instead of oneDNN's (another op order).
+            "mkldnn": r.get("mkldnn", True),
         }
         return {}
 
@@ -207,10 +210,11 @@ class ParityWorker(reference_worker.Worker):
         optimizer.param_groups[0]["eps"] = c["eps"][c["steps"]]
         optimizer.zero_grad()
         tau = c["temp"]
-        with self._replay(noise.get("uniform"), noise["normal"]):
-            recon, mu, var, vis = model(c["x"], tau)
-        loss, parts = c["loss"](recon, c["x"], mu, var, vis)
-        loss.backward()
+        with self.torch.backends.mkldnn.flags(enabled=c["mkldnn"]):
+            with self._replay(noise.get("uniform"), noise["normal"]):
+                recon, mu, var, vis = model(c["x"], tau)
+            loss, parts = c["loss"](recon, c["x"], mu, var, vis)
+            loss.backward()
         out = {f"fwd/{k}": a for k, a in c["seen"].items()}
         out |= self._outputs(recon, mu, var, vis, c["variant"])
         out |= {f"grad/{k}": p.grad.numpy().copy() for k, p in model.named_parameters()}
@@ -259,7 +263,11 @@ class ParityWorker(reference_worker.Worker):
         noise = self._noise(r["noise"], c["x"].dtype)
         model.eval()
         try:
-            with self.torch.no_grad(), self._replay(noise.get("uniform"), noise["normal"]):
+            with (
+                self.torch.no_grad(),
+                self.torch.backends.mkldnn.flags(enabled=c["mkldnn"]),
+                self._replay(noise.get("uniform"), noise["normal"]),
+            ):
                 recon, mu, var, vis = model(c["x"], c["temp"])
         finally:
             model.train()

@@ -237,3 +237,11 @@ def test_benchmark_iobinding_runner_returns_what_run_returns(exported):
         x = random_pixels(batch, seed=batch)
         for a, b in zip(plain(x), bound(x), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_markdown_table_has_a_rule_and_one_line_per_row():
+    from benchmarks.markdown import sci, table
+
+    lines = table(["a", "b"], [[1, None], ["x", sci(1.234e-9)]])
+    assert lines == ["| a | b |", "| --- | --- |", "| 1 |  |", "| x | 1.23e-09 |"]
+    assert sci(None) == "" and sci(2.6e-3, 0) == "3e-03"

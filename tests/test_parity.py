@@ -33,6 +33,71 @@ def test_relative_difference_is_scaled_by_the_reference_tensor():
     assert row["within_tolerance"] and row["difference"] == pytest.approx(0.0001 / 2.0001)
 
 
+def test_float32_rows_are_rounding_only_within_their_runs_spread_of_that_tensor():
+    def outside(ours, theirs, spread=None):
+        r = {"within_tolerance": False, "tolerance": 1e-3}
+        r |= {"ours_vs_float64": ours, "theirs_vs_float64": theirs}
+        return r | ({} if spread is None else {"float32_spread": spread})
+
+    rows = harness.explain(
+        [
+            outside(0.05, 0.02),  # within 3 x their run
+            outside(0.07, 0.02),  # beyond 3 x their run, no spread measured
+            outside(0.07, 0.02, spread=0.03),  # within 3 x the furthest of their runs
+            outside(0.10, 0.02, spread=0.03),  # beyond it
+            outside(9e-4, 1e-6, spread=1e-6),  # within the tolerance itself
+        ]
+    )
+    assert ["reason" in r for r in rows] == [True, False, True, False, True]
+    assert "up to 3.0e-02" in rows[2]["reason"]
+    assert (
+        harness.first_outside(
+            [
+                r | {"variant": "v", "step": 1, "group": "g", "name": "n", "difference": 1.0}
+                for r in rows
+            ]
+        )["name"]
+        == "n"
+    )
+
+
+def test_markdown_lists_each_row_outside_with_its_reason():
+    rows = harness.explain(
+        [
+            {
+                "variant": "cifar",
+                "step": 1,
+                "group": "gradient",
+                "name": f"w{i}",
+                "difference": d,
+                "tolerance": 1e-3,
+                "within_tolerance": d <= 1e-3,
+                "ours_vs_float64": d,
+                "theirs_vs_float64": 0.02,
+            }
+            for i, d in enumerate([1e-4, 0.05, 0.5])
+        ]
+    )
+    results = {
+        "machine": {"cpu": "cpu", "cpu_kind": "AVX2", "cores": 2},
+        "command": "python -m parity",
+        "reference": {"torch": "t"},
+        "torchvision": "v",
+        "difference": "d",
+        "tolerances": {},
+        "authors_values": {},
+        "rows": rows,
+        "summary": harness.summary(rows),
+    }
+    text = harness.markdown(results)
+    outside = text.split("## Rows outside their tolerance")[1].strip().splitlines()
+    assert len(outside) == 4  # header, rule, the two rows outside
+    assert outside[2].startswith("| cifar | 1 | gradient | w1 | 5.00e-02 |")
+    assert "float32 rounding" in outside[2] and outside[3].endswith("|  |")
+    summary = [line for line in text.splitlines() if line.startswith("| cifar | 1 | 3 |")]
+    assert summary == ["| cifar | 1 | 3 | 2 | 1 | gradient w2 | 5.00e-01 | 1e-03 | 5.00e-01 |  |"]
+
+
 def test_keras_kernels_take_torch_layouts():
     import numpy as np
 

@@ -293,7 +293,9 @@ class ParityConfig(Checked):
     growth: bool = option(
         True,
         "float64: also run theirs from weights one ulp away, and raise a tensor's tolerance "
-        "to GROWTH_MARGIN times that growth where it is larger",
+        "to GROWTH_MARGIN times that growth where it is larger | float32: also run theirs "
+        "on PyTorch's own CPU kernels and from weights one ulp away, the spread a row's "
+        "rounding reason is measured by",
     )
     project_defaults: bool = option(
         False, "Also run each variant with this project's defaults of the options that differ"
