@@ -162,12 +162,14 @@ def _saved_model(cfg, module, stage, pixels, keras_out) -> tuple[dict, dict]:
     """Writes, reloads and checks the SavedModel; returns its part of the report and its
     outputs on pixels.
     """
-    out_dir = stage.saved_model_dir()
-    tf.saved_model.save(module, out_dir, signatures=module.signatures())
-    requests = warmup.write_warmup(out_dir, cfg.model_name, pixels)
-
-    loaded = tf.saved_model.load(out_dir)
-    replayed = warmup.replay_warmup(out_dir, loaded)
+    rounded = np.round(pixels)
+    pngs = warmup.png_files(pixels)
+    inputs = [
+        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels),
+        (serving.XLA_SIGNATURE, serving.IMAGES, pixels),
+        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs),
+    ]
+    loaded, part = warmup.save(module, stage, cfg.model_name, inputs)
     default = loaded.signatures[serving.DEFAULT_SIGNATURE]
     by_bytes = loaded.signatures[serving.BYTES_SIGNATURE]
     sm_out = _numpy(default(images=tf.constant(pixels)))
@@ -175,12 +177,10 @@ def _saved_model(cfg, module, stage, pixels, keras_out) -> tuple[dict, dict]:
 
     # The bytes signature on lossless PNGs of the same (rounded) pixels must give what
     # serving_default gives: decoding and preprocessing add nothing.
-    rounded = np.round(pixels)
-    pngs = tf.constant(warmup.png_files(pixels))
     rounded_out = _numpy(default(images=tf.constant(rounded)))
     checks["image_bytes_vs_images"] = (
         "serve_image_bytes vs serving_default",
-        _numpy(by_bytes(image_bytes=pngs)),
+        _numpy(by_bytes(image_bytes=tf.constant(pngs))),
         rounded_out,
     )
     # The uint8 signature: at the model's size it is serving_default on the same pixels;
@@ -216,11 +216,9 @@ def _saved_model(cfg, module, stage, pixels, keras_out) -> tuple[dict, dict]:
 
     one = tf.constant(pixels[:1])
     part = {
-        "signatures": report.signatures(loaded),
-        "warmup_requests": requests,
-        "warmup_replayed": replayed,
+        **part,
+        **report.saved_model_entry(stage),
         "parity": diffs,
-        "files": {os.path.join(layout.SAVED_MODEL, str(stage.version)): report.size_bytes(out_dir)},
         "latency_ms_batch1": {
             "saved_model": _latency_ms(lambda: default(images=one)),
             "saved_model_xla": _latency_ms(lambda: xla(images=one)),

@@ -186,26 +186,20 @@ def _saved_model(cfg, module, stage, test: Checked) -> dict:
     Returns its part of the report.
     """
     pixels = test.pixels
-    out_dir = stage.saved_model_dir()
-    tf.saved_model.save(module, out_dir, signatures=module.signatures())
-    method = rs.set_classify_method(out_dir)
-    if method != rs.CLASSIFY_METHOD:
-        raise parity.ParityError(f"saved_model.pb's classification method name is {method!r}")
     big = min(len(pixels), 8)
     rounded = np.round(pixels)
     pngs = warmup.png_files(pixels)
     examples = [rs.example(p) for p in pngs]
-    requests = [
-        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:1]),
-        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:big]),
-        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:1]),
-        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:big]),
-        (rs.CLASSIFY_SIGNATURE, None, examples[:1]),
-        (rs.CLASSIFY_SIGNATURE, None, examples[:big]),
+    inputs = [
+        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels),
+        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs),
+        (rs.CLASSIFY_SIGNATURE, None, examples),
     ]
-    warmup_requests = warmup.write_requests(out_dir, cfg.model_name, requests)
-    loaded = tf.saved_model.load(out_dir)
-    replayed = warmup.replay_warmup(out_dir, loaded)
+    loaded, part = warmup.save(module, stage, cfg.model_name, inputs)
+    out_dir = stage.saved_model_dir()
+    method = rs.set_classify_method(out_dir)
+    if method != rs.CLASSIFY_METHOD:
+        raise parity.ParityError(f"saved_model.pb's classification method name is {method!r}")
     default = loaded.signatures[serving.DEFAULT_SIGNATURE]
 
     outputs = [
@@ -249,14 +243,12 @@ def _saved_model(cfg, module, stage, test: Checked) -> dict:
             f"{rs.CLASSIFY_METHOD!r}"
         )
     return {
+        **part,
+        **report.saved_model_entry(stage),
         "classification_method_name": method,
-        "warmup_requests": warmup_requests,
-        "warmup_replayed": replayed,
         "agreement": {"saved_model": agreement},
         "parity": diffs,
-        "signatures": report.signatures(loaded),
         "method_names": rs.method_names(out_dir),
-        "files": {os.path.join(layout.SAVED_MODEL, str(stage.version)): report.size_bytes(out_dir)},
     }
 
 

@@ -62,6 +62,12 @@ def file_entry(stage: layout.Staging, *rel: str) -> dict:
     return {"files": {os.path.join(*rel): size_bytes(stage.group(*rel))}}
 
 
+def saved_model_entry(stage: layout.Staging) -> dict:
+    """{"files": {"saved_model/<version>": its size in bytes}} of the staged SavedModel."""
+    path = stage.saved_model_dir()
+    return {"files": {os.path.relpath(path, stage.path): size_bytes(path)}}
+
+
 def sha256(stage: layout.Staging, files: dict) -> dict:
     """{"sha256": {path: digest}} of the staged files (a SavedModel: its saved_model.pb), so a
     reader can check that the files it sees are the ones the report describes.
