@@ -344,7 +344,7 @@ def _int8(cfg, stage, data: Checked, key: str, files: tuple, runs: tuple, detail
         "size_vs_float32": size / report.size_bytes(stage.group(folder, float_file)),
         "agreement_with_float32": agreement,
         "min_cosine": cfg.int8_min_cosine,
-        "stress": _stress(float_run, int8_run, data.stress),
+        "stress": stress.agreement(float_run, int8_run, data.stress),
     }
     refusal = quantize.gate(agreement, cfg.int8_min_cosine, entry["stress"])
     entry.update(quantize.verdict(stage.group(folder, int8_file), refusal, cfg.force_int8))
@@ -357,25 +357,6 @@ def _int8(cfg, stage, data: Checked, key: str, files: tuple, runs: tuple, detail
         "files": {os.path.join(folder, int8_file): size},
         "latency_ms_batch1": {latency: _latency_ms(lambda: int8_run(one))},
     }
-
-
-def _stress(float_run, int8_run, sets: dict) -> dict:
-    """Per stress set (export/stress.py): the int8 outputs' agreement with float32, and
-    how many int8 values are not finite (or the runtime's error, which the gate refuses).
-    """
-    out = {}
-    for name, batch in sets.items():
-        try:
-            got = int8_run(batch)
-        except Exception as e:  # a runtime refusing to run the model is the finding
-            out[name] = {"error": " ".join(str(e).split())[:300]}
-            continue
-        want = float_run(batch)
-        out[name] = {
-            "agreement": parity.agreement(want, got),
-            "non_finite": int(sum(np.sum(~np.isfinite(v)) for v in got.values())),
-        }
-    return out
 
 
 def summary(cfg: ExportConfig, rep: dict) -> str:

@@ -116,7 +116,7 @@ def gate(agreement: dict, min_cosine: float, stress: dict | None = None) -> str:
 
     agreement: parity.agreement(float32 outputs, int8 outputs) on the parity images. The
     bound is on the mean cosine of the features, per image, to float32: what a recognition
-    deployment compares. stress: exporter's figures per stress set; each set must run, give
+    deployment compares. stress: stress.agreement's figures; each set must run, give
     finite outputs only, and meet the same bound.
     """
     cosine = agreement["features"]["mean_cosine"]
