@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -243,61 +244,111 @@ def _batching(stage, default, pixels) -> dict:
     return {"images_per_second": {str(k): round(v, 1) for k, v in rates.items()}, **params}
 
 
+class _Runtime(NamedTuple):
+    """How the report and the checks name a runtime's files."""
+
+    label: str  # in the checks' messages
+    key: str  # its report section, the prefix of its parity entries
+    latency: str  # its latency_ms_batch1 entry; the int8 model's adds "_int8"
+    int8_key: str  # the int8 model's report section
+    folder: str
+    float_file: str
+    int8_file: str
+
+
+_ONNX = _Runtime(
+    "ONNX Runtime",
+    "onnx",
+    "onnxruntime",
+    "int8",
+    layout.ONNX_DIR,
+    layout.ONNX_FILE,
+    layout.ONNX_INT8_FILE,
+)
+_LITERT = _Runtime(
+    "LiteRT",
+    "litert",
+    "litert",
+    "litert_int8",
+    layout.LITERT_DIR,
+    layout.LITERT_FILE,
+    layout.LITERT_INT8_FILE,
+)
+
+
 def _onnx(cfg, module, stage, data: Checked) -> dict:
     """Converts, checks and compares the ONNX model (and its int8 variant)."""
     path, info = onnx_export.write(module, stage, layout.ONNX_FILE, cfg.opset)
-    run = onnx_export.runner(path)
-    out, checks = _check_runtime("ONNX Runtime", "onnx", run, data)
-    part = report.merge(
-        {"onnx": info},
-        checks,
-        report.file_entry(stage, layout.ONNX_DIR, layout.ONNX_FILE),
-        {"latency_ms_batch1": {"onnxruntime": _latency_ms(lambda: run(data.pixels[:1]))}},
-    )
-    if cfg.quantize != "int8":
-        return part
-    int8_path = stage.group(layout.ONNX_DIR, layout.ONNX_INT8_FILE)
-    quantize.quantize_int8(path, int8_path, data.calibration, progress=True)
-    int8 = _int8(
-        cfg,
-        stage,
-        data,
-        "int8",
-        (layout.ONNX_DIR, layout.ONNX_FILE, layout.ONNX_INT8_FILE),
-        (run, onnx_export.runner(int8_path), out),
-        {"method": quantize.METHOD},
-    )
-    return report.merge(part, int8)
+
+    def int8(int8_path: str) -> dict:
+        quantize.quantize_int8(path, int8_path, data.calibration, progress=True)
+        return {"method": quantize.METHOD}
+
+    return _runtime(cfg, stage, data, _ONNX, info, onnx_export.runner, int8)
 
 
 def _litert(cfg, module, stage, data: Checked) -> dict:
-    """Converts, checks and compares the LiteRT models, run by ai_edge_litert's interpreter:
-    the same checks and int8 gate as ONNX's.
-    """
+    """Converts, checks and compares the LiteRT models, run by ai_edge_litert's interpreter."""
     path = litert_export.write(module, stage, layout.LITERT_FILE)
-    info = litert_export.describe(path)
-    run = litert_export.runner(path)
-    out, checks = _check_runtime("LiteRT", "litert", run, data)
+
+    def int8(int8_path: str) -> dict:
+        litert_export.write(module, stage, layout.LITERT_INT8_FILE, data.calibration)
+        return {
+            "method": litert_export.INT8_METHOD,
+            "ops": litert_export.describe(int8_path)["ops"],
+        }
+
+    return _runtime(
+        cfg, stage, data, _LITERT, litert_export.describe(path), litert_export.runner, int8
+    )
+
+
+def _runtime(cfg, stage, data: Checked, rt: _Runtime, info: dict, runner, write_int8) -> dict:
+    """The report's part on a runtime's float32 file (info: its inputs, outputs, ...), run by
+    runner(path) and checked, and with --quantize=int8 on its int8 file, which
+    write_int8(path) writes (returning how it was made): its agreement with float32 on the
+    parity images and each stress set, and the gate's verdict (quantize.gate).
+    """
+    run = runner(stage.group(rt.folder, rt.float_file))
+    out, checks = _check_runtime(rt.label, rt.key, run, data)
+    one = data.pixels[:1]
     part = report.merge(
-        {"litert": info},
+        {rt.key: info},
         checks,
-        report.file_entry(stage, layout.LITERT_DIR, layout.LITERT_FILE),
-        {"latency_ms_batch1": {"litert": _latency_ms(lambda: run(data.pixels[:1]))}},
+        report.file_entry(stage, rt.folder, rt.float_file),
+        {"latency_ms_batch1": {rt.latency: _latency_ms(lambda: run(one))}},
     )
     if cfg.quantize != "int8":
         return part
-    int8_path = litert_export.write(module, stage, layout.LITERT_INT8_FILE, data.calibration)
-    details = {"method": litert_export.INT8_METHOD, "ops": litert_export.describe(int8_path)["ops"]}
-    int8 = _int8(
-        cfg,
-        stage,
-        data,
-        "litert_int8",
-        (layout.LITERT_DIR, layout.LITERT_FILE, layout.LITERT_INT8_FILE),
-        (run, litert_export.runner(int8_path), out),
-        details,
+    int8_path = stage.group(rt.folder, rt.int8_file)
+    details = write_int8(int8_path)
+    int8_run = runner(int8_path)
+    size = report.size_bytes(int8_path)
+    agreement = parity.agreement(out, int8_run(data.pixels))
+    entry = {
+        **details,
+        # The training images, and the variants of them at the range's edges (stress.py).
+        "calibration_images": int(data.counts["calibration_images"]),
+        "calibration_extremes": int(data.counts["calibration_extremes"]),
+        "evaluated_on": "the parity images (not used for calibration), and a stress set made "
+        "from them: uniform images at 0, 128, 200 and 255, white and black backgrounds, "
+        "bright and dark contrast, noise",
+        "size_bytes": size,
+        "size_vs_float32": size / report.size_bytes(stage.group(rt.folder, rt.float_file)),
+        "agreement_with_float32": agreement,
+        "min_cosine": cfg.int8_min_cosine,
+        "stress": stress.agreement(run, int8_run, data.stress),
+    }
+    refusal = quantize.gate(agreement, cfg.int8_min_cosine, entry["stress"])
+    entry.update(quantize.verdict(int8_path, refusal, cfg.force_int8))
+    if not entry["written"]:
+        return report.merge(part, {rt.int8_key: entry})
+    return report.merge(
+        part,
+        {rt.int8_key: entry},
+        report.file_entry(stage, rt.folder, rt.int8_file),
+        {"latency_ms_batch1": {f"{rt.latency}_int8": _latency_ms(lambda: int8_run(one))}},
     )
-    return report.merge(part, int8)
 
 
 def _check_runtime(label: str, key: str, run, data: Checked) -> tuple[dict, dict]:
@@ -318,45 +369,6 @@ def _check_runtime(label: str, key: str, run, data: Checked) -> tuple[dict, dict
     parity.check(f"{label} batch 1 vs batch", single)
     diffs[f"{key}_batch1_vs_batch"] = single
     return out, {"parity": diffs}
-
-
-def _int8(cfg, stage, data: Checked, key: str, files: tuple, runs: tuple, details: dict) -> dict:
-    """The report's part on one int8 model: how it was made, its size, its agreement with
-    float32 on the parity images and each stress set, and the gate's verdict (quantize.gate);
-    its file and latency when it is kept.
-
-    files: (folder, float32 file, int8 file); runs: (float32 run, int8 run, float32 outputs
-    on the parity images).
-    """
-    folder, float_file, int8_file = files
-    float_run, int8_run, float_out = runs
-    size = report.size_bytes(stage.group(folder, int8_file))
-    agreement = parity.agreement(float_out, int8_run(data.pixels))
-    entry = {
-        **details,
-        # The training images, and the variants of them at the range's edges (stress.py).
-        "calibration_images": int(data.counts["calibration_images"]),
-        "calibration_extremes": int(data.counts["calibration_extremes"]),
-        "evaluated_on": "the parity images (not used for calibration), and a stress set made "
-        "from them: uniform images at 0, 128, 200 and 255, white and black backgrounds, "
-        "bright and dark contrast, noise",
-        "size_bytes": size,
-        "size_vs_float32": size / report.size_bytes(stage.group(folder, float_file)),
-        "agreement_with_float32": agreement,
-        "min_cosine": cfg.int8_min_cosine,
-        "stress": stress.agreement(float_run, int8_run, data.stress),
-    }
-    refusal = quantize.gate(agreement, cfg.int8_min_cosine, entry["stress"])
-    entry.update(quantize.verdict(stage.group(folder, int8_file), refusal, cfg.force_int8))
-    if not entry["written"]:
-        return {key: entry}
-    one = data.pixels[:1]
-    latency = "onnxruntime_int8" if key == "int8" else key
-    return {
-        key: entry,
-        "files": {os.path.join(folder, int8_file): size},
-        "latency_ms_batch1": {latency: _latency_ms(lambda: int8_run(one))},
-    }
 
 
 def summary(cfg: ExportConfig, rep: dict) -> str:
