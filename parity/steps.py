@@ -362,8 +362,12 @@ def compare_classifier(ref, pcfg, tmp: str, head: str = "flatten") -> dict:
     grid = size // m.scale
     c = model.encoder.channels
     flat = grid * grid * c if head == "flatten" else c
-    keep = rng.uniform(size=(b, flat)) >= ecfg.dropout
-    mask = (keep / (1.0 - ecfg.dropout)).astype(dtype)  # our flatten order (h, w, c)
+    # Our dropout layer's own draw for the step (our flatten order, h, w, c): its seed
+    # generator's state put back, so the step draws the same mask; their side is given it.
+    dropout = clf.head.layers[1]
+    state = dropout.seed_generator.state.numpy()
+    mask = dropout(tf.ones([b, flat], model.compute_dtype), training=True).numpy()
+    dropout.seed_generator.state.assign(state)
     first = f"{modules[-2]['name']}.weight"
 
     def layout(k, value):
@@ -394,10 +398,7 @@ def compare_classifier(ref, pcfg, tmp: str, head: str = "flatten") -> dict:
         optimizer = keras.optimizers.SGD(SGD["lr"], momentum=SGD["momentum"])
     before = [v.numpy() for v in clf.variables]
     loss, features, logits, grads = clf.step(
-        optimizer,
-        tf.constant(images),
-        tf.constant(labels.astype(np.int32)),
-        dropout_mask=tf.constant(mask),
+        optimizer, tf.constant(images), tf.constant(labels.astype(np.int32))
     )
     by_var = {id(v): k for k, v in names.items()}
     ours = {

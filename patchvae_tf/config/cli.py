@@ -151,7 +151,12 @@ def run(main: Callable[[Any], None], spec, argv: Sequence[str] | None = None) ->
         flags.FLAGS.mark_as_parsed()
     logging.set_verbosity(logging.WARNING)
     try:
-        main(parse(spec, sys.argv if argv is None else argv))
+        config = parse(spec, sys.argv if argv is None else argv)
+        if argv is None:  # a command, not a test calling it
+            from patchvae_tf import startup_notices
+
+            startup_notices.filter_stderr()
+        main(config)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -173,9 +173,9 @@ class Classifier:
         fn = tf.function(lambda x: reduce(self._head_input(x, False)[0]), reduce_retracing=True)
         standardize.set(tf.concat([fn(x) for x, _ in batches], 0))
 
-    def logits(self, x, training, dropout_mask=None):
+    def logits(self, x, training):
         """Logits [B, classes] of images [B, S, S, 3] in [-1, 1]."""
-        return self._forward(x, training, dropout_mask)[1]
+        return self.head(self._head_input(x, training)[0], training=training)
 
     def outputs(self, x):
         """Inference: {"probabilities" [B, classes], "features" [B, D]} of x in [-1, 1]."""
@@ -183,25 +183,13 @@ class Classifier:
         logits = self.head(h, training=False)
         return {"probabilities": tf.nn.softmax(logits), "features": pooled}
 
-    def _forward(self, x, training, dropout_mask=None):
-        """The head's input and the logits; dropout_mask (0 or 1 / (1 - rate), [B, the
-        head's inputs]) in place of the dropout layer's own draw (the authors' head).
-        """
-        h = self._head_input(x, training)[0]
-        if dropout_mask is None:
-            return h, self.head(h, training=training)
-        reduce, _, *rest = self.head.layers
-        out = reduce(h) * dropout_mask
-        for layer in rest:
-            out = layer(out)
-        return h, out
-
-    def step(self, optimizer, images, labels, dropout_mask=None):
+    def step(self, optimizer, images, labels):
         """One SGD step; returns the cross-entropy (before the step), the head's input, the
         logits and the gradients of ``variables``.
         """
         with tf.GradientTape() as tape:
-            features, logits = self._forward(images, True, dropout_mask)
+            features = self._head_input(images, True)[0]
+            logits = self.head(features, training=True)
             ce = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
             )
