@@ -186,8 +186,19 @@ def signature_ops(fn, x, calls: int) -> dict:
     }
 
 
+# Settings of onnxruntime's quantize_static timed against each other; the first is what the
+# export writes (export/quantize.py's defaults).
+VARIANTS = {
+    "qdq_per_channel": {"format": "QDQ", "per_channel": True, "reduce_range": False},
+    "qdq_per_tensor": {"format": "QDQ", "per_channel": False, "reduce_range": False},
+    "qdq_per_channel_reduce_range": {"format": "QDQ", "per_channel": True, "reduce_range": True},
+    "qoperator_per_channel": {"format": "QOperator", "per_channel": True, "reduce_range": False},
+    "qoperator_per_tensor": {"format": "QOperator", "per_channel": False, "reduce_range": False},
+}
+
+
 def int8_variants(bench, float_path: str, root: str, calibration, pixels, batch) -> list:
-    """Each of quantize.VARIANTS written from the float32 model, its agreement with float32
+    """Each of VARIANTS written from the float32 model, its agreement with float32
     (the export's gate), and its images/s at batch, in windows interleaved with float32's
     and the reference's.
     """
@@ -201,9 +212,16 @@ def int8_variants(bench, float_path: str, root: str, calibration, pixels, batch)
     names = [o.name for o in float_session.get_outputs()]
     float_out = dict(zip(names, float_session.run(names, {"images": pixels}), strict=True))
     candidates = [("float32", float_path, None)]
-    for variant in quantize.VARIANTS:
+    for variant, v in VARIANTS.items():
         path = os.path.join(root, f"{variant}.onnx")
-        quantize.quantize_int8(float_path, path, calibration, variant=variant)
+        quantize.quantize_int8(
+            float_path,
+            path,
+            calibration,
+            quant_format=v["format"],
+            per_channel=v["per_channel"],
+            reduce_range=v["reduce_range"],
+        )
         out = encoder_bench.ort_session(path, 2).run(names, {"images": pixels})
         agreement = parity.agreement(float_out, dict(zip(names, out, strict=True)))
         candidates.append((variant, path, agreement["features"]["mean_cosine"]))
@@ -231,7 +249,7 @@ def int8_variants(bench, float_path: str, root: str, calibration, pixels, batch)
     for variant, _, cosine in candidates:
         row = {
             "variant": variant,
-            "settings": quantize.VARIANTS.get(variant, "float32"),
+            "settings": VARIANTS.get(variant, "float32"),
             "features_mean_cosine": None if cosine is None else round(cosine, 5),
             "images_per_second": paired.compare(windows[variant], theirs_rates, True),
             "over_float32": round(
@@ -255,7 +273,7 @@ def section(bench) -> dict:
     import tensorflow as tf
 
     from benchmarks import train_bench
-    from export import exporter
+    from export import images
 
     s = bench.sizes
     (_, size, batch), *_ = s.recipes
@@ -284,7 +302,7 @@ def section(bench) -> dict:
             name: ort_ops(os.path.join(onnx_dir, f), x, runs)
             for name, f in (("float32", "encoder.onnx"), ("int8", "encoder.int8.onnx"))
         }
-        unit = exporter.training_images(cfg, s.parity_images + s.calibration_images)
+        unit = images.training_images(cfg, s.parity_images + s.calibration_images)
         pixels = to_pixels(unit).astype(np.float32)
         if bench.peer:
             bench.peer.setup("encoder_setup", f"encoder_{size}", size, batches=[1, s.encoder_batch])

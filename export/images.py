@@ -10,8 +10,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from export import serving
 from patchvae_tf import data
-from patchvae_tf.data import image_limits, python_source
+from patchvae_tf.data import python_source
 from patchvae_tf.errors import UserError
 
 SAMPLED = "images drawn from the model's own decoder"
@@ -69,7 +70,7 @@ def export_images(cfg, model_cfg, model) -> tuple[np.ndarray, np.ndarray, str, s
     is refused without real images.
     """
     n, size = cfg.parity_images, model.image_size
-    limits = image_limits.ImageLimits(cfg.max_image_pixels, cfg.max_image_aspect)
+    limits = serving.limits_of(cfg)
     calib = cfg.calibration_images if cfg.quantize else 0
     wanted = (0 if cfg.check_images else n) + (0 if cfg.calibration_folder else calib)
     training, missing = None, ""

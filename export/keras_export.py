@@ -11,23 +11,27 @@ from export import layout, parity, report
 from patchvae_tf.model.keras_encoder import Encoder
 
 
-def write(model, stage, pixels: np.ndarray, keras_out: dict, rep: dict) -> None:
+def write(model, stage, pixels: np.ndarray, keras_out: dict) -> dict:
     """Saves model's encoder as keras/encoder.keras in the staged export, reloads it with
     keras.saving.load_model alone and refuses the export (ParityError) unless it gives the
-    model's outputs on the parity pixels [B, S, S, 3] in [0, 255].
+    model's outputs on the parity pixels [B, S, S, 3] in [0, 255]; returns its report part.
     """
     os.makedirs(stage.group(layout.KERAS_DIR))
-    path = stage.group(layout.KERAS_DIR, layout.KERAS_FILE)
-    Encoder.from_autoencoder(model).save(path)
-    reloaded = keras.saving.load_model(path)
+    rel = os.path.join(layout.KERAS_DIR, layout.KERAS_FILE)
+    Encoder.from_autoencoder(model).save(stage.group(rel))
+    reloaded = keras.saving.load_model(stage.group(rel))
     out = {k: np.asarray(v) for k, v in reloaded(pixels, training=False).items()}
     diffs = parity.max_abs(out, keras_out)
     parity.check("encoder.keras vs Keras", diffs)
-    rep["parity"]["keras_file_vs_keras"] = diffs
-    rep["files"][os.path.join(layout.KERAS_DIR, layout.KERAS_FILE)] = report.size_bytes(path)
-    rep["keras"] = {
-        "file": os.path.join(layout.KERAS_DIR, layout.KERAS_FILE),
-        "load": "import patchvae_tf.model, keras; keras.saving.load_model(path)",
-        "input": f"float32 [batch, {model.image_size}, {model.image_size}, 3], 0..255",
-        "outputs": {k: [None, *v.shape[1:]] for k, v in out.items()},
-    }
+    return report.merge(
+        {"parity": {"keras_file_vs_keras": diffs}},
+        report.file_entry(stage, rel),
+        {
+            "keras": {
+                "file": rel,
+                "load": "import patchvae_tf.model, keras; keras.saving.load_model(path)",
+                "input": f"float32 [batch, {model.image_size}, {model.image_size}, 3], 0..255",
+                "outputs": {k: [None, *v.shape[1:]] for k, v in out.items()},
+            }
+        },
+    )

@@ -1,28 +1,9 @@
-"""Where the artifacts go: immutable versions, each published whole by one rename.
-
-Layout of an export dir E:
-
-    E/saved_model/<version>/                   a SavedModel, the versions TF Serving watches;
-                                               assets.extra/export/ holds that export's onnx/,
-                                               keras/, litert/, export_report.json,
-                                               MODEL_CARD.md, models.config and
-                                               batching_parameters.txt
-    E/history/<version>/                       an export without a SavedModel
-    E/current -> saved_model/<version>/assets.extra/export  (or history/<version>)
-    E/onnx, E/keras, E/litert, E/export_report.json, E/MODEL_CARD.md, E/models.config,
-    E/batching_parameters.txt -> current/...   fixed symlinks
-
-A version, once published, is never changed: an export writes a new one, with a number
-above every version in E, into a staging directory next to E, and renames it into place
-(it appears whole); then E/current names it, one more rename. TF Serving treats a version as
-immutable too (it does not reload a number it serves). Killed between the two renames, an
-export leaves the newest version published and E/current one behind; the next export points
-E/current at the newest version before it does anything else.
+"""Where an export's files go: immutable versions, each published whole by one rename, and the
+fixed links through E/current (docs/serving.md draws the layout).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -58,16 +39,6 @@ GROUP_IN_MODEL = os.path.join("assets.extra", "export")  # its export's onnx/, r
 def version_dir(root: str, version: int) -> str:
     """ROOT/saved_model/<version>: what tensorflow_model_server --model_base_path watches."""
     return os.path.join(root, SAVED_MODEL, str(version))
-
-
-def read_json(path: str) -> dict | None:
-    """The JSON object at path, or None when it is missing or unreadable."""
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _entries(export_dir: str, sub: str) -> dict[int, str]:
@@ -137,6 +108,15 @@ def next_version(export_dir: str, step: int) -> int:
     """
     published = versions(export_dir) if os.path.isdir(export_dir) else []
     return max(step, published[-1] + 1) if published else step
+
+
+def new_version(export_dir: str, version: int, step: int, checkpoint: str) -> int:
+    """The version an export writes: version (--version), else next_version; check_target'ed."""
+    version = version or next_version(export_dir, step)
+    if version <= 0:
+        raise UserError(f"checkpoint {checkpoint!r} is at step {step}; pass --version=N (N >= 1)")
+    check_target(export_dir, version)
+    return version
 
 
 def check_target(export_dir: str, version: int) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from export import serving
+from export import layout, serving
 
 # A LiteRT op the plain runtime lacks shows up under one of these names.
 _NOT_BUILTIN = ("Flex", "Custom", "CUSTOM", "DELEGATE")
@@ -102,6 +103,15 @@ def convert(module: serving.EncoderServing, calibration: np.ndarray | None = Non
         return debugger.get_nondebug_quantized_model()
 
 
+def write(module: serving.EncoderServing, stage, name: str, calibration=None) -> str:
+    """Writes convert(module, calibration) as litert/name of the staged export; returns its path."""
+    os.makedirs(stage.group(layout.LITERT_DIR), exist_ok=True)
+    path = stage.group(layout.LITERT_DIR, name)
+    with open(path, "wb") as f:
+        f.write(convert(module, calibration))
+    return path
+
+
 def float_tensors(model: bytes) -> list[str]:
     """The output tensors of the ops that must stay float32 in an int8 model: the occurrence
     probabilities and every op computed from them (the pooling's sums, + eps and DIV).
@@ -143,13 +153,16 @@ def interpreter(model: str | bytes, threads: int = 2, delegates: bool = True):
     return Interpreter(num_threads=threads, **kwargs)
 
 
-def runner(interp):
-    """A function: images [B, S, S, 3] float 0..255 -> {name: array}, plain tensor API.
+def runner(interp, threads: int = 2):
+    """A function: images [B, S, S, 3] float 0..255 -> {name: array}, plain tensor API, of an
+    interpreter or of a .tflite path (its interpreter built with threads).
 
     The input's batch axis is -1 in the model (its shape_signature) and 1 until resized:
     each new batch size calls resize_tensor_input and allocate_tensors, as a LiteRT caller
     without signature runners must.
     """
+    if isinstance(interp, (str, bytes)):
+        interp = interpreter(interp, threads)
     signature = interp.get_signature_runner(serving.DEFAULT_SIGNATURE)
     in_index = signature.get_input_details()[serving.IMAGES]["index"]
     out_index = {k: d["index"] for k, d in signature.get_output_details().items()}

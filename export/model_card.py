@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+from export import parity
 from patchvae_tf.workdir import EVAL_DIR
 
 NOT_FOR = (
@@ -57,11 +58,6 @@ def card(cfg, rep: dict, workdir: str) -> dict:
     workdir's evaluation report (when it has one).
     """
     d, m, t = cfg.data, cfg.model, cfg.train
-    worst = {
-        name: max(diffs.values())
-        for name, diffs in rep["parity"].items()
-        if isinstance(diffs, dict) and diffs
-    }
     size = m.image_size
     out = {
         "model": (
@@ -97,7 +93,7 @@ def card(cfg, rep: dict, workdir: str) -> dict:
             for name, shape in rep["outputs"].items()
         },
         "evaluation": _evaluation(workdir, rep["step"]),
-        "parity_max_abs": worst,
+        "parity_max_abs": parity.worst(rep["parity"]),
         "parity_checked_on": rep["parity"].get("checked_on", ""),
         "int8": _int8(rep.get("int8")),
         "use": _use(rep),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import onnx
 import tensorflow as tf
 
-from export import serving
+from export import layout, serving
 
 
 class OnnxCheckError(RuntimeError):
@@ -41,6 +43,22 @@ def convert(module: serving.EncoderServing, path: str, opset: int) -> dict:
         raise OnnxCheckError(f"ONNX input batch axis is fixed at {batch}, expected dynamic")
     info["opset"] = opset
     return info
+
+
+def write(module: serving.EncoderServing, stage, name: str, opset: int) -> tuple[str, dict]:
+    """Converts module into onnx/name of the staged export; returns (path, convert's info)."""
+    os.makedirs(stage.group(layout.ONNX_DIR), exist_ok=True)
+    path = stage.group(layout.ONNX_DIR, name)
+    return path, convert(module, path, opset)
+
+
+def runner(path: str):
+    """A function: images [B, S, S, 3] float 0..255 -> {output name: array}, by ONNX Runtime."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda x: dict(zip(names, session.run(names, {serving.IMAGES: x}), strict=True))
 
 
 def fold_pad_into_max_pool(model_proto: onnx.ModelProto) -> int:

@@ -25,13 +25,17 @@ def max_abs(a: dict, b: dict) -> dict[str, float]:
     return out
 
 
-def check(name: str, diffs: dict[str, float], tolerance: float | None = None) -> None:
-    """Raises ParityError naming the output and the numbers when a diff exceeds tolerance."""
-    tol = TOLERANCE if tolerance is None else tolerance
-    bad = {k: v for k, v in diffs.items() if not v <= tol}
+def check(name: str, diffs: dict[str, float]) -> None:
+    """Raises ParityError naming the output and the numbers when a diff exceeds TOLERANCE."""
+    bad = {k: v for k, v in diffs.items() if not v <= TOLERANCE}
     if bad:
         worst = ", ".join(f"{k} {v:.3g}" for k, v in bad.items())
-        raise ParityError(f"{name}: max abs difference {worst} exceeds {tol:g}")
+        raise ParityError(f"{name}: max abs difference {worst} exceeds {TOLERANCE:g}")
+
+
+def worst(section: dict) -> dict[str, float]:
+    """Comparison -> its largest difference over the outputs, of the report's parity section."""
+    return {k: max(d.values()) for k, d in section.items() if isinstance(d, dict) and d}
 
 
 def agreement(reference: dict, other: dict) -> dict[str, dict[str, float]]:

@@ -1,4 +1,4 @@
-"""Int8 ONNX encoder: static quantization calibrated on training images."""
+"""Int8: the ONNX model by static quantization, and the gate an int8 model passes to be kept."""
 
 from __future__ import annotations
 
@@ -10,30 +10,11 @@ import onnx
 
 from export import serving
 
-# Settings of onnxruntime's quantize_static that the benchmarks' profile section times
-# against each other (python -m benchmarks --sections=profile); DEFAULT is what export writes.
-VARIANTS = {
-    "qdq_per_channel": {"format": "QDQ", "per_channel": True, "reduce_range": False},
-    "qdq_per_tensor": {"format": "QDQ", "per_channel": False, "reduce_range": False},
-    "qdq_per_channel_reduce_range": {"format": "QDQ", "per_channel": True, "reduce_range": True},
-    "qoperator_per_channel": {"format": "QOperator", "per_channel": True, "reduce_range": False},
-    "qoperator_per_tensor": {"format": "QOperator", "per_channel": False, "reduce_range": False},
-}
-DEFAULT = "qdq_per_channel"
-
-
-def method(variant: str = DEFAULT) -> str:
-    v = VARIANTS[variant]
-    return (
-        f"onnxruntime.quantization.quantize_static, {v['format']} format, int8 weights "
-        f"({'per channel' if v['per_channel'] else 'per tensor'}"
-        f"{', reduced range' if v['reduce_range'] else ''}), uint8 activations, MinMax ranges "
-        "calibrated on training images and their saturated, uniform and noisy variants; the "
-        "occurrence probabilities and the appearance pooling stay float32"
-    )
-
-
-METHOD = method()
+METHOD = (
+    "onnxruntime.quantization.quantize_static, QDQ format, int8 weights (per channel), uint8 "
+    "activations, MinMax ranges calibrated on training images and their saturated, uniform and "
+    "noisy variants; the occurrence probabilities and the appearance pooling stay float32"
+)
 
 
 def quantize_int8(
@@ -41,17 +22,18 @@ def quantize_int8(
     int8_path: str,
     calibration: np.ndarray,
     batch: int = 16,
-    variant: str = DEFAULT,
-    progress=None,
+    progress: bool = False,
+    quant_format: str = "QDQ",
+    per_channel: bool = True,
+    reduce_range: bool = False,
 ):
-    """Writes the int8 model of float_path to int8_path, with the settings of VARIANTS[variant].
+    """Writes the int8 model of float_path to int8_path (METHOD with the defaults).
 
-    calibration: [K, S, S, 3] float 0..255 training images. Static rather than dynamic
-    quantization: dynamic quantization covers MatMul/Gemm-heavy models, and this encoder is
-    almost all Conv, which only static quantization turns into int8 kernels. Activations are
-    uint8 (U8S8): on x86 CPUs without VNNI, ONNX Runtime's S8S8 kernels were slower than
-    float32 for this encoder, and U8S8 faster. progress: called with the number of
-    calibration images handed to ONNX Runtime so far.
+    calibration: [K, S, S, 3] float 0..255 training images. Static quantization: only it
+    turns this all-Conv encoder's convolutions into int8 kernels. Activations are uint8
+    (U8S8): on x86 CPUs without VNNI, ONNX Runtime's S8S8 kernels were slower than float32
+    for this encoder, and U8S8 faster. progress: a progress bar on the terminal (calibration
+    takes a while).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -61,26 +43,24 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown int8 variant {variant!r}; expected one of {sorted(VARIANTS)}")
-    v = VARIANTS[variant]
+    bar = None
+    if progress:
+        import keras
+
+        print(f"export: int8 calibration on {len(calibration)} images", flush=True)
+        bar = keras.utils.Progbar(len(calibration), interval=0.5)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(
-                [
-                    {serving.IMAGES: calibration[i : i + batch]}
-                    for i in range(0, len(calibration), batch)
-                ]
-            )
-
+            starts = range(0, len(calibration), batch)
+            self.batches = iter([{serving.IMAGES: calibration[i : i + batch]} for i in starts])
             self.seen = 0
 
         def get_next(self):
             item = next(self.batches, None)
-            if item is not None and progress is not None:
+            if item is not None and bar is not None:
                 self.seen += len(item[serving.IMAGES])
-                progress(self.seen)
+                bar.update(self.seen)
             return item
 
     with tempfile.TemporaryDirectory(dir=os.path.dirname(int8_path)) as tmp:
@@ -92,11 +72,11 @@ def quantize_int8(
             prepared,
             int8_path,
             Reader(),
-            quant_format=getattr(QuantFormat, v["format"]),
+            quant_format=getattr(QuantFormat, quant_format),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            per_channel=v["per_channel"],
-            reduce_range=v["reduce_range"],
+            per_channel=per_channel,
+            reduce_range=reduce_range,
             nodes_to_exclude=excluded,
         )
     onnx.checker.check_model(int8_path, full_check=True)
@@ -136,8 +116,8 @@ def gate(agreement: dict, min_cosine: float, stress: dict | None = None) -> str:
 
     agreement: parity.agreement(float32 outputs, int8 outputs) on the parity images. The
     bound is on the mean cosine of the features, per image, to float32: what a recognition
-    deployment compares. stress: exporter._stress's figures per stress set; each set must
-    run, give finite outputs only, and meet the same bound.
+    deployment compares. stress: stress.agreement's figures; each set must run, give
+    finite outputs only, and meet the same bound.
     """
     cosine = agreement["features"]["mean_cosine"]
     if not cosine >= min_cosine:
@@ -160,3 +140,13 @@ def gate(agreement: dict, min_cosine: float, stress: dict | None = None) -> str:
                 f"images, under --int8_min_cosine={min_cosine:g}"
             )
     return ""
+
+
+def verdict(int8_path: str, refusal: str, force: bool) -> dict:
+    """The report's word on an int8 model a gate refused for refusal ("": passed): a refused
+    model is deleted unless force (--force_int8); the float32 export goes ahead either way.
+    """
+    if refusal and not force:
+        os.remove(int8_path)
+        return {"written": False, "refused": f"{refusal}; --force_int8 writes it anyway"}
+    return {"written": True, **({"forced": refusal} if refusal else {})}

@@ -1,13 +1,11 @@
-"""The recognizer of a train_classifier.py workdir, exported as the encoder is (versions
-published whole, every file checked): a SavedModel with TF Serving's Predict and Classify
-signatures, ONNX (class names in its metadata) and LiteRT (labels.txt beside it), each run
-on the test images and compared with Keras: top-1 agreement and the largest probability
-difference, in the report and the model card with the test accuracy.
+"""python -m export of a train_classifier.py workdir, published as the encoder's export is: a
+SavedModel with TF Serving's Predict and Classify signatures, ONNX (class names in its
+metadata) and LiteRT (labels.txt beside it), each compared with Keras on the test images.
 """
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
 import json
 import os
 
@@ -28,9 +26,7 @@ from export import (
 )
 from export import recognizer_serving as rs
 from patchvae_tf import data
-from patchvae_tf import restore as strict
 from patchvae_tf.config import ExportConfig
-from patchvae_tf.data import image_limits
 from patchvae_tf.errors import UserError
 from patchvae_tf.pixels import to_model, to_pixels
 from patchvae_tf.recognition import fit, recognizer
@@ -87,6 +83,16 @@ def compare(name: str, probs: np.ndarray, reference: np.ndarray, labels: np.ndar
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """The test images every file is checked on, and what Keras gives on them."""
+
+    pixels: np.ndarray  # [n, S, S, 3] float32 0..255
+    labels: np.ndarray  # [n] int64
+    keras: np.ndarray  # Keras's probabilities [n, C], float64
+    calibration: np.ndarray | None  # int8 calibration images, float32 0..255 (with --quantize)
+
+
 def export(cfg: ExportConfig) -> dict:
     """Exports the recognizer of cfg.workdir into cfg.export_dir; returns the report.
 
@@ -94,74 +100,24 @@ def export(cfg: ExportConfig) -> dict:
     """
     rec = recognizer.restore(cfg.workdir)
     if cfg.checkpoint:
-        rec.path = checkpoint.find_checkpoint(cfg.workdir, cfg.checkpoint)
-        strict.restore(rec.path, cfg.workdir, **rec.objects())
-    number = int(rec.path.rsplit("-", 1)[-1]) if rec.path.rsplit("-", 1)[-1].isdigit() else 0
-    version = cfg.version or layout.next_version(cfg.export_dir, number)
-    if version <= 0:
-        raise UserError(f"checkpoint {rec.path!r} has no number; pass --version=N (N >= 1)")
-    layout.check_target(cfg.export_dir, version)
-
-    clf, names = rec.classifier, rec.class_names
+        rec.path = checkpoint.restore(cfg.workdir, cfg.checkpoint, **rec.objects())
+    step = checkpoint.step(rec.path)
+    version = layout.new_version(cfg.export_dir, cfg.version, step, rec.path)
     enc = rec.encoder_config
     source = data.get_source(enc.data, rec.image_size, enc.train.seed)
     unit, labels = _images(source, "test", MAX_TEST_IMAGES)
     pixels = to_pixels(unit).astype(np.float32)
     keras_probs = _batched(
-        lambda p: clf.outputs(tf.constant(to_model(p)))["probabilities"], pixels
+        lambda p: rec.classifier.outputs(tf.constant(to_model(p)))["probabilities"], pixels
     ).astype(np.float64)
     calibration = None
     if cfg.quantize:
         calibration = to_pixels(_images(source, "train", cfg.calibration_images)[0])
-    limits = image_limits.ImageLimits(
-        cfg.max_image_pixels, cfg.max_image_aspect, cfg.max_request_images
-    )
-    module = rs.RecognizerServing(clf, names, limits)
-    results = recognizer.read_results(cfg.workdir)
-    rep = {
-        "kind": "recognizer",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "workdir": os.path.abspath(cfg.workdir),
-        "checkpoint": os.path.abspath(rec.path),
-        "step": number,
-        "version": version,
-        "class_names": list(names),
-        "recognizer": {
-            "head": rec.config.classifier_head,
-            "input": rec.config.classifier_input,
-            "frozen_stages": clf.frozen,
-            "encoder_stages": num_stages(clf.model),
-            "labels_per_class": rec.config.labels_per_class,
-            "dataset": source.name,
-        },
-        "encoder": {"workdir": rec.encoder_config.train.workdir, "step": rec.encoder_step},
-        "model": {
-            "arch": enc.model.arch,
-            "encoder": enc.model.encoder,
-            "image_size": rec.image_size,
-            "num_classes": len(names),
-        },
-        "input": {
-            "images": f"float32 [batch, {rec.image_size}, {rec.image_size}, 3], 0..255",
-            "image_bytes": "string [batch], JPEG or PNG files of any size within the limits",
-            "classification": (
-                f"serialized tf.Example [batch], the file under {rs.EXAMPLE_IMAGE_KEY}"
-            ),
-            "limits": limits.to_dict(),
-        },
-        "test": {
-            "images": int(len(labels)),
-            "of": int(source.sizes["test"]),
-            "keras_top1": float(np.mean(np.argmax(keras_probs, 1) == labels)),
-            "training_results": (results or {}).get("test"),
-        },
-        "agreement": {},
-        "versions": report.versions(),
-        "files": {},
-        "parity": {"tolerance": parity.TOLERANCE},
-    }
+        calibration = calibration.astype(np.float32)
+    test = Checked(pixels, labels, keras_probs, calibration)
+    module = rs.RecognizerServing(rec.classifier, rec.class_names, serving.limits_of(cfg))
     print(
-        f"export: recognizer checkpoint {number} as version {version}: "
+        f"export: recognizer checkpoint {step} as version {version}: "
         f"{', '.join(f for f in cfg.formats if f != 'keras')}, each checked on {len(labels)} "
         "test images",
         flush=True,
@@ -170,60 +126,87 @@ def export(cfg: ExportConfig) -> dict:
         print("export: keras skipped: encoder.keras holds encoders, not recognizers")
 
     with layout.Staging(cfg.export_dir, version) as stage:
-        rep["export_id"] = stage.id
         report.write_models_config(stage.group(layout.MODELS_CONFIG), cfg.model_name)
         with open(stage.group(layout.LABELS_FILE), "w") as f:
-            f.write("".join(f"{n}\n" for n in names))
+            f.write("".join(f"{n}\n" for n in rec.class_names))
+        parts = [
+            report.header(cfg, stage, rec.path, step),
+            _recognizer(cfg, rec, source, module, test),
+            {"agreement": {}, "files": {}, "parity": {"tolerance": parity.TOLERANCE}},
+        ]
         if "saved_model" in cfg.formats:
-            _saved_model(cfg, module, stage, pixels, keras_probs, labels, rep)
+            parts.append(_saved_model(cfg, module, stage, test))
             print("export: saved_model written and checked (Predict and Classify)", flush=True)
         if "onnx" in cfg.formats:
-            _onnx(cfg, module, stage, pixels, keras_probs, labels, calibration, rep)
+            parts.append(_onnx(cfg, module, stage, test))
             print("export: onnx written and checked", flush=True)
         if "litert" in cfg.formats:
-            _litert(cfg, module, stage, pixels, keras_probs, labels, calibration, rep)
+            parts.append(_litert(cfg, module, stage, test))
             print("export: litert written and checked", flush=True)
-        rep["model_card"] = model_card.recognizer_card(rep)
-        with open(stage.group(layout.MODEL_CARD), "w") as f:
-            f.write(model_card.recognizer_markdown(rep["model_card"]))
-        report.write_json(stage.group(layout.REPORT), rep)
-        stage.commit()
+        rep = report.merge(*parts)
+        rep = report.merge(rep, {"model_card": model_card.recognizer_card(rep)})
+        report.publish(stage, rep, model_card.recognizer_markdown(rep["model_card"]))
     return rep
 
 
-def _saved_model(cfg, module, stage, pixels, keras_probs, labels, rep) -> None:
+def _recognizer(cfg, rec, source, module, test: Checked) -> dict:
+    """The report's description of the recognizer, its inputs and its Keras test score."""
+    enc = rec.encoder_config
+    return {
+        "kind": "recognizer",
+        "class_names": list(rec.class_names),
+        "recognizer": {
+            "head": rec.config.classifier_head,
+            "input": rec.config.classifier_input,
+            "frozen_stages": rec.classifier.frozen,
+            "encoder_stages": num_stages(rec.classifier.model),
+            "labels_per_class": rec.config.labels_per_class,
+            "dataset": source.name,
+        },
+        "encoder": {"workdir": enc.train.workdir, "step": rec.encoder_step},
+        "model": {
+            "arch": enc.model.arch,
+            "encoder": enc.model.encoder,
+            "image_size": rec.image_size,
+            "num_classes": len(rec.class_names),
+        },
+        "input": module.inputs(),
+        "test": {
+            "images": int(len(test.labels)),
+            "of": int(source.sizes["test"]),
+            "keras_top1": float(np.mean(np.argmax(test.keras, 1) == test.labels)),
+            "training_results": (recognizer.read_results(cfg.workdir) or {}).get("test"),
+        },
+    }
+
+
+def _saved_model(cfg, module, stage, test: Checked) -> dict:
     """Writes the SavedModel, sets Classify's method name, and checks every signature: Predict
     on pixels, on PNG bytes and the Classify signature (TF 2 and a TF 1 session) on tf.Examples.
+    Returns its part of the report.
     """
-    out_dir = stage.saved_model_dir()
-    tf.saved_model.save(module, out_dir, signatures=module.signatures())
-    rep["classification_method_name"] = rs.set_classify_method(out_dir)
-    if rep["classification_method_name"] != rs.CLASSIFY_METHOD:
-        raise parity.ParityError(
-            f"saved_model.pb's classification method name is {rep['classification_method_name']!r}"
-        )
+    pixels = test.pixels
     big = min(len(pixels), 8)
     rounded = np.round(pixels)
-    pngs = np.array([tf.io.encode_png(tf.cast(p, tf.uint8)).numpy() for p in rounded])
+    pngs = warmup.png_files(pixels)
     examples = [rs.example(p) for p in pngs]
-    requests = [
-        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:1]),
-        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:big]),
-        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:1]),
-        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:big]),
-        (rs.CLASSIFY_SIGNATURE, None, examples[:1]),
-        (rs.CLASSIFY_SIGNATURE, None, examples[:big]),
+    inputs = [
+        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels),
+        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs),
+        (rs.CLASSIFY_SIGNATURE, None, examples),
     ]
-    rep["warmup_requests"] = warmup.write_requests(out_dir, cfg.model_name, requests)
-    loaded = tf.saved_model.load(out_dir)
-    rep["warmup_replayed"] = warmup.replay_warmup(out_dir, loaded)
+    loaded, part = warmup.save(module, stage, cfg.model_name, inputs)
+    out_dir = stage.saved_model_dir()
+    method = rs.set_classify_method(out_dir)
+    if method != rs.CLASSIFY_METHOD:
+        raise parity.ParityError(f"saved_model.pb's classification method name is {method!r}")
     default = loaded.signatures[serving.DEFAULT_SIGNATURE]
 
     outputs = [
         default(images=tf.constant(pixels[i : i + _BATCH])) for i in range(0, len(pixels), _BATCH)
     ]
     probs = np.concatenate([o["probabilities"].numpy() for o in outputs])
-    rep["agreement"]["saved_model"] = compare("SavedModel", probs, keras_probs, labels)
+    agreement = compare("SavedModel", probs, test.keras, test.labels)
     names = np.concatenate([o["class_names"].numpy()[:, 0] for o in outputs])
     expected = np.array(module.class_names)[np.argmax(probs, 1)]
     if [n.decode() for n in names] != list(expected):
@@ -240,25 +223,16 @@ def _saved_model(cfg, module, stage, pixels, keras_probs, labels, rep) -> None:
     )
     classify = loaded.signatures[rs.CLASSIFY_SIGNATURE](inputs=tf.constant(examples[:big]))
     session = rs.session_classify(out_dir, examples[:big])
-    rep["parity"]["image_bytes_vs_images"] = parity.max_abs(
-        {"p": by_bytes["probabilities"].numpy()}, {"p": reference}
-    )["p"]
-    rep["parity"]["classify_vs_images"] = parity.max_abs(
-        {"p": classify["scores"].numpy()}, {"p": reference}
-    )["p"]
-    rep["parity"]["classify_session_vs_images"] = parity.max_abs(
-        {"p": session["scores"]}, {"p": reference}
-    )["p"]
-    rep["parity"]["image_tensor_vs_images"] = parity.max_abs(
-        {"p": by_tensor["probabilities"].numpy()}, {"p": reference}
-    )["p"]
-    for key in (
-        "image_bytes_vs_images",
-        "image_tensor_vs_images",
-        "classify_vs_images",
-        "classify_session_vs_images",
-    ):
-        parity.check(key, {"probabilities": rep["parity"][key]})
+    got = {
+        "image_bytes_vs_images": by_bytes["probabilities"].numpy(),
+        "image_tensor_vs_images": by_tensor["probabilities"].numpy(),
+        "classify_vs_images": classify["scores"].numpy(),
+        "classify_session_vs_images": session["scores"],
+    }
+    diffs = {}
+    for key, p in got.items():
+        diffs[key] = parity.max_abs({"p": p}, {"p": reference})["p"]
+        parity.check(key, {"probabilities": diffs[key]})
     if (
         session["classes"][0] != list(module.class_names)
         or session["method_name"] != rs.CLASSIFY_METHOD
@@ -268,69 +242,67 @@ def _saved_model(cfg, module, stage, pixels, keras_probs, labels, rep) -> None:
             f"{session['method_name']!r}, expected {list(module.class_names)} under "
             f"{rs.CLASSIFY_METHOD!r}"
         )
-    rep["signatures"] = report.signatures(loaded)
-    rep["method_names"] = rs.method_names(out_dir)
-    rep["files"][os.path.join(layout.SAVED_MODEL, str(stage.version))] = report.size_bytes(out_dir)
+    return {
+        **part,
+        **report.saved_model_entry(stage),
+        "classification_method_name": method,
+        "agreement": {"saved_model": agreement},
+        "parity": diffs,
+        "method_names": rs.method_names(out_dir),
+    }
 
 
-def _onnx(cfg, module, stage, pixels, keras_probs, labels, calibration, rep) -> None:
+def _probabilities(run):
+    """A runner's probabilities alone."""
+    return lambda x: run(x)[rs.PROBABILITIES]
+
+
+def _onnx(cfg, module, stage, test: Checked) -> dict:
     """Converts and checks the ONNX recognizer (class names in its metadata), and int8."""
     import onnx
-    import onnxruntime as ort
 
-    os.makedirs(stage.group(layout.ONNX_DIR))
-    path = stage.group(layout.ONNX_DIR, layout.RECOGNIZER_ONNX_FILE)
-    rep["onnx"] = onnx_export.convert(module, path, cfg.opset)
+    path, info = onnx_export.write(module, stage, layout.RECOGNIZER_ONNX_FILE, cfg.opset)
     proto = onnx.load(path)
     entry = proto.metadata_props.add()
     entry.key, entry.value = "class_names", json.dumps(list(module.class_names))
     onnx.save(proto, path)
+    probs = _batched(_probabilities(onnx_export.runner(path)), test.pixels)
+    part = report.merge(
+        {"onnx": info},
+        {"agreement": {"onnxruntime": compare("ONNX Runtime", probs, test.keras, test.labels)}},
+        report.file_entry(stage, layout.ONNX_DIR, layout.RECOGNIZER_ONNX_FILE),
+    )
+    if cfg.quantize != "int8":
+        return part
+    rel = (layout.ONNX_DIR, layout.RECOGNIZER_ONNX_INT8_FILE)
+    quantize.quantize_int8(path, stage.group(*rel), test.calibration, progress=True)
+    int8 = _batched(_probabilities(onnx_export.runner(stage.group(*rel))), test.pixels)
+    return report.merge(part, _gate(cfg, stage, "onnx_int8", rel, int8, probs, test.labels))
 
-    def runner(p):
-        session = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
-        return lambda x: session.run([rs.PROBABILITIES], {serving.IMAGES: x})[0]
 
-    probs = _batched(runner(path), pixels)
-    rep["agreement"]["onnxruntime"] = compare("ONNX Runtime", probs, keras_probs, labels)
-    rel = os.path.join(layout.ONNX_DIR, layout.RECOGNIZER_ONNX_FILE)
-    rep["files"][rel] = report.size_bytes(path)
-    if cfg.quantize == "int8":
-        int8_path = stage.group(layout.ONNX_DIR, layout.RECOGNIZER_ONNX_INT8_FILE)
-        quantize.quantize_int8(path, int8_path, calibration.astype(np.float32))
-        _gate(cfg, rep, "onnx_int8", int8_path, _batched(runner(int8_path), pixels), probs, labels)
-
-
-def _litert(cfg, module, stage, pixels, keras_probs, labels, calibration, rep) -> None:
+def _litert(cfg, module, stage, test: Checked) -> dict:
     """Converts and checks the LiteRT recognizer (labels.txt beside it), and int8."""
-    os.makedirs(stage.group(layout.LITERT_DIR))
-    path = stage.group(layout.LITERT_DIR, layout.RECOGNIZER_LITERT_FILE)
-    with open(path, "wb") as f:
-        f.write(litert_export.convert(module))
+    path = litert_export.write(module, stage, layout.RECOGNIZER_LITERT_FILE)
     with open(stage.group(layout.LITERT_DIR, layout.LABELS_FILE), "w") as f:
         f.write("".join(f"{n}\n" for n in module.class_names))
-    rep["litert"] = litert_export.describe(path)
-
-    def runner(p):
-        run = litert_export.runner(litert_export.interpreter(p))
-        return lambda x: run(x)[rs.PROBABILITIES]
-
-    probs = _batched(runner(path), pixels)
-    rep["agreement"]["litert"] = compare("LiteRT", probs, keras_probs, labels)
-    rep["files"][os.path.join(layout.LITERT_DIR, layout.RECOGNIZER_LITERT_FILE)] = (
-        report.size_bytes(path)
+    probs = _batched(_probabilities(litert_export.runner(path)), test.pixels)
+    part = report.merge(
+        {"litert": litert_export.describe(path)},
+        {"agreement": {"litert": compare("LiteRT", probs, test.keras, test.labels)}},
+        report.file_entry(stage, layout.LITERT_DIR, layout.RECOGNIZER_LITERT_FILE),
     )
-    if cfg.quantize == "int8":
-        int8_path = stage.group(layout.LITERT_DIR, layout.RECOGNIZER_LITERT_INT8_FILE)
-        with open(int8_path, "wb") as f:
-            f.write(litert_export.convert(module, calibration.astype(np.float32)))
-        _gate(
-            cfg, rep, "litert_int8", int8_path, _batched(runner(int8_path), pixels), probs, labels
-        )
+    if cfg.quantize != "int8":
+        return part
+    name = layout.RECOGNIZER_LITERT_INT8_FILE
+    int8_path = litert_export.write(module, stage, name, test.calibration)
+    int8 = _batched(_probabilities(litert_export.runner(int8_path)), test.pixels)
+    rel = (layout.LITERT_DIR, name)
+    return report.merge(part, _gate(cfg, stage, "litert_int8", rel, int8, probs, test.labels))
 
 
-def _gate(cfg, rep, key, int8_path, int8_probs, float_probs, labels) -> None:
-    """Keeps an int8 model only when its top-1 agrees with float32's on at least
-    --int8_min_top1_agreement of the test images (or --force_int8); records why in rep[key].
+def _gate(cfg, stage, key, rel, int8_probs, float_probs, labels) -> dict:
+    """The report's part on an int8 model, kept only when its top-1 agrees with float32's on
+    at least --int8_min_top1_agreement of the test images (or with --force_int8).
     """
     agreement = float(np.mean(np.argmax(int8_probs, 1) == np.argmax(float_probs, 1)))
     entry = {
@@ -338,21 +310,17 @@ def _gate(cfg, rep, key, int8_path, int8_probs, float_probs, labels) -> None:
         "max_abs_probability_vs_float32": float(np.max(np.abs(int8_probs - float_probs))),
         "test_top1": float(np.mean(np.argmax(int8_probs, 1) == labels)),
         "min_top1_agreement": cfg.int8_min_top1_agreement,
-        "size_bytes": report.size_bytes(int8_path),
+        "size_bytes": report.size_bytes(stage.group(*rel)),
     }
-    rep[key] = entry
-    if agreement < cfg.int8_min_top1_agreement and not cfg.force_int8:
-        os.remove(int8_path)
-        entry["written"] = False
-        entry["refused"] = (
+    refusal = ""
+    if agreement < cfg.int8_min_top1_agreement:
+        refusal = (
             f"int8 top-1 agrees with float32 on {agreement:.3f} of the test images, under "
-            f"--int8_min_top1_agreement={cfg.int8_min_top1_agreement:g}; --force_int8 writes it "
-            "anyway"
+            f"--int8_min_top1_agreement={cfg.int8_min_top1_agreement:g}"
         )
-        return
-    entry["written"] = True
-    rel = os.path.relpath(int8_path, os.path.dirname(os.path.dirname(int8_path)))
-    rep["files"][rel] = entry["size_bytes"]
+    entry.update(quantize.verdict(stage.group(*rel), refusal, cfg.force_int8))
+    files = {"files": {os.path.join(*rel): entry["size_bytes"]}} if entry["written"] else {}
+    return {key: entry, **files}
 
 
 def summary(cfg: ExportConfig, rep: dict) -> str:

@@ -55,6 +55,12 @@ class RecognizerServing(serving.EncoderServing):
             CLASSIFY_SIGNATURE: self.classify.get_concrete_function(),
         }
 
+    def inputs(self) -> dict:
+        return {
+            **super().inputs(),
+            "classification": f"serialized tf.Example [batch], the file under {EXAMPLE_IMAGE_KEY}",
+        }
+
     def _names(self) -> tf.Tensor:
         return tf.constant(self.class_names, tf.string)
 
@@ -85,20 +91,11 @@ class RecognizerServing(serving.EncoderServing):
         [B, C] (every class name) and "scores" [B, C] (their probabilities), the tensors
         TF Serving's Classify answers with.
         """
-        count = image_limits.tf_check_count(tf.size(inputs), CLASSIFY_INPUTS, self._limits)
-        with tf.control_dependencies([count]):
-            inputs = tf.identity(inputs)
+        inputs = self._counted(inputs, tf.size(inputs), CLASSIFY_INPUTS)
         spec = {EXAMPLE_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
         blobs = tf.io.parse_example(inputs, spec)[EXAMPLE_IMAGE_KEY]
-        s = self.image_size
-        # One image at a time, as serve_image_bytes decodes them: memory bounded by the limit.
-        x = tf.map_fn(
-            self._decode_one,
-            blobs,
-            fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32),
-            parallel_iterations=1,
-        )
-        scores = self._classify_outputs(x)[PROBABILITIES]
+        scores = self._classify_outputs(self._decode_each(blobs, serving.IMAGE_BYTES))
+        scores = scores[PROBABILITIES]
         classes = tf.tile(self._names()[None], [tf.shape(scores)[0], 1])
         return {"classes": classes, "scores": scores}
 

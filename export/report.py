@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import os
 import platform
 from importlib import metadata
+
+from export import layout
 
 _PACKAGES = (
     "tensorflow",
@@ -18,6 +22,77 @@ _PACKAGES = (
     "tensorflow-serving-api",
     "numpy",
 )
+
+
+def header(cfg, stage: layout.Staging, checkpoint: str, step: int) -> dict:
+    """What every export's report opens with: where it came from and when."""
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "workdir": os.path.abspath(cfg.workdir),
+        "checkpoint": os.path.abspath(checkpoint),
+        "step": step,
+        "version": stage.version,
+        "export_id": stage.id,
+        "versions": versions(),
+    }
+
+
+def merge(*parts: dict) -> dict:
+    """One report from the parts the export's steps return. A key two parts both give must
+    hold a dict in each (parity, files, ...), with no name in common: nothing is overwritten.
+    """
+    out: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            if key not in out:
+                out[key] = value
+            elif (
+                isinstance(value, dict)
+                and isinstance(out[key], dict)
+                and not value.keys() & out[key]
+            ):
+                out[key] = {**out[key], **value}
+            else:
+                raise ValueError(f"two parts of the report give {key!r}")
+    return out
+
+
+def file_entry(stage: layout.Staging, *rel: str) -> dict:
+    """{"files": {path in the export: size in bytes}} of a file of the staged export's group."""
+    return {"files": {os.path.join(*rel): size_bytes(stage.group(*rel))}}
+
+
+def saved_model_entry(stage: layout.Staging) -> dict:
+    """{"files": {"saved_model/<version>": its size in bytes}} of the staged SavedModel."""
+    path = stage.saved_model_dir()
+    return {"files": {os.path.relpath(path, stage.path): size_bytes(path)}}
+
+
+def sha256(stage: layout.Staging, files: dict) -> dict:
+    """{"sha256": {path: digest}} of the staged files (a SavedModel: its saved_model.pb), so a
+    reader can check that the files it sees are the ones the report describes.
+    """
+    out = {}
+    for rel in files:
+        if rel.startswith(layout.SAVED_MODEL):
+            rel = os.path.join(rel, "saved_model.pb")
+            path = stage.join(rel)
+        else:
+            path = stage.group(rel)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        out[rel] = digest.hexdigest()
+    return {"sha256": out}
+
+
+def publish(stage: layout.Staging, rep: dict, card: str) -> None:
+    """Writes the model card and the report into the staged export, then publishes it."""
+    with open(stage.group(layout.MODEL_CARD), "w") as f:
+        f.write(card)
+    write_json(stage.group(layout.REPORT), rep)
+    stage.commit()
 
 
 def versions() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The deterministic encoder as a tf.Module with the two TF Serving signatures."""
+"""The export module: the deterministic encoder as a tf.Module with its TF Serving signatures."""
 
 from __future__ import annotations
 
@@ -22,19 +22,17 @@ XLA_SIGNATURE = "serving_xla"
 
 
 def encoder_parts(model) -> dict:
-    """The layers the deterministic encoder uses, by their attribute name on the model.
-
-    The decoder is left out: recognition deployments never run it.
-    """
+    """The layers the deterministic encoder uses, by their attribute name (no decoder)."""
     if isinstance(model, (models.PatchVAE, models.VAE)):
         return model.encoder_parts()
     raise TypeError(f"`model` must be a PatchVAE or a VAE. Received: {type(model).__name__}")
 
 
-def parameter_count(model) -> int:
-    """Scalars in the exported encoder's variables (BatchNorm statistics included)."""
-    layers = encoder_parts(model).values()
-    return int(sum(v.shape.num_elements() for layer in layers for v in layer.variables))
+def limits_of(cfg) -> image_limits.ImageLimits:
+    """What the image signatures accept, from an ExportConfig's flags."""
+    return image_limits.ImageLimits(
+        cfg.max_image_pixels, cfg.max_image_aspect, cfg.max_request_images
+    )
 
 
 def output_shapes(model) -> dict[str, list[int | None]]:
@@ -61,10 +59,8 @@ class EncoderServing(tf.Module):
         super().__init__(name=name)
         # Plain Python values: the graphs hold them as constants.
         self._limits = limits
-        # The TF variables the functions read, by their Keras path, and not the Keras layers:
-        # a layer tracks Keras's variable wrappers, which the saver restores in place of the
-        # variables the functions capture, so TF Serving's session loader (and saved_model_cli
-        # run) failed with "Could not find variable ..." where TF2's loader worked.
+        # The TF variables themselves, not the Keras layers: TF Serving's session loader cannot
+        # find the variables the functions capture through Keras's wrappers.
         self.encoder_variables = {
             v.path.replace("/", "."): v.value
             for layer in encoder_parts(model).values()
@@ -107,12 +103,23 @@ class EncoderServing(tf.Module):
             XLA_SIGNATURE: self.serve_xla.get_concrete_function(),
         }
 
-    def _encode_pixels(self, images):
-        """Images [B, S, S, 3] float 0..255 -> the encoder outputs; no checks (the ONNX graph).
+    def inputs(self) -> dict:
+        """What each signature takes, for the report; limits: what load() of the export applies."""
+        s = self.image_size
+        return {
+            IMAGES: f"float32 [batch, {s}, {s}, 3], 0..255",
+            IMAGE_BYTES: "string [batch], JPEG or PNG files of any size within the limits",
+            IMAGE_TENSOR: "uint8 [batch, height, width, 3], any size within the limits, "
+            "one size per batch",
+            "limits": self._limits.to_dict(),
+        }
 
-        The scaling is the last step of patchvae_tf.source.preprocess_image, so served and
-        training inputs match.
-        """
+    def parameter_count(self) -> int:
+        """Scalars in the encoder's variables (BatchNorm statistics included)."""
+        return int(sum(v.shape.num_elements() for v in self.encoder_variables.values()))
+
+    def _encode_pixels(self, images):
+        """Images [B, S, S, 3] float 0..255 -> the encoder outputs; no checks (the ONNX graph)."""
         return self._encode_scaled(to_model(tf.clip_by_value(images, 0.0, 255.0)))
 
     def _encode_scaled(self, x):
@@ -155,12 +162,34 @@ class EncoderServing(tf.Module):
         with tf.control_dependencies(in_range):
             return tf.identity(images)
 
-    def _decode_one(self, blob):
-        """One JPEG/PNG file (scalar string) -> [S, S, 3] in [-1, 1], as in training; the
-        header's size is checked against the limits before anything is decoded.
+    def _decode_each(self, blobs, name: str):
+        """JPEG/PNG files [B] of any size -> [B, S, S, 3] in [-1, 1], resized and cropped as in
+        training, each header checked against the limits before it is decoded.
         """
-        image = data.decode_image(blob, self._limits, f"`{IMAGE_BYTES}`")
-        return data.preprocess_image(image, self.image_size)
+        return self._each_image(
+            lambda blob: data.preprocess_image(
+                data.decode_image(blob, self._limits, f"`{name}`"), self.image_size
+            ),
+            blobs,
+        )
+
+    def _each_image(self, fn, images):
+        """Runs fn on each image in turn -> [B, S, S, 3] float32: a request holds one
+        full-size decoded image at most, so its memory is bounded by the pixel limit.
+        """
+        s = self.image_size
+        return tf.map_fn(
+            fn,
+            images,
+            fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32),
+            parallel_iterations=1,
+        )
+
+    def _counted(self, images, count, name: str):
+        """Images, once their count (a scalar tensor) is within the per-request limit."""
+        check = image_limits.tf_check_count(count, name, self._limits)
+        with tf.control_dependencies([check]):
+            return tf.identity(images)
 
     def _serve_image_bytes(self, image_bytes):
         """image_bytes [B] string of JPEG/PNG files of any size -> outputs."""
@@ -168,27 +197,15 @@ class EncoderServing(tf.Module):
             image_bytes, 1, message="`image_bytes` must be a string [batch] of JPEG or PNG files"
         )
         with tf.control_dependencies([check]):
-            count = image_limits.tf_check_count(tf.size(image_bytes), IMAGE_BYTES, self._limits)
-        with tf.control_dependencies([count]):
-            image_bytes = tf.identity(image_bytes)
-        s = self.image_size
-        # One image at a time: a request holds one full-size decoded image at most, so its
-        # memory is bounded by the pixel limit, not by the limit times the batch.
-        x = tf.map_fn(
-            self._decode_one,
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32),
-            parallel_iterations=1,
-        )
-        return self._encode_scaled(x)
+            image_bytes = self._counted(image_bytes, tf.size(image_bytes), IMAGE_BYTES)
+        return self._encode_scaled(self._decode_each(image_bytes, IMAGE_BYTES))
 
     def _serve_image_tensor(self, image_tensor):
         """image_tensor uint8 [B, H, W, 3], any H and W (one size per batch) -> outputs,
         each image resized and centre-cropped as in training, after the size and count
         checks of the image-bytes signature.
         """
-        # EnsureShape fails with InvalidArgument naming the expected shape, for a wrong rank
-        # or channel count alike, as serving_default's does.
+        # EnsureShape fails with InvalidArgument naming the expected shape, as serving_default's.
         images = tf.ensure_shape(image_tensor, [None, None, None, 3])
         shape = tf.shape(images)
         count = image_limits.tf_check_count(shape[0], IMAGE_TENSOR, self._limits)
@@ -197,11 +214,6 @@ class EncoderServing(tf.Module):
         with tf.control_dependencies([size]):
             images = tf.identity(images)
         s = self.image_size
-        # One image at a time, as the bytes signature: one image's float copy at most.
-        x = tf.map_fn(
-            lambda image: data.preprocess_image(image, s),
-            images,
-            fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32),
-            parallel_iterations=1,
+        return self._encode_scaled(
+            self._each_image(lambda image: data.preprocess_image(image, s), images)
         )
-        return self._encode_scaled(x)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from export import parity
+
 # Uniform images: black, mid-grey and saturated, and the brightness where int8 failed.
 UNIFORM_LEVELS = (0.0, 128.0, 200.0, 255.0)
 
@@ -40,3 +42,21 @@ def stress_images(images: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
 def stack(sets: dict[str, np.ndarray]) -> np.ndarray:
     """All the sets' images in one array, in the dict's order."""
     return np.concatenate(list(sets.values()))
+
+
+def agreement(float_run, int8_run, sets: dict) -> dict:
+    """Per set: the int8 outputs' agreement with float32 and how many int8 values are not
+    finite, or the runtime's error (which the gate refuses).
+    """
+    out = {}
+    for name, batch in sets.items():
+        try:
+            got = int8_run(batch)
+        except Exception as e:  # a runtime refusing to run the model is the finding
+            out[name] = {"error": " ".join(str(e).split())[:300]}
+            continue
+        out[name] = {
+            "agreement": parity.agreement(float_run(batch), got),
+            "non_finite": int(sum(np.sum(~np.isfinite(v)) for v in got.values())),
+        }
+    return out

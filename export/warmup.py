@@ -1,4 +1,6 @@
-"""TF Serving warmup requests: a few PredictionLog records in assets.extra."""
+"""The SavedModel written with TF Serving's warmup requests (PredictionLog records in
+assets.extra), reloaded and the requests replayed as the server will.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +9,16 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from export import serving
+from export import report
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+
+def png_files(pixels: np.ndarray) -> np.ndarray:
+    """Pixels [B, S, S, 3] 0..255, rounded, as PNG files [B] (bytes): lossless, so a signature
+    decoding them sees the rounded pixels.
+    """
+    return np.array([tf.io.encode_png(tf.cast(p, tf.uint8)).numpy() for p in np.round(pixels)])
 
 
 def _predict_log(model_name: str, signature: str, name: str, value: np.ndarray):
@@ -24,24 +33,26 @@ def _predict_log(model_name: str, signature: str, name: str, value: np.ndarray):
     )
 
 
-def write_warmup(saved_model_dir: str, model_name: str, pixels: np.ndarray) -> list[dict]:
-    """Writes warmup requests built from real images pixels [B, S, S, 3] float 0..255.
+def save(module, stage, model_name: str, inputs: list) -> tuple:
+    """Saves module's signatures as the staged SavedModel with warmup requests made of inputs,
+    reloads it and replays them; returns (the reloaded SavedModel, its part of the report).
 
-    Every signature, at batch 1 and at a larger batch, so TF Serving traces (and XLA
-    compiles) the shapes real traffic uses before the first request. Returns what was
-    written, for the report.
+    inputs: (signature, input name, values) triples, each sent at batch 1 and at a larger
+    batch (at most 8), so TF Serving traces (and XLA compiles) the shapes real traffic uses
+    before the first request. An input name None marks Classify requests (values: serialized
+    tf.Examples).
     """
-    pngs = np.array([tf.io.encode_png(tf.cast(tf.round(p), tf.uint8)).numpy() for p in pixels])
-    big = min(len(pixels), 8)
-    requests = [
-        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:1]),
-        (serving.DEFAULT_SIGNATURE, serving.IMAGES, pixels[:big]),
-        (serving.XLA_SIGNATURE, serving.IMAGES, pixels[:1]),
-        (serving.XLA_SIGNATURE, serving.IMAGES, pixels[:big]),
-        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:1]),
-        (serving.BYTES_SIGNATURE, serving.IMAGE_BYTES, pngs[:big]),
-    ]
-    return write_requests(saved_model_dir, model_name, requests)
+    out_dir = stage.saved_model_dir()
+    tf.saved_model.save(module, out_dir, signatures=module.signatures())
+    requests = [(s, name, v[:n]) for s, name, v in inputs for n in (1, min(len(v), 8))]
+    written = _write_requests(out_dir, model_name, requests)
+    loaded = tf.saved_model.load(out_dir)
+    part = {
+        "warmup_requests": written,
+        "warmup_replayed": _replay(out_dir, loaded),
+        "signatures": report.signatures(loaded),
+    }
+    return loaded, part
 
 
 def _classify_log(model_name: str, signature: str, examples: list[bytes]):
@@ -57,7 +68,7 @@ def _classify_log(model_name: str, signature: str, examples: list[bytes]):
     )
 
 
-def write_requests(saved_model_dir: str, model_name: str, requests: list) -> list[dict]:
+def _write_requests(saved_model_dir: str, model_name: str, requests: list) -> list[dict]:
     """Writes (signature, input name, value) Predict requests, and Classify requests where
     the input name is None (value: serialized tf.Examples), as the warmup file.
     """
@@ -75,7 +86,7 @@ def write_requests(saved_model_dir: str, model_name: str, requests: list) -> lis
     ]
 
 
-def replay_warmup(saved_model_dir: str, loaded) -> int:
+def _replay(saved_model_dir: str, loaded) -> int:
     """Runs every warmup record through the loaded SavedModel, as TF Serving will at load.
 
     Returns the number of records; a record that fails raises (and fails the export).

@@ -194,8 +194,8 @@ class Pretrained:
             batch_size=batch_size,
             step=report.get("step"),
             path=saved_model,
-            # The limits the export's signatures were built with (older exports: the defaults).
-            limits=image_limits.ImageLimits.from_dict(report.get("input", {}).get("limits")),
+            # The limits the export's signatures were built with.
+            limits=image_limits.ImageLimits.from_dict(report["input"]["limits"]),
             classify_fn=classify if names else None,
             class_names=names,
         )

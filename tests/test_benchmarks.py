@@ -107,7 +107,7 @@ def test_quick_run_profile_tables_add_up(quick_run):
     """Each per-op table adds up to the op time it divides, which is within the time of the
     runs it comes from.
     """
-    from export import quantize
+    from benchmarks.op_profile import VARIANTS
 
     r, table, _ = quick_run
     prof = r["profile"]
@@ -134,7 +134,7 @@ def test_quick_run_profile_tables_add_up(quick_run):
     # Summed over the executor's threads (at most one per core), the ops fit in the wall time.
     assert 0 < step["ops_ms"] <= os.cpu_count() * step["step_ms"] * 1.05
     variants = {v["variant"]: v for v in prof["int8_variants"]}
-    assert set(variants) == {"float32", *quantize.VARIANTS}
+    assert set(variants) == {"float32", *VARIANTS}
     assert variants["float32"]["over_float32"] == 1.0
     assert all(v["features_mean_cosine"] > 0.9 for k, v in variants.items() if k != "float32")
     assert "int8 settings" in table

@@ -201,6 +201,16 @@ def test_failed_check_leaves_no_directory(trained, tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "out") == []
 
 
+def test_report_parts_merge_without_overwriting():
+    from export import report
+
+    merged = report.merge({"step": 3, "parity": {"a": 1.0}}, {"parity": {"b": 2.0}, "files": {}})
+    assert merged == {"step": 3, "parity": {"a": 1.0, "b": 2.0}, "files": {}}
+    for clash in ({"step": 4}, {"parity": {"a": 0.0}}, {"parity": 1.0}):
+        with pytest.raises(ValueError, match="two parts of the report give"):
+            report.merge(merged, clash)
+
+
 def test_checkpoint_without_the_encoder_is_refused(trained, tmp_path):
     import tensorflow as tf
 

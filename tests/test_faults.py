@@ -43,12 +43,13 @@ def test_readers_fall_back_to_an_older_readable_checkpoint(trained, tmp_path, ca
     out = capsys.readouterr().out
     assert "checkpoint" in out and "ckpt-300 is unreadable" in out and "ckpt-200" in out
     # The export restores the same one, and its version then names step 200.
-    path, _ = checkpoint.restore_encoder(models.build_model(cfg.model), str(workdir))
-    assert path.endswith("ckpt-200") and checkpoint.checkpoint_step(path) == 200
+    view = checkpoint.EncoderView(models.build_model(cfg.model))
+    path = checkpoint.restore(str(workdir), model=view)
+    assert path.endswith("ckpt-200") and checkpoint.step(path) == 200
     # Named explicitly, the unreadable checkpoint is refused in one line.
     named = str(workdir / "checkpoints" / "ckpt-300")
     with pytest.raises(UserError, match=r"checkpoint '.*ckpt-300' is unreadable") as info:
-        checkpoint.restore_encoder(models.build_model(cfg.model), str(workdir), named)
+        checkpoint.restore(str(workdir), named, model=view)
     assert "\n" not in str(info.value)
     # Every checkpoint unreadable: one line naming them.
     for data in (workdir / "checkpoints").glob("*.data-*"):

@@ -24,10 +24,10 @@ def _paths(exported):
 
 def _training_pixels(trained, n):
     """The first n training images as 0..255 pixels: the parity images the export used."""
-    from export import exporter
+    from export import images
 
     cfg, _ = trained
-    return ((exporter.training_images(cfg, n) + 1.0) * 127.5).astype(np.float32)
+    return ((images.training_images(cfg, n) + 1.0) * 127.5).astype(np.float32)
 
 
 def _invoke(interp, x):

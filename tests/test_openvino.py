@@ -43,10 +43,10 @@ def _cosine(a, b):
 @pytest.fixture(scope="module")
 def parity_pixels(trained):
     """The export's parity images, 0..255 (real training images, not calibration ones)."""
-    from export import exporter
+    from export import images
 
     cfg, _ = trained
-    return ((exporter.training_images(cfg, 16) + 1.0) * 127.5).astype(np.float32)
+    return ((images.training_images(cfg, 16) + 1.0) * 127.5).astype(np.float32)
 
 
 def test_openvino_reads_the_onnx_model_with_its_names_and_dynamic_batch(exported):

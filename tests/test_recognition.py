@@ -136,6 +136,31 @@ def test_the_export_agrees_on_every_test_image(recognizer_export, shapes_folder)
         assert rep[key]["written"] == (rep[key]["top1_agreement_with_float32"] >= 0.98)
 
 
+def test_the_export_restores_the_checkpoint_named(recognizer, recognizer_export, tmp_path):
+    """--checkpoint exports that checkpoint, not the best one the export takes by default."""
+    import onnxruntime as ort
+    from conftest import random_pixels
+
+    from export import recognizer_export as rx
+    from patchvae_tf.config import ExportConfig
+
+    rcfg, _ = recognizer
+    ecfg, rep = recognizer_export
+    assert rep["checkpoint"].endswith(os.path.join("best", "ckpt-20"))
+    named = os.path.join(rcfg.workdir, "checkpoints", "ckpt-40")
+    out = str(tmp_path / "e")
+    again = rx.export(
+        ExportConfig(workdir=rcfg.workdir, export_dir=out, checkpoint=named, formats=("onnx",))
+    )
+    assert again["checkpoint"] == named and again["version"] == again["step"] == 40
+
+    def probabilities(root):
+        session = ort.InferenceSession(os.path.join(root, "onnx", "recognizer.onnx"))
+        return session.run(None, {"images": random_pixels(4, seed=3)})[0]
+
+    assert np.abs(probabilities(out) - probabilities(ecfg.export_dir)).max() > 1e-3
+
+
 def test_predict_classify_onnx_litert_and_classify_give_the_same_classes(
     recognizer, recognizer_export, shapes_folder
 ):
