@@ -6,7 +6,7 @@ import math
 
 import tensorflow as tf
 
-from patchvae_tf.model import models
+from patchvae_tf.model.autoencoder import Autoencoder
 
 # Multiply-adds are 2 FLOPs. Elementwise ops (BatchNorm, activations, the latent math and
 # the loss) are left out: they are a few percent of the convolutions here, and no count of
@@ -68,7 +68,7 @@ def _per_image(fn, image_size: int) -> dict:
     }
 
 
-def count(model: models.Autoencoder) -> dict:
+def count(model: Autoencoder) -> dict:
     """Per image: encoder inference (what is exported), training forward, and a whole
     training step (forward and backward), counted from their traced graphs.
     """

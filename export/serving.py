@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from patchvae_tf import data
 from patchvae_tf.data import image_limits
-from patchvae_tf.model import models
+from patchvae_tf.model import models, vae
 from patchvae_tf.pixels import to_model
 
 IMAGES = "images"
@@ -23,7 +23,7 @@ XLA_SIGNATURE = "serving_xla"
 
 def encoder_parts(model) -> dict:
     """The layers the deterministic encoder uses, by their attribute name (no decoder)."""
-    if isinstance(model, (models.PatchVAE, models.VAE)):
+    if isinstance(model, (models.PatchVAE, vae.VAE)):
         return model.encoder_parts()
     raise TypeError(f"`model` must be a PatchVAE or a VAE. Received: {type(model).__name__}")
 

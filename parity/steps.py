@@ -160,7 +160,8 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
     import tensorflow as tf
 
     from patchvae_tf.model import normalization
-    from patchvae_tf.training import loop, precision
+    from patchvae_tf.training import precision
+    from patchvae_tf.training import step as loop
 
     label = label or name
     dtype = _np_dtype(pcfg)

@@ -184,13 +184,13 @@ def _pooling_without_stop_gradient(monkeypatch):
 
 def _adam_beta_1(monkeypatch):
     from patchvae_tf.model.fused import FusedAdam
-    from patchvae_tf.training import loop
+    from patchvae_tf.training import step
 
     def make_optimizer(cfg):
         t = cfg.train
         return FusedAdam(t.learning_rate, beta_1=0.9, beta_2=0.999, epsilon=t.adam_epsilon)
 
-    monkeypatch.setattr(loop, "make_optimizer", make_optimizer)
+    monkeypatch.setattr(step, "make_optimizer", make_optimizer)
 
 
 def _batch_norm_momentum(monkeypatch):

@@ -12,6 +12,7 @@ from patchvae_tf import data
 from patchvae_tf.config import Config, EvalConfig, load_config
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import latents, models
+from patchvae_tf.model.autoencoder import Autoencoder
 from patchvae_tf.recognition.fit import progbar
 from patchvae_tf.workdir import CONFIG_FILE, restore
 
@@ -22,7 +23,7 @@ class Setup:
 
     cfg: Config  # the training config, with the data section the evaluation reads
     source: data.Source
-    model: models.Autoencoder
+    model: Autoencoder
     step: int
     modes: tuple[str, ...]
     skipped: dict[str, str]
@@ -38,7 +39,7 @@ def _data_config(cfg: Config, ecfg: EvalConfig) -> Config:
     return cfg.replace(data=ecfg.labelled(cfg.data))
 
 
-def restore_model(cfg: Config) -> tuple[models.Autoencoder, int]:
+def restore_model(cfg: Config) -> tuple[Autoencoder, int]:
     """The model of cfg restored from its workdir's latest checkpoint, and that step."""
     model = models.build_model(cfg.model)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from patchvae_tf import pixels
-from patchvae_tf.model import models
+from patchvae_tf.model import models, vae
 
 
 @keras.saving.register_keras_serializable(package="patchvae_tf")
@@ -37,7 +37,7 @@ class Encoder(keras.Model):
         self.image_size = full.image_size
 
     @classmethod
-    def from_autoencoder(cls, model: models.PatchVAE | models.VAE, **kwargs) -> Encoder:
+    def from_autoencoder(cls, model: models.PatchVAE | vae.VAE, **kwargs) -> Encoder:
         """The encoder of a trained model, with a copy of its encoder's and heads' weights."""
         config = {"class": type(model).__name__, "config": model.get_config()}
         encoder = cls(config, **kwargs)
@@ -60,4 +60,4 @@ class Encoder(keras.Model):
         return {**super().get_config(), "autoencoder": self.autoencoder}
 
 
-_ARCHS = {"PatchVAE": models.PatchVAE, "VAE": models.VAE}
+_ARCHS = {"PatchVAE": models.PatchVAE, "VAE": vae.VAE}

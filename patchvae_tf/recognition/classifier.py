@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from patchvae_tf.config import CLASSIFIER_INPUTS, RECOGNIZER_HEADS
-from patchvae_tf.model import models
+from patchvae_tf.model.autoencoder import Autoencoder
 
 # classifier.py's SGD weight decay, added to the gradient (PyTorch's coupled form).
 WEIGHT_DECAY = 1e-4
@@ -82,7 +82,7 @@ class Classifier:
 
     def __init__(
         self,
-        model: models.Autoencoder,
+        model: Autoencoder,
         num_classes: int,
         frozen: int,
         *,
@@ -202,7 +202,7 @@ class Classifier:
 
 
 def classifier(
-    model: models.Autoencoder,
+    model: Autoencoder,
     cfg,
     num_classes: int,
     frozen: int,
