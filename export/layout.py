@@ -11,7 +11,9 @@ import uuid
 
 from patchvae_tf.errors import UserError
 
-SAVED_MODEL = "saved_model"
+# The names patchvae_tf.load() reads as well, defined once in the library.
+from patchvae_tf.export_layout import GROUP_IN_MODEL, REPORT, SAVED_MODEL  # noqa: F401
+
 ONNX_DIR = "onnx"
 ONNX_FILE = "encoder.onnx"
 ONNX_INT8_FILE = "encoder.int8.onnx"
@@ -26,14 +28,12 @@ MODEL_CARD = "MODEL_CARD.md"
 LITERT_DIR = "litert"
 LITERT_FILE = "encoder.tflite"
 LITERT_INT8_FILE = "encoder.int8.tflite"
-REPORT = "export_report.json"
 MODELS_CONFIG = "models.config"
 BATCHING = "batching_parameters.txt"  # export/batching.py writes it
 HISTORY = "history"
 CURRENT = "current"
 # E/<name> -> current/<name>
 POINTERS = (ONNX_DIR, KERAS_DIR, LITERT_DIR, REPORT, MODEL_CARD, MODELS_CONFIG, BATCHING)
-GROUP_IN_MODEL = os.path.join("assets.extra", "export")  # its export's onnx/, report, config
 
 
 def version_dir(root: str, version: int) -> str:

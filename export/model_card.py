@@ -4,11 +4,9 @@ it for; the same fields go into export_report.json under "model_card".
 
 from __future__ import annotations
 
-import json
-import os
-
 from export import parity
-from patchvae_tf.workdir import EVAL_DIR
+from patchvae_tf.errors import UserError
+from patchvae_tf.evaluation import results
 
 NOT_FOR = (
     "Not a classifier: it gives part maps, part codes and features for a model of your own "
@@ -23,34 +21,11 @@ NOT_FOR = (
 
 
 def _evaluation(workdir: str, step: int) -> dict | None:
-    """The headline figures of WORKDIR/eval/report.json, or None when there is none."""
+    """The headline figures of the workdir's evaluation report, or None when there is none."""
     try:
-        with open(os.path.join(workdir, EVAL_DIR, "report.json")) as f:
-            report = json.load(f)
-    except (OSError, ValueError):
+        return results.headline(results.load(workdir), step)
+    except UserError:
         return None
-    out = {"checkpoint_step": report.get("checkpoint_step"), "dataset": report.get("dataset")}
-    if report.get("checkpoint_step") != step:
-        out["note"] = f"evaluated at step {report.get('checkpoint_step')}, exported at {step}"
-    for key in ("linear_probe", "part_code_probe", "random_probe", "random_part_code_probe"):
-        if report.get(key):
-            out[f"{key}_top1"] = report[key]["top1"]
-    if report.get("chance_top1") is not None:
-        out["chance_top1"] = report["chance_top1"]
-    if (report.get("linear_probe") or {}).get("majority_top1") is not None:
-        out["majority_top1"] = report["linear_probe"]["majority_top1"]
-    for key, name in (("runs", "finetune_top1"), ("random", "finetune_random_init_top1")):
-        runs = (report.get("finetune") or {}).get(key) or []
-        if runs:
-            out[name] = {f"{r['frozen_stages']} frozen": r["top1"] for r in runs}
-    if report.get("part_discovery"):
-        pd = report["part_discovery"]
-        for key in ("mean_auroc", "classes_detected", "active_parts", "distinct_coverage"):
-            if key in pd:
-                out[f"part_discovery_{key}"] = pd[key]
-    if report.get("reconstruction"):
-        out["reconstruction_mse"] = report["reconstruction"].get("mse")
-    return out
 
 
 def card(cfg, rep: dict, workdir: str) -> dict:

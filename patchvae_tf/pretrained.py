@@ -13,13 +13,11 @@ import tensorflow as tf
 
 from patchvae_tf.data import image_limits, source
 from patchvae_tf.errors import UserError
+from patchvae_tf.export_layout import GROUP_IN_MODEL, REPORT, SAVED_MODEL
 from patchvae_tf.pixels import to_model, to_pixels
 from patchvae_tf.workdir import CONFIG_FILE
 
-_REPORT = "export_report.json"  # export/layout.py's REPORT, read without the export package
-# Where a SavedModel version holds its export's report (export/layout.py's GROUP_IN_MODEL).
-_REPORT_IN_MODEL = os.path.join("assets.extra", "export", _REPORT)
-_SAVED_MODEL = "saved_model"
+_REPORT_IN_MODEL = os.path.join(GROUP_IN_MODEL, REPORT)
 _SERVING = "serving_default"
 _CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: as the training pipeline reads files (source.to_rgb)
 EXPECTED = (
@@ -53,8 +51,8 @@ def _saved_model_dir(path: str) -> tuple[str, dict]:
     """(SavedModel directory, its export report) of an export dir or a version directory."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path, _read_json(os.path.join(path, _REPORT_IN_MODEL))
-    report = _read_json(os.path.join(path, _REPORT))
-    root = os.path.join(path, _SAVED_MODEL)
+    report = _read_json(os.path.join(path, REPORT))
+    root = os.path.join(path, SAVED_MODEL)
     versions = (
         sorted(int(v) for v in os.listdir(root) if v.isdigit()) if os.path.isdir(root) else []
     )
@@ -62,7 +60,7 @@ def _saved_model_dir(path: str) -> tuple[str, dict]:
     if version is None:
         raise ValueError(
             f"patchvae_tf.load: {path!r} is neither a training workdir (no {CONFIG_FILE}) nor "
-            f"an export directory (no {_SAVED_MODEL}/<version>/saved_model.pb)"
+            f"an export directory (no {SAVED_MODEL}/<version>/saved_model.pb)"
         )
     version_dir = os.path.join(root, str(version))
     if not os.path.isfile(os.path.join(version_dir, "saved_model.pb")):
@@ -172,7 +170,7 @@ class Pretrained:
         size = (report.get("model") or {}).get("image_size")
         if not size:
             raise ValueError(
-                f"patchvae_tf.load: {saved_model!r} has no {_REPORT} naming its image size"
+                f"patchvae_tf.load: {saved_model!r} has no {REPORT} naming its image size"
             )
         outputs = {k: [None, *v.shape[1:]] for k, v in serve(images=_blank(size)).items()}
 

@@ -8,24 +8,8 @@ import json
 import os
 
 from patchvae_tf.errors import UserError
-from patchvae_tf.workdir import EVAL_DIR, write_text_atomic
-
-REPORT = os.path.join(EVAL_DIR, "report.json")
-
-
-def load_report(workdir: str) -> dict:
-    """The evaluation report of a workdir; a UserError says how to make a missing one."""
-    path = os.path.join(workdir, REPORT)
-    if not os.path.isfile(path):
-        raise UserError(
-            f"{workdir!r} has no evaluation report ({path}); run "
-            f"python evaluate.py --workdir={workdir} first"
-        )
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except ValueError as e:
-        raise UserError(f"{path!r} is not a valid report: {e}") from None
+from patchvae_tf.evaluation import results
+from patchvae_tf.workdir import write_text_atomic
 
 
 def model_name(model: dict) -> str:
@@ -81,7 +65,7 @@ def compare(workdirs: tuple[str, ...]) -> dict:
         raise UserError("--compare needs at least one evaluated workdir")
     rows, floors = [], {}
     for workdir in workdirs:
-        report = load_report(workdir)
+        report = results.load(workdir)
         model = report["config"]["model"]
         rows.append(_row(model_name(model), workdir, report))
         encoder = tuple(model[k] for k in ("encoder", "scale", "base_channels"))
@@ -156,8 +140,8 @@ def markdown(comparison: dict) -> str:
 def write(comparison: dict, out_dir: str) -> str:
     """Writes report.json and report.md into out_dir; returns the markdown's path."""
     write_text_atomic(
-        os.path.join(out_dir, "report.json"), json.dumps(comparison, indent=2, sort_keys=True)
+        os.path.join(out_dir, results.REPORT_JSON), json.dumps(comparison, indent=2, sort_keys=True)
     )
-    path = os.path.join(out_dir, "report.md")
+    path = os.path.join(out_dir, results.REPORT_MD)
     write_text_atomic(path, markdown(comparison) + "\n")
     return path

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from patchvae_tf.config import EvalConfig
 from patchvae_tf.data.shapes import CLASSES as SHAPE_CLASSES
-from patchvae_tf.evaluation import drawing, plan
+from patchvae_tf.evaluation import drawing, plan, results
 from patchvae_tf.evaluation.figures import figures, reconstruction_error
 from patchvae_tf.evaluation.finetune import finetune, step_seconds
 from patchvae_tf.evaluation.parts import ACTIVE_RATE, DETECTED_AUROC, part_discovery
@@ -334,7 +334,7 @@ def evaluate(ecfg: EvalConfig) -> dict:
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
 
     out_dir = os.path.join(ecfg.workdir, EVAL_DIR)
-    _keep_earlier_sections(report, os.path.join(out_dir, "report.json"))
+    _keep_earlier_sections(report, os.path.join(out_dir, results.REPORT_JSON))
     # Everything is written beside the outputs first, so a failure leaves no half a report.
     staging = tempfile.mkdtemp(prefix=".eval-", dir=ecfg.workdir)
     try:
@@ -344,9 +344,9 @@ def evaluate(ecfg: EvalConfig) -> dict:
         report["markdown"] = markdown
         _write_tensorboard(os.path.join(staging, "logs"), report, images, s.step)
         del report["markdown"]
-        with open(os.path.join(staging, "report.md"), "w") as f:
+        with open(os.path.join(staging, results.REPORT_MD), "w") as f:
             f.write(markdown + "\n")
-        with open(os.path.join(staging, "report.json"), "w") as f:
+        with open(os.path.join(staging, results.REPORT_JSON), "w") as f:
             json.dump(report, f, indent=2, sort_keys=True)
         publish(staging, out_dir)
     finally:
@@ -356,7 +356,7 @@ def evaluate(ecfg: EvalConfig) -> dict:
 
 def summary_line(report: dict) -> str:
     """The one line evaluate.py prints: where the report is and its headline numbers."""
-    parts = [f"wrote {os.path.join(report['workdir'], EVAL_DIR, 'report.md')}"]
+    parts = [f"wrote {os.path.join(report['workdir'], EVAL_DIR, results.REPORT_MD)}"]
     if report["linear_probe"]:
         parts.append(
             f"linear probe top-1 {report['linear_probe']['top1']:.3f} "
