@@ -13,7 +13,7 @@ def main(cfg: ExportConfig) -> None:
 
         layout.check_target(cfg.export_dir, cfg.version)
     # TensorFlow: after the flags are good.
-    from export import exporter, litert_export, onnx_export, parity, recognizer_export
+    from export import exporter, litert_export, onnx_export, parity, recognizer_export, report
     from patchvae_tf.recognition import recognizer
 
     # A train_classifier.py workdir exports its recognizer; a train.py one, its encoder.
@@ -24,13 +24,8 @@ def main(cfg: ExportConfig) -> None:
         print(f"error: export check failed, nothing written: {e}", file=sys.stderr)
         sys.exit(1)
     print(stage.summary(cfg, rep))
-    for key, name in (
-        ("int8", "int8"),
-        ("litert_int8", "LiteRT int8"),
-        ("onnx_int8", "ONNX int8"),
-    ):
-        if rep.get(key, {}).get("refused"):
-            print(f"warning: {name} model not written: {rep[key]['refused']}", file=sys.stderr)
+    for warning in report.refusals(rep):
+        print(warning, file=sys.stderr)
 
 
 if __name__ == "__main__":

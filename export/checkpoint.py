@@ -34,13 +34,7 @@ def restore(workdir: str, checkpoint: str = "", **objects) -> str:
     random weights would pass every later check.
     """
     if checkpoint:
-        path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
-        if not path:
-            raise UserError(f"no checkpoint in {checkpoint!r}: train first, or pass --checkpoint")
-        if not tf.io.gfile.exists(path + ".index"):
-            raise UserError(f"checkpoint {path!r} does not exist (no {path}.index)")
-        strict.named(path, workdir or os.path.dirname(os.path.dirname(path)), **objects)
-        return path
+        return strict.named(checkpoint, workdir, **objects)
     where = os.path.join(workdir, CHECKPOINT_DIR)
     path = strict.newest_readable(where, workdir, **objects)
     if not path:

@@ -98,9 +98,7 @@ def export(cfg: ExportConfig) -> dict:
 
     Nothing appears in export_dir unless every check passed.
     """
-    rec = recognizer.restore(cfg.workdir)
-    if cfg.checkpoint:
-        rec.path = checkpoint.restore(cfg.workdir, cfg.checkpoint, **rec.objects())
+    rec = recognizer.restore(cfg.workdir, cfg.checkpoint)
     step = checkpoint.step(rec.path)
     version = layout.new_version(cfg.export_dir, cfg.version, step, rec.path)
     enc = rec.encoder_config
@@ -342,7 +340,7 @@ def summary(cfg: ExportConfig, rep: dict) -> str:
     for key in ("onnx_int8", "litert_int8"):
         if key in rep:
             e = rep[key]
-            state = "written" if e["written"] else f"not written: {e['refused']}"
+            state = "written" if e["written"] else "not written"  # why: report.refusals
             lines.append(
                 f"  {key}: top-1 agreement with float32 "
                 f"{e['top1_agreement_with_float32']:.3f}, {state}"

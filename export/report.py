@@ -37,6 +37,19 @@ def header(cfg, stage: layout.Staging, checkpoint: str, step: int) -> dict:
     }
 
 
+# The int8 models a gate may refuse, by report key, as the warnings name them.
+_INT8_MODELS = {"int8": "int8", "litert_int8": "LiteRT int8", "onnx_int8": "ONNX int8"}
+
+
+def refusals(rep: dict) -> list[str]:
+    """One warning line per int8 model its gate refused (the float32 models were written)."""
+    return [
+        f"warning: {name} model not written: {rep[key]['refused']}"
+        for key, name in _INT8_MODELS.items()
+        if rep.get(key, {}).get("refused")
+    ]
+
+
 def merge(*parts: dict) -> dict:
     """One report from the parts the export's steps return. A key two parts both give must
     hold a dict in each (parity, files, ...), with no name in common: nothing is overwritten.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 
 import keras
 import tensorflow as tf
@@ -127,8 +128,17 @@ def newest_readable(checkpoint_dir: str, workdir: str, **objects) -> str | None:
     return None
 
 
-def named(path: str, workdir: str, **objects) -> None:
-    """Restores the checkpoint the user named (no fallback): one UserError if unreadable."""
+def named(checkpoint: str, workdir: str, **objects) -> str:
+    """Restores the checkpoint the user named (--checkpoint: a prefix, or a directory's
+    latest) with no fallback, and returns its path; one UserError if absent or unreadable.
+    ``workdir`` (named in errors) defaults to the one holding the checkpoint's directory.
+    """
+    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
+    if not path:
+        raise UserError(f"no checkpoint in {checkpoint!r}: train first, or pass --checkpoint")
+    if not tf.io.gfile.exists(path + ".index"):
+        raise UserError(f"checkpoint {path!r} does not exist (no {path}.index)")
+    workdir = workdir or os.path.dirname(os.path.dirname(path))
     try:
         restore(path, workdir, **objects)
     except UserError:
@@ -136,3 +146,4 @@ def named(path: str, workdir: str, **objects) -> None:
     except Exception as e:  # noqa: BLE001
         reason = " ".join(str(e).split())[:200]
         raise UserError(f"checkpoint {path!r} is unreadable ({reason})") from None
+    return path

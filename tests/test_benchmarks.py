@@ -270,3 +270,38 @@ def test_markdown_table_has_a_rule_and_one_line_per_row():
     lines = table(["a", "b"], [[1, None], ["x", sci(1.234e-9)]])
     assert lines == ["| a | b |", "| --- | --- |", "| 1 |  |", "| x | 1.23e-09 |"]
     assert sci(None) == "" and sci(2.6e-3, 0) == "3e-03"
+
+
+@pytest.mark.slow
+def test_recognition_benchmark_rows_and_table(trained, shapes_folder, tmp_path):
+    """python -m benchmarks.recognition's run on the session model: one row per encoder and
+    input, the mean and spread of each K's draws, and the table that shows them.
+    """
+    from benchmarks import recognition
+
+    cfg, _ = trained
+    bench = recognition.RecognitionBenchConfig(
+        patchvae=cfg.train.workdir,
+        dataset=f"folder:{shapes_folder}",
+        labels_per_class=(2, 0),
+        draws=2,
+        epochs=3,
+        out=str(tmp_path / "r.json"),
+    )
+    r = recognition.run(bench)
+    rows = {(row["row"], row["labels_per_class"]): row for row in r["rows"]}
+    assert sorted({name for name, _ in rows}) == [
+        "PatchVAE features",
+        "PatchVAE part codes",
+        "random-init features",
+        "random-init part codes",
+    ]
+    two = rows["PatchVAE features", 2]
+    assert len(two["top1"]) == 2 and two["train_examples"] == 6
+    assert two["mean"] == pytest.approx(np.mean(two["top1"]))
+    assert two["std"] == pytest.approx(np.std(two["top1"], ddof=1))
+    every = rows["PatchVAE part codes", 0]
+    assert len(every["top1"]) == 1 and every["train_examples"] == 300
+    table = recognition.markdown(r)
+    assert f"| PatchVAE features | {two['mean']:.3f} ± {two['std']:.3f} |" in table
+    assert "every label" in table and "majority label top-1 0.333" in table

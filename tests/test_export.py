@@ -201,16 +201,6 @@ def test_failed_check_leaves_no_directory(trained, tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "out") == []
 
 
-def test_report_parts_merge_without_overwriting():
-    from export import report
-
-    merged = report.merge({"step": 3, "parity": {"a": 1.0}}, {"parity": {"b": 2.0}, "files": {}})
-    assert merged == {"step": 3, "parity": {"a": 1.0, "b": 2.0}, "files": {}}
-    for clash in ({"step": 4}, {"parity": {"a": 0.0}}, {"parity": 1.0}):
-        with pytest.raises(ValueError, match="two parts of the report give"):
-            report.merge(merged, clash)
-
-
 def test_checkpoint_without_the_encoder_is_refused(trained, tmp_path):
     import tensorflow as tf
 
@@ -300,8 +290,12 @@ def test_export_config_validation(change, message):
 
 
 @pytest.mark.parametrize("force", [False, True])
-def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_path, force):
-    from export import exporter
+def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(
+    trained, tmp_path, force, monkeypatch, capsys
+):
+    import importlib
+
+    from export import exporter, report
 
     cfg, _ = trained
     # No int8 model reaches a cosine of exactly 1: the bound refuses it.
@@ -331,7 +325,6 @@ def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_pa
         assert not int8["written"] and not int8_path.exists()
         assert reason in int8["refused"] and "--force_int8" in int8["refused"]
         assert on_disk["refused"] == int8["refused"]
-        assert "int8 model not written: int8 features' mean cosine" in exporter.summary(ecfg, rep)
     assert ("onnx/encoder.int8.onnx" in rep["sha256"]) == force
     # The LiteRT int8 model, from the same calibration images, passes the same gate.
     lite = rep["litert_int8"]
@@ -341,6 +334,17 @@ def test_int8_gate_refuses_a_model_below_the_bound_unless_forced(trained, tmp_pa
     assert (tmp_path / "e" / "litert" / "encoder.tflite").is_file()
     assert lite["written"] == force == lite_path.is_file()
     assert f"mean cosine to float32 is {lite_cosine:.4f}" in lite["forced" if force else "refused"]
+    # python -m export's stderr: one warning per refused model, not repeated in the summary.
+    refused = [] if force else [("int8", int8["refused"]), ("LiteRT int8", lite["refused"])]
+    assert report.refusals(rep) == [f"warning: {n} model not written: {r}" for n, r in refused]
+    summary = exporter.summary(ecfg, rep)
+    assert "int8 vs float32" in summary and all(r not in summary for _, r in refused)
+    # What python -m export prints of this report: the summary, then the warnings, once each.
+    monkeypatch.setattr(exporter, "export", lambda _: rep)
+    capsys.readouterr()
+    importlib.import_module("export.__main__").main(ecfg)
+    out, err = capsys.readouterr()
+    assert out == summary + "\n" and err.splitlines() == report.refusals(rep)
     assert ("litert/encoder.int8.tflite" in rep["sha256"]) == force
 
 

@@ -58,22 +58,6 @@ def test_readers_fall_back_to_an_older_readable_checkpoint(trained, tmp_path, ca
         patchvae_tf.load(str(workdir))
 
 
-def test_load_works_on_every_directory_docs_api_md_names(trained, exported):
-    import numpy as np
-
-    import patchvae_tf
-
-    cfg, _ = trained
-    ecfg, rep = exported
-    version_dir = os.path.join(ecfg.export_dir, "saved_model", str(rep["version"]))
-    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    want = patchvae_tf.load(cfg.train.workdir).encode(images)["features"]
-    for path in (ecfg.export_dir, version_dir):
-        model = patchvae_tf.load(path)
-        assert model.image_size == 32 and model.step == rep["step"], path
-        np.testing.assert_allclose(model.encode(images)["features"], want, atol=1e-4)
-
-
 def test_an_edited_config_json_is_noticed(trained, tmp_path):
     import patchvae_tf
     from patchvae_tf.config import load_config

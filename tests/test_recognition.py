@@ -265,41 +265,6 @@ def test_classify_needs_a_recognizer(trained):
         patchvae_tf.load(cfg.train.workdir).classify(np.zeros([1, 32, 32, 3], np.uint8))
 
 
-@pytest.mark.slow
-def test_recognition_benchmark_rows_and_table(trained, shapes_folder, tmp_path):
-    """python -m benchmarks.recognition's run on the session model: one row per encoder and
-    input, the mean and spread of each K's draws, and the table that shows them.
-    """
-    from benchmarks import recognition
-
-    cfg, _ = trained
-    bench = recognition.RecognitionBenchConfig(
-        patchvae=cfg.train.workdir,
-        dataset=f"folder:{shapes_folder}",
-        labels_per_class=(2, 0),
-        draws=2,
-        epochs=3,
-        out=str(tmp_path / "r.json"),
-    )
-    r = recognition.run(bench)
-    rows = {(row["row"], row["labels_per_class"]): row for row in r["rows"]}
-    assert sorted({name for name, _ in rows}) == [
-        "PatchVAE features",
-        "PatchVAE part codes",
-        "random-init features",
-        "random-init part codes",
-    ]
-    two = rows["PatchVAE features", 2]
-    assert len(two["top1"]) == 2 and two["train_examples"] == 6
-    assert two["mean"] == pytest.approx(np.mean(two["top1"]))
-    assert two["std"] == pytest.approx(np.std(two["top1"], ddof=1))
-    every = rows["PatchVAE part codes", 0]
-    assert len(every["top1"]) == 1 and every["train_examples"] == 300
-    table = recognition.markdown(r)
-    assert f"| PatchVAE features | {two['mean']:.3f} ± {two['std']:.3f} |" in table
-    assert "every label" in table and "majority label top-1 0.333" in table
-
-
 def test_class_names_come_from_folders_and_tfds(shapes_folder, tiny_tfds):
     from patchvae_tf import data
     from patchvae_tf.config import DataConfig

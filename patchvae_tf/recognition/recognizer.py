@@ -125,8 +125,9 @@ def build(rcfg: RecognizerConfig, cfg: Config, num_classes: int) -> Classifier:
     )
 
 
-def restore(workdir: str) -> Recognizer:
-    """The recognizer of workdir from its best checkpoint (with a validation share) or its
+def restore(workdir: str, checkpoint: str = "") -> Recognizer:
+    """The recognizer of workdir from ``checkpoint`` (a prefix or a directory's latest, as
+    --checkpoint names it), by default its best checkpoint (with a validation share) or its
     latest; every variable must be matched (restore.CheckpointMismatch otherwise).
     """
     saved = read_config(workdir)
@@ -137,16 +138,16 @@ def restore(workdir: str) -> Recognizer:
     )
     checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
     best = os.path.join(checkpoints, BEST_DIR)
-    path = (tf.train.latest_checkpoint(best) if os.path.isdir(best) else None) or (
-        tf.train.latest_checkpoint(checkpoints) if os.path.isdir(checkpoints) else None
+    checkpoint = checkpoint or (
+        (tf.train.latest_checkpoint(best) if os.path.isdir(best) else None)
+        or (tf.train.latest_checkpoint(checkpoints) if os.path.isdir(checkpoints) else None)
     )
-    if not path:
+    if not checkpoint:
         raise UserError(
             f"recognizer workdir {workdir!r} has no checkpoint; train it first "
             f"(python train_classifier.py --workdir={workdir} ...)"
         )
-    strict.restore(path, workdir, **rec.objects())
-    rec.path = path
+    rec.path = strict.named(checkpoint, workdir, **rec.objects())
     return rec
 
 
