@@ -8,7 +8,7 @@ categorical, hard and categorical-hard variants, the default run's pyramid encod
 the ImageNet architecture at a smaller image size), its initial weights are copied into the
 authors' model (built by their model.py) module by module, and both take --steps Adam steps
 on one batch in lockstep. Each step's noise comes from the seed our training step uses
-(training/loop.py's step_seed): our side samples from it with the samplers train.py runs,
+(training/step.py's step_seed): our side samples from it with the samplers train.py runs,
 and the same uniform and normal draws are given to their torch.rand and torch.randn_like
 inside their own rsample. After every step every tensor is compared: the forward pass (the
 encoder's output and heads at the first and last step), the loss terms, every gradient, and
@@ -45,7 +45,8 @@ import sys
 import tempfile
 
 from benchmarks.markdown import sci, table
-from parity.steps import compare_classifier, compare_model
+from parity.classifier import compare_classifier
+from parity.steps import compare_model
 from parity.tensors import (
     GROWTH_MARGIN,
     SPREAD_MARGIN,

@@ -10,26 +10,23 @@ import numpy as np
 
 from parity.tensors import (
     GROWTH_MARGIN,
-    SGD,
     TOLERANCES,
     TOLERANCES64,
-    _flat,
     _leaves,
     difference,
     mapping,
     row,
     to_torch,
-    variant_config,
 )
 
 # --- the PatchVAE / VAE training step --------------------------------------------------------
 
 
-def _nchw(x):
+def nchw(x):
     return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
 
 
-def _np_dtype(pcfg):
+def np_dtype(pcfg):
     return np.float64 if pcfg.dtype == "float64" else np.float32
 
 
@@ -76,7 +73,7 @@ def their_noise(cfg, seed, batch: int, dtype) -> dict:
         [1, batch, m.num_parts, m.appearance_dim], app_seed, dtype=tf_dtype
     )
     # Theirs: [B, N, h, w] per part, or [B, h*w, N] flattened for categorical.
-    uniform = u.reshape(batch, grid * grid, m.num_parts) if m.categorical else _nchw(u)
+    uniform = u.reshape(batch, grid * grid, m.num_parts) if m.categorical else nchw(u)
     return {"uniform": uniform, "normal": e[0].numpy().reshape(batch, code)}
 
 
@@ -104,17 +101,17 @@ def _ours_extras(model, x, training: bool) -> dict:
         }
     for v, value in zip(model.non_trainable_variables, saved, strict=True):
         v.assign(value)
-    return {f"fwd/{k}": _nchw(tf.convert_to_tensor(t).numpy()) for k, t in out.items()}
+    return {f"fwd/{k}": nchw(tf.convert_to_tensor(t).numpy()) for k, t in out.items()}
 
 
 def _ours_outputs(outputs, batch: int) -> dict:
     out = {
-        "fwd/x_hat": _nchw(outputs["decoded"].numpy()),
+        "fwd/x_hat": nchw(outputs["decoded"].numpy()),
         "fwd/mu_app": outputs["appearance_mean"].numpy().reshape(batch, -1),
         "fwd/var_app": outputs["appearance_var"].numpy().reshape(batch, -1),
     }
     if "occurrence" in outputs:
-        out["fwd/q_occ"] = _nchw(outputs["occurrence"].numpy())
+        out["fwd/q_occ"] = nchw(outputs["occurrence"].numpy())
     return out
 
 
@@ -132,13 +129,13 @@ _TERMS["vae"] = {"loss": "loss", "distortion": "recon", "rate_app": "kld"}
 _ORDER = ("fwd", "term", "grad", "state", "adam_m", "adam_v")
 
 
-def _tolerance(pcfg, group: str, step: int) -> float:
+def tolerance_for(pcfg, group: str, step: int) -> float:
     table = TOLERANCES64 if pcfg.dtype == "float64" else TOLERANCES
     first = step == 1 and (group in ("forward", "loss") or pcfg.dtype == "float32")
     return table["first" if first else "later"]
 
 
-def _group(key: str, names: dict) -> str:
+def tensor_group(key: str, names: dict) -> str:
     kind, name = key.split("/", 1)
     if kind == "fwd":
         return "forward"
@@ -160,11 +157,10 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
     import tensorflow as tf
 
     from patchvae_tf.model import normalization
-    from patchvae_tf.training import precision
-    from patchvae_tf.training import step as loop
+    from patchvae_tf.training import precision, step
 
     label = label or name
-    dtype = _np_dtype(pcfg)
+    dtype = np_dtype(pcfg)
     float64 = pcfg.dtype == "float64"
     keras.utils.set_random_seed(pcfg.seed)
     model = precision.build_model_in_policy(cfg.model, "float64" if float64 else "none")
@@ -178,7 +174,7 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
     normalized = normalization.normalize(x, m.normalization).numpy()
     weights = {f"w/{k}": to_torch(v.numpy()) for k, v in names.items()}
     in_path = os.path.join(tmp, f"{label.replace('/', '_')}_in.npz")
-    np.savez(in_path, x=_nchw(normalized), **weights)
+    np.savez(in_path, x=nchw(normalized), **weights)
     # Keras adds epsilon to sqrt(v) before the bias correction: the same update as PyTorch's
     # with epsilon / sqrt(1 - beta_2^t), which their side is given step by step.
     eps = cfg.train.adam_epsilon
@@ -208,9 +204,9 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
     for key, extra in sessions.items():
         ref.request({**start, "key": f"{label}:{key}", **extra})
     with precision.policy_scope("float64" if float64 else "none"):
-        optimizer = loop.make_optimizer(cfg)  # its learning rate in float64 too
+        optimizer = step.make_optimizer(cfg)  # its learning rate in float64 too
     variables = model.trainable_variables
-    forward_backward = loop.loss_and_gradients(model, optimizer, batch)
+    forward_backward = step.loss_and_gradients(model, optimizer, batch)
 
     @tf.function
     def train_step(x, tau, seed):
@@ -244,12 +240,12 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
             raise ValueError(f"{label} step {t}: tensors on one side only: {missing[:8]}")
         # In the order the step computes them, so the first row outside is the cause.
         for key in sorted(ours, key=lambda k: (_ORDER.index(k.split("/", 1)[0]), k)):
-            group = group_of or _group(key, names)
+            group = group_of or tensor_group(key, names)
             tensor = key.split("/", 1)[1]
             prefix = key.split("/", 1)[0]
             shown = tensor if prefix in ("fwd", "term", "grad", "state") else f"{prefix}:{tensor}"
             extra = {"our_name": names[tensor].path} if tensor in names else {}
-            tol = _tolerance(pcfg, group, t)
+            tol = tolerance_for(pcfg, group, t)
             if "exact" in got:
                 exact = got["exact"][key]
                 extra["ours_vs_float64"] = difference(ours[key], exact)[2]
@@ -264,7 +260,7 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
             rows.append(row(label, group, shown, ours[key], theirs[key], tol, step=t, **extra))
 
     def our_noise(t):
-        seed = loop.step_seed(cfg, 0, t)
+        seed = step.step_seed(cfg, 0, t)
         path = os.path.join(tmp, f"{label.replace('/', '_')}_noise.npz")
         np.savez(path, **their_noise(cfg, seed, batch, dtype))
         return seed, path
@@ -276,7 +272,7 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
         if not ours:  # their hooks record the heads every step; compared where ours are
             for key in got:
                 got[key] = {k: a for k, a in got[key].items() if not _is_extra(k)}
-        grads, terms, outputs = train_step(x, loop.step_temperature(cfg, t), seed)
+        grads, terms, outputs = train_step(x, step.step_temperature(cfg, t), seed)
         ours |= _ours_outputs(outputs, batch)
         ours |= {f"term/{k}": float(terms[k]) for k in terms_map}
         ours |= {
@@ -292,7 +288,7 @@ def compare_model(name: str, cfg, ref, pcfg, tmp: str, label: str | None = None)
     # The inference-mode forward pass (BatchNorm's moving statistics), the next step's noise.
     seed, noise_path = our_noise(steps)
     got = theirs_step("infer", steps + 1, noise_path)
-    tau = loop.step_temperature(cfg, steps)
+    tau = step.step_temperature(cfg, steps)
     outputs = model(x, training=False, temperature=tau, seed=seed)
     ours = _ours_extras(model, x, False) | _ours_outputs(outputs, batch)
     compare(steps + 1, ours, got, group_of="inference")
@@ -309,125 +305,3 @@ def _is_extra(key: str) -> bool:
         "fwd/vis_mean_logit",
         "fwd/reduce",
     )
-
-
-# --- the finetuning classifier -----------------------------------------------------------
-
-
-def compare_classifier(ref, pcfg, tmp: str, head: str = "flatten") -> dict:
-    """One SGD step of our --mode=finetune classifier and of classifier.py's, on the CIFAR
-    recipe's encoder with nothing frozen (their --freeze=0), dropout masks shared; head
-    flatten (their SimpleClassifier on the flattened map) or pool (on its grid average, as
-    their --arch=resnet18 classifier), then the inference-mode logits.
-    """
-    import dataclasses
-
-    import keras
-    import tensorflow as tf
-
-    from patchvae_tf.config import EvalConfig
-    from patchvae_tf.evaluation import finetune
-    from patchvae_tf.evaluation.probes import WEIGHT_DECAY
-    from patchvae_tf.model import normalization
-    from patchvae_tf.training import precision
-
-    label = "classifier" if head == "flatten" else "classifier_pool"
-    dtype = _np_dtype(pcfg)
-    float64 = pcfg.dtype == "float64"
-    cfg = variant_config("cifar", pcfg.image_size)
-    m = cfg.model
-    keras.utils.set_random_seed(pcfg.seed)
-    ecfg = dataclasses.replace(
-        EvalConfig(finetune_learning_rate=SGD["lr"], seed=pcfg.seed), classifier_head=head
-    )
-    with precision.policy_scope("float64" if float64 else "none"):
-        model = precision.build_model_in_policy(m, "float64" if float64 else "none")
-        clf = finetune.classifier(model, ecfg, pcfg.num_classes, frozen=0)
-    spec = {
-        "image_size": m.image_size,
-        "num_parts": m.num_parts,
-        "appearance_dim": m.appearance_dim,
-        "scale": m.scale,
-        "base_channels": m.base_channels,
-        "num_classes": pcfg.num_classes,
-        "freeze": 0,
-        "head": head,
-    }
-    modules = ref.request({"cmd": "classifier_layout", "classifier": spec})["modules"]
-    dense = [layer for layer in clf.head.layers if isinstance(layer, keras.layers.Dense)]
-    names = mapping(_flat([model.encoder]) + dense, modules)
-    rng = np.random.default_rng(pcfg.seed)
-    b, size = pcfg.batch_size, m.image_size
-    images = rng.uniform(-1.0, 1.0, (b, size, size, 3)).astype(dtype)
-    labels = rng.integers(0, pcfg.num_classes, b).astype(np.int64)
-    grid = size // m.scale
-    c = model.encoder.channels
-    flat = grid * grid * c if head == "flatten" else c
-    # Our dropout layer's own draw for the step (our flatten order, h, w, c): its seed
-    # generator's state put back, so the step draws the same mask; their side is given it.
-    dropout = clf.head.layers[1]
-    state = dropout.seed_generator.state.numpy()
-    mask = dropout(tf.ones([b, flat], model.compute_dtype), training=True).numpy()
-    dropout.seed_generator.state.assign(state)
-    first = f"{modules[-2]['name']}.weight"
-
-    def layout(k, value):
-        """Their flatten runs over (c, h, w), ours over (h, w, c): the first dense layer's
-        inputs (and the dropout mask) reordered.
-        """
-        value = to_torch(value)
-        if k == first and head == "flatten":
-            value = (
-                value.reshape(-1, grid, grid, c).transpose(0, 3, 1, 2).reshape(value.shape[0], -1)
-            )
-        return value
-
-    their_mask = mask
-    if head == "flatten":
-        their_mask = mask.reshape(b, grid, grid, -1).transpose(0, 3, 1, 2).reshape(b, flat)
-    x = normalization.normalize(tf.constant(images), m.normalization).numpy()
-    weights = {f"w/{k}": layout(k, v.numpy()) for k, v in names.items()}
-    in_path = os.path.join(tmp, f"{label}_in.npz")
-    np.savez(in_path, x=_nchw(x), labels=labels, dropout_mask=their_mask, **weights)
-    got = {}
-    for key, double in (("theirs", float64), ("exact", True))[: 1 if float64 else 2]:
-        out_path = os.path.join(tmp, f"{label}_{key}.npz")
-        request = {"cmd": "classifier_step", "classifier": spec, "inputs": in_path}
-        answer = ref.request({**request, "out": out_path, "double": double, **SGD})
-        got[key] = dict(np.load(out_path)) | {"term/cross_entropy": answer["loss"]}
-    with precision.policy_scope("float64" if float64 else "none"):
-        optimizer = keras.optimizers.SGD(SGD["lr"], momentum=SGD["momentum"])
-    before = [v.numpy() for v in clf.variables]
-    loss, features, logits, grads = clf.step(
-        optimizer, tf.constant(images), tf.constant(labels.astype(np.int32))
-    )
-    by_var = {id(v): k for k, v in names.items()}
-    ours = {
-        "fwd/features": _nchw(features.numpy()),
-        "fwd/logits": logits.numpy(),
-        "term/cross_entropy": float(loss),
-    }
-    # Their p.grad is the loss's gradient (SGD adds weight_decay * w inside its step); ours
-    # is taken of the loss plus the decay term, so the compared gradient is ours - wd * w.
-    ours |= {
-        f"grad/{by_var[id(v)]}": layout(by_var[id(v)], g.numpy() - WEIGHT_DECAY * w)
-        for v, g, w in zip(clf.variables, grads, before, strict=True)
-    }
-    ours |= {f"state/{k}": layout(k, v.numpy()) for k, v in names.items()}
-    ours["infer/logits"] = clf.logits(tf.constant(images), False).numpy()
-    theirs = got["theirs"]
-    if set(theirs) ^ set(ours):
-        raise ValueError(f"{label}: tensors on one side only: {sorted(set(theirs) ^ set(ours))}")
-    rows = []
-    for key in sorted(ours):
-        kind, name = key.split("/", 1)
-        group = "inference" if kind == "infer" else _group(key, names)
-        extra = {"our_name": names[name].path} if name in names else {}
-        if "exact" in got:
-            extra["ours_vs_float64"] = difference(ours[key], got["exact"][key])[2]
-            extra["theirs_vs_float64"] = difference(theirs[key], got["exact"][key])[2]
-        # The inference-mode logits come after the step: step 2, as compare_model's.
-        step = 2 if group == "inference" else 1
-        tol = _tolerance(pcfg, group, step)
-        rows.append(row(label, group, name, ours[key], theirs[key], tol, step=step, **extra))
-    return {"rows": rows}
