@@ -95,13 +95,17 @@ def restore(path: str, workdir: str, **objects) -> None:
     status.expect_partial()
 
 
-def newest_readable(checkpoint_dir: str, workdir: str, **objects) -> str | None:
-    """Restores the newest checkpoint of checkpoint_dir that reads back whole into objects,
-    as training does when it resumes; returns its path (None: the directory holds none).
+def newest_readable(
+    checkpoint_dir: str, workdir: str, *, resuming: bool = False, **objects
+) -> str | None:
+    """Restores the newest checkpoint of checkpoint_dir that reads back whole into objects;
+    returns its path (None: the directory holds none).
 
     An unreadable checkpoint (truncated, deleted or garbage files) is passed over for the one
     before it, with a warning naming it; nothing is deleted. CheckpointMismatch (another
     model) is raised at once; every checkpoint unreadable is one UserError naming them.
+    resuming (training): the state file then names the readable one as the latest, since
+    TF's preemption handler restores that one.
     """
     state = (
         tf.train.get_checkpoint_state(checkpoint_dir) if tf.io.gfile.isdir(checkpoint_dir) else None
@@ -112,18 +116,22 @@ def newest_readable(checkpoint_dir: str, workdir: str, **objects) -> str | None:
         try:
             restore(path, workdir, **objects)
         except CheckpointMismatch:
-            raise
+            raise  # another model's checkpoint: an older one of the same run will not fit either
         except Exception as e:  # noqa: BLE001  UserError, OpError, IndexError...
             reason = " ".join(str(e).split())[:200]
             print(f"warning: checkpoint {path} is unreadable ({reason}); trying an older one")
             failures.append(path)
             continue
-        if failures:
+        if failures and resuming:
+            kept = [p for p in state.all_model_checkpoint_paths if p not in failures]
+            tf.compat.v1.train.update_checkpoint_state(checkpoint_dir, path, kept)
+        elif failures:
             print(f"using checkpoint {path}, the newest readable one")
         return path
     if failures:
+        hint = "; move that directory away to train from scratch" if resuming else ""
         raise UserError(
-            f"no readable checkpoint in {checkpoint_dir!r} (tried {', '.join(failures)})"
+            f"no readable checkpoint in {checkpoint_dir!r} (tried {', '.join(failures)}){hint}"
         )
     return None
 

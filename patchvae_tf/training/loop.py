@@ -131,40 +131,6 @@ def make_iterator(
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
 
-def _restore_readable(checkpoint_dir, parts, position, step, batch_size):
-    """Restores the newest checkpoint that reads back whole; returns its path (None: none).
-
-    A checkpoint whose files were truncated or deleted is passed over for the one before,
-    with a warning, and nothing is deleted.
-    """
-    workdir = os.path.dirname(checkpoint_dir)
-    state = tf.train.get_checkpoint_state(checkpoint_dir)
-    candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
-    failures = []
-    for path in candidates:
-        try:
-            strict.restore(path, workdir, **parts, input_position=position)
-        except strict.CheckpointMismatch:
-            raise  # another model's checkpoint: an older one of the same run will not fit either
-        except Exception as e:  # noqa: BLE001  TF raises OpError, IndexError, ValueError...
-            reason = " ".join(str(e).split())[:200]
-            print(f"warning: checkpoint {path} is unreadable ({reason}); trying an older one")
-            failures.append(path)
-            continue
-        if failures:
-            # The state file names the readable one as the latest (TF's preemption handler
-            # restores that); the unreadable files stay on disk.
-            kept = [p for p in state.all_model_checkpoint_paths if p not in failures]
-            tf.compat.v1.train.update_checkpoint_state(checkpoint_dir, path, kept)
-        return path
-    if failures:
-        raise UserError(
-            f"no readable checkpoint in {checkpoint_dir!r} (tried {', '.join(failures)}); "
-            "move that directory away to train from scratch"
-        )
-    return None
-
-
 def _check_same_step(strategy: tf.distribute.Strategy, step: tf.Variable) -> None:
     """Workers that restored different steps would deadlock at the end: refuse to start."""
     if distribute.task(strategy)[0] is None:
@@ -259,7 +225,9 @@ def _train(cfg: Config, held: contextlib.ExitStack, source, callbacks, strategy)
     parts = dict(model=model, optimizer=precision.inner_optimizer(optimizer), step=step)
     checkpoint = tf.train.Checkpoint(**parts, input_position=position)
     # Every worker restores the chief's latest checkpoint: all start at the same step.
-    latest = _restore_readable(checkpoint_dir, parts, position, step, t.batch_size)
+    latest = strict.newest_readable(
+        checkpoint_dir, t.workdir, resuming=True, **parts, input_position=position
+    )
     _check_same_step(strategy, step)
     distribute.remove_worker_dir(checkpoint_dir, strategy)  # a killed run's leftovers
     manager = tf.train.CheckpointManager(
