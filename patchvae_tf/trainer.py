@@ -10,7 +10,7 @@ import os
 import tensorflow as tf
 
 from patchvae_tf.config import KERAS_MODEL_PREFIX, Config, load_config
-from patchvae_tf.data import pipeline, python_source
+from patchvae_tf.data import folder_source, python_source
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import backbone
 from patchvae_tf.pretrained import Pretrained, load
@@ -56,7 +56,7 @@ def train(
     if isinstance(data, str):
         config = config.replace(data=dataclasses.replace(config.data, dataset=data))
     elif data is not None:
-        limits = pipeline.limits_of(config.data)
+        limits = folder_source.limits_of(config.data)
         source = python_source.python_source(data, config.model.image_size, limits)
         config = config.replace(data=dataclasses.replace(config.data, dataset=source.name))
         _say_how_it_resumes(config, source)

@@ -2,7 +2,8 @@
 where a resumed run's input continues.
 """
 
-from patchvae_tf.data.pipeline import FOLDER_PREFIX, IMAGE_EXTENSIONS, get_source, input_dataset
+from patchvae_tf.data.folder_source import FOLDER_PREFIX, IMAGE_EXTENSIONS
+from patchvae_tf.data.pipeline import get_source, input_dataset
 from patchvae_tf.data.source import Source, decode_image, preprocess_image
 
 __all__ = [

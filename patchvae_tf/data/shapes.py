@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from patchvae_tf.config import TEXTURE_CONTRAST
+from patchvae_tf.config import TEXTURE_CONTRAST, DataConfig
 from patchvae_tf.data import positions
+from patchvae_tf.data.source import Source
 
 CLASSES = ("circle", "triangle", "square")
 # The names of --shapes_label=kinds's labels 0 to 2.
@@ -173,3 +174,34 @@ def shapes_dataset(
         deterministic=True,
     )
     return ds.unbatch()
+
+
+def shapes_source(cfg: DataConfig, image_size: int, seed: int) -> Source:
+    sizes = {"train": cfg.shapes_train_size, "test": cfg.shapes_test_size}
+
+    def reader(split):
+        def read(input_context=None, shuffle_seed=None, start=0):
+            return shapes_dataset(
+                split,
+                sizes[split],
+                image_size,
+                seed,
+                input_context,
+                shuffle_seed,
+                start,
+                texture=cfg.shapes_texture,
+                contrast=cfg.shapes_texture_contrast,
+                label=cfg.shapes_label,
+            )
+
+        return read
+
+    names = CLASSES if cfg.shapes_label == "largest" else KIND_NAMES
+    return Source(
+        "shapes",
+        len(CLASSES),
+        True,
+        {s: reader(s) for s in sizes},
+        sizes,
+        class_names=tuple(names),
+    )
