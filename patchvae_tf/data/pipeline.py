@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import tensorflow as tf
-from absl import logging
 
 from patchvae_tf.config import DataConfig
 from patchvae_tf.data import folder_source, positions, python_source, shapes
-from patchvae_tf.data.source import Source, decode_image, preprocess_image
+from patchvae_tf.data.source import Source
 from patchvae_tf.data.tfds_source import tfds_source
-from patchvae_tf.errors import UserError
-
 
 
 def get_source(cfg: DataConfig, image_size: int, seed: int = 0) -> Source:

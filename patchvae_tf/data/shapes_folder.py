@@ -15,8 +15,8 @@ import argparse
 import os
 import sys
 
-from patchvae_tf.pixels import to_pixels
 from patchvae_tf.config import SHAPES_LABELS, TEXTURE_CONTRAST
+from patchvae_tf.pixels import to_pixels
 
 
 def write_folder(
