@@ -197,15 +197,26 @@ def tf_header_size(blob: tf.Tensor, what: str = "the input") -> tf.Tensor:
         return tf.cond(is_png, png, jpeg)
 
 
-def tf_check_size(height, width, limits: ImageLimits = DEFAULT, what: str = "the input"):
-    """An assert op (InvalidArgument with the one refusal) that height x width fits."""
+def tf_fits(height, width, limits: ImageLimits = DEFAULT) -> tf.Tensor:
+    """A bool tensor: whether a height x width image fits limits."""
     h, w = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
     short, long_ = tf.minimum(h, w), tf.maximum(h, w)
-    fits = tf.logical_and(
+    return tf.logical_and(
         tf.logical_and(short >= 1, h * w <= limits.max_pixels),
         tf.cast(long_, tf.float64) <= limits.max_aspect * tf.cast(short, tf.float64),
     )
-    return tf.debugging.Assert(fits, [tf.strings.format(f"{what}: {limits.template()}", (w, h))])
+
+
+def tf_refusal(height, width, limits: ImageLimits = DEFAULT, what: str = "the input"):
+    """A string tensor: why a height x width image is refused (as ImageLimits.refusal)."""
+    w, h = tf.cast(width, tf.int64), tf.cast(height, tf.int64)
+    return tf.strings.format(f"{what}: {limits.template()}", (w, h))
+
+
+def tf_check_size(height, width, limits: ImageLimits = DEFAULT, what: str = "the input"):
+    """An assert op (InvalidArgument with the one refusal) that height x width fits."""
+    fits = tf_fits(height, width, limits)
+    return tf.debugging.Assert(fits, [tf_refusal(height, width, limits, what)])
 
 
 def tf_decode(blob: tf.Tensor, limits: ImageLimits = DEFAULT, what: str = "the input"):

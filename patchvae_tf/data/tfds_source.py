@@ -11,6 +11,9 @@ from patchvae_tf.data import image_limits, positions
 from patchvae_tf.data.source import Source, preprocess_image, to_rgb
 from patchvae_tf.errors import UserError
 
+# Part of the one line a training run stops with where no image of its TFDS split fits.
+NONE_FIT = "no image of the training split fits"
+
 
 def _prepare_tfds(builder, cfg: DataConfig) -> None:
     """Downloads and prepares a TFDS dataset when --download asks; otherwise says how.
@@ -77,9 +80,8 @@ def tfds_source(cfg: DataConfig, image_size: int) -> Source:
                 decoders={"image": tfds.decode.SkipDecoding()},
             )
             ds = ds.map(_checked_decoder(builder, cfg), num_parallel_calls=tf.data.AUTOTUNE)
-            return ds.ignore_errors(log_warning=True).map(
-                convert, num_parallel_calls=tf.data.AUTOTUNE
-            )
+            ds = ds.ignore_errors(log_warning=True).filter(lambda ex, fits: fits)
+            return ds.map(lambda ex, fits: convert(ex), num_parallel_calls=tf.data.AUTOTUNE)
 
         return read
 
@@ -213,22 +215,42 @@ def _tfds_training_stream(builder, split, cfg, input_context, seed, start) -> tf
     # An image past the size limits is dropped, as a folder's is; the examples after it
     # move up by one, so a resume after a dropped image is off by that many.
     stream = stream.map(_checked_decoder(builder, cfg), num_parallel_calls=tf.data.AUTOTUNE)
-    return stream.ignore_errors(log_warning=True)
+    stream = stream.ignore_errors(log_warning=True)
+    # The stream repeats forever: where no image fits, it would spin without a word.
+    message = (
+        f"TFDS dataset {cfg.dataset!r}: {NONE_FIT} --max_image_pixels={cfg.max_image_pixels} "
+        f"and --max_image_aspect={cfg.max_image_aspect:g} (the {count} images in a row past them)"
+    )
+
+    def guard(run, element):
+        run = tf.where(element[1], tf.constant(0, tf.int64), run + 1)
+        with tf.control_dependencies([tf.debugging.Assert(run < count, [message])]):
+            return tf.identity(run), element
+
+    stream = stream.scan(tf.constant(0, tf.int64), guard)
+    return stream.filter(lambda ex, fits: fits).map(lambda ex, fits: ex)
 
 
 def _checked_decoder(builder, cfg: DataConfig):
-    """A map function: an example whose image is still encoded -> decoded by TFDS, once
-    its JPEG/PNG header fits --max_image_pixels and --max_image_aspect.
+    """A map function: an example whose image is still encoded -> (the example decoded by
+    TFDS, True) once its JPEG/PNG header fits --max_image_pixels and --max_image_aspect, or
+    (the example with an empty image, False) without decoding it, a warning printed.
     """
     image = builder.info.features["image"]
     limits = image_limits.ImageLimits(cfg.max_image_pixels, cfg.max_image_aspect)
+    empty = [0, 0, image.shape[-1] or 3]
 
     def decode(ex):
         ex = dict(ex)
         size = image_limits.tf_header_size(ex["image"], "a TFDS image")
-        check = image_limits.tf_check_size(size[0], size[1], limits, "a TFDS image")
-        with tf.control_dependencies([check]):
-            ex["image"] = image.decode_example(ex["image"])
-        return ex
+        fits = image_limits.tf_fits(size[0], size[1], limits)
+
+        def skip():
+            why = image_limits.tf_refusal(size[0], size[1], limits, "a TFDS image")
+            with tf.control_dependencies([tf.print("warning: skipped", why)]):
+                return tf.zeros(empty, image.dtype)
+
+        ex["image"] = tf.cond(fits, lambda: image.decode_example(ex["image"]), skip)
+        return ex, fits
 
     return decode

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from patchvae_tf import data, pixels
 from patchvae_tf import restore as strict
 from patchvae_tf.config import Config
 from patchvae_tf.config.training import TRAINED_CONFIG
+from patchvae_tf.data import tfds_source
 from patchvae_tf.errors import UserError
 from patchvae_tf.model import models
 from patchvae_tf.training import budget, distribute, precision, summaries
@@ -129,6 +131,17 @@ def make_iterator(
         )
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+
+def _next_step(train_step, iterator):
+    """One step; a TFDS stream none of whose images fits the size limits ends in one line."""
+    try:
+        return train_step(iterator)
+    except tf.errors.InvalidArgumentError as e:
+        found = re.search(rf"TFDS dataset [^\n\]]*{tfds_source.NONE_FIT}[^\n\]]*", e.message)
+        if found:
+            raise UserError(found.group(0).replace("\\'", "'")) from None  # TF escapes quotes
+        raise
 
 
 def _check_same_step(strategy: tf.distribute.Strategy, step: tf.Variable) -> None:
@@ -284,8 +297,9 @@ def _train(cfg: Config, held: contextlib.ExitStack, source, callbacks, strategy)
 
     if chief:
         writer = tf.summary.create_file_writer(os.path.join(t.workdir, LOG_DIR))
-        preview = next(iter(data.input_dataset(source, "test", _NUM_IMAGES, training=False)))
-        preview = preview["image"]
+        # None where no test image fits the size limits: training goes on without previews.
+        preview = next(iter(data.input_dataset(source, "test", _NUM_IMAGES, training=False)), None)
+        preview = None if preview is None else preview["image"]
     else:
         writer = tf.summary.create_noop_writer()
     previous_sigterm = signal.getsignal(signal.SIGTERM)
@@ -300,7 +314,7 @@ def _train(cfg: Config, held: contextlib.ExitStack, source, callbacks, strategy)
     try:
         with writer.as_default():
             while current < t.train_steps:
-                metrics = train_step(iterator)
+                metrics = _next_step(train_step, iterator)
                 current += 1
                 window_steps += 1
                 if current % t.log_every == 0 or current == t.train_steps or first_loss is None:
@@ -319,7 +333,8 @@ def _train(cfg: Config, held: contextlib.ExitStack, source, callbacks, strategy)
                     learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
                     tf.summary.scalar("learning_rate", learning_rate, step=current)
                     tf.summary.scalar("images_per_second", rate, step=current)
-                    if chief and (current % t.log_every == 0 or current == t.train_steps):
+                    logged = current % t.log_every == 0 or current == t.train_steps
+                    if chief and preview is not None and logged:
                         # Sampled at the temperature training has reached, as the authors'
                         # test() samples at theirs.
                         tau = step_temperature(cfg, current)
