@@ -195,7 +195,7 @@ def test_tfds_images_past_the_limit_are_dropped_undecoded(tiny_tfds):
 
 def test_training_stops_in_one_line_where_no_tfds_image_fits(tiny_tfds, tmp_path):
     """The training stream repeats forever: with every image past the limits it would spin
-    without a word. It stops once an epoch's worth of images in a row (37) is dropped.
+    without a word. It stops once two epochs' worth of images in a row (74) are dropped.
     """
     import dataclasses
 
@@ -209,13 +209,16 @@ def test_training_stops_in_one_line_where_no_tfds_image_fits(tiny_tfds, tmp_path
 
     cfg = DataConfig(dataset=TINY_TFDS, data_dir=tiny_tfds, max_image_pixels=63)
     stream = data.input_dataset(data.get_source(cfg, 8), "train", 4, training=True)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="the 37 images in a row past"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="two epochs, 74 images, in a row past"
+    ):
         next(iter(stream))
     run = small_config(tmp_path / "w", batch=4)
     run = run.replace(data=cfg, model=dataclasses.replace(run.model, image_size=8))
     expected = (
         f"TFDS dataset '{TINY_TFDS}': no image of the training split fits "
-        "--max_image_pixels=63 and --max_image_aspect=16 (the 37 images in a row past them)"
+        "--max_image_pixels=63 and --max_image_aspect=16 "
+        "(two epochs, 74 images, in a row past them)"
     )
     with pytest.raises(UserError) as caught:
         train(run)
