@@ -1,4 +1,6 @@
-"""Strict checkpoint restores: every variable of the objects restored must come from the file."""
+"""Strict checkpoint restores (every variable of the objects restored must come from the file),
+and which checkpoint of a directory is the latest.
+"""
 
 from __future__ import annotations
 
@@ -155,3 +157,20 @@ def named(checkpoint: str, workdir: str, **objects) -> str:
         reason = " ".join(str(e).split())[:200]
         raise UserError(f"checkpoint {path!r} is unreadable ({reason})") from None
     return path
+
+
+def discard_latest(checkpoint_dir: str) -> str | None:
+    """Deletes the latest checkpoint; the one before it (returned) becomes the latest."""
+    state = tf.train.get_checkpoint_state(checkpoint_dir)
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    for f in tf.io.gfile.glob(paths[-1] + ".*") if paths else []:
+        tf.io.gfile.remove(f)
+    if len(paths) < 2:
+        if state:
+            tf.io.gfile.remove(os.path.join(checkpoint_dir, "checkpoint"))
+        return None
+    stamps = list(state.all_model_checkpoint_timestamps)[:-1] or None  # for the rotation
+    tf.compat.v1.train.update_checkpoint_state(
+        checkpoint_dir, paths[-2], paths[:-1], all_model_checkpoint_timestamps=stamps
+    )
+    return paths[-2]

@@ -105,6 +105,58 @@ def test_sigterm_saves_at_that_step_exits_42_and_resumes_there(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_after_divergence_leaves_no_non_finite_checkpoint(tmp_path):
+    """The handler saves between the loop's checks: a checkpoint of non-finite weights it
+    wrote is deleted again, and the latest stays the last finite one (here: none).
+    """
+    import signal
+    import time
+
+    workdir = tmp_path / "w"
+    args = [*TINY_FLAGS, f"--workdir={workdir}", "--checkpoint_every=100000"]
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args, "--train_steps=100000", "--learning_rate=1e30"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        end = time.monotonic() + 120
+        while not (workdir / "logs").exists():  # written just before the first step
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < end
+            time.sleep(0.2)
+        time.sleep(5)  # a few hundred steps at lr 1e30: the weights are long past finite
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == training.PREEMPTED_EXIT_CODE, err[-3000:]
+    assert "with non-finite values: that checkpoint was deleted, the latest stays none" in out
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")) is None
+    assert not list((workdir / "checkpoints").glob("ckpt-*"))
+
+
+def test_discard_latest_makes_the_one_before_the_latest(tmp_path):
+    from patchvae_tf import restore
+
+    v = tf.Variable(0.0)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=v), str(tmp_path), max_to_keep=3)
+    for i in (1, 2):
+        v.assign(float(i))
+        manager.save(checkpoint_number=i)
+    assert restore.discard_latest(str(tmp_path)).endswith("ckpt-1")
+    assert not list(tmp_path.glob("ckpt-2*"))
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-1")
+    v.assign(9.0)
+    assert restore.newest_readable(str(tmp_path), str(tmp_path), v=v).endswith("ckpt-1")
+    assert float(v.numpy()) == 1.0
+    assert restore.discard_latest(str(tmp_path)) is None
+    assert tf.train.latest_checkpoint(str(tmp_path)) is None
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("dataset", "devices"), [("shapes", 1), ("folder", 2), ("tfds", 1)])
 def test_sigkilled_run_resumes_to_the_weights_of_an_uninterrupted_one(
     tmp_path, request, dataset, devices

@@ -163,16 +163,24 @@ def _check_same_step(strategy: tf.distribute.Strategy, step: tf.Variable) -> Non
         )
 
 
-def _preemption_handler(strategy, manager, checkpoint_dir: str, step: tf.Variable):
-    """TF's handler: on SIGTERM to any worker, all save at one agreed step, then exit 42."""
+def _preemption_handler(strategy, manager, checkpoint_dir: str, step: tf.Variable, finite):
+    """TF's handler: on SIGTERM to any worker, all save at one agreed step, then exit 42.
+    finite() says whether the loss and the weights are finite: the handler saves between
+    the loop's checks, so a non-finite checkpoint it wrote is deleted again (by the chief).
+    """
 
     def exit_fn():
         distribute.remove_worker_dir(checkpoint_dir, strategy)
-        print(
-            f"preempted: checkpoint saved at step {int(step.numpy())}; "
-            "run the same command to resume",
-            flush=True,
-        )
+        saved = int(step.numpy())
+        if finite():
+            print(f"preempted: checkpoint saved at step {saved}; run the same command to resume")
+        else:
+            kept = strict.discard_latest(checkpoint_dir) if distribute.is_chief(strategy) else ""
+            print(
+                f"preempted at step {saved} with non-finite values: that checkpoint was deleted, "
+                f"the latest stays {kept or 'none'}; lower --learning_rate or the loss weights"
+            )
+        sys.stdout.flush()
         sys.exit(PREEMPTED_EXIT_CODE)
 
     return tf.distribute.experimental.PreemptionCheckpointHandler(
@@ -303,7 +311,13 @@ def _train(cfg: Config, held: contextlib.ExitStack, source, callbacks, strategy)
     else:
         writer = tf.summary.create_noop_writer()
     previous_sigterm = signal.getsignal(signal.SIGTERM)
-    preemption = _preemption_handler(strategy, manager, checkpoint_dir, step)
+    preemption = _preemption_handler(
+        strategy,
+        manager,
+        checkpoint_dir,
+        step,
+        lambda: int(diverged.numpy()) < 0 and bool(weights_finite()),
+    )
     progress = keras.utils.Progbar(t.train_steps, stateful_metrics=["loss", "images/s"])
     hooks = Callbacks(callbacks, model, strategy, {"epochs": 1, "steps": t.train_steps})
     hooks.begin()
