@@ -12,7 +12,7 @@ import uuid
 from patchvae_tf.errors import UserError
 
 # The names patchvae_tf.load() reads as well, defined once in the library.
-from patchvae_tf.export_layout import GROUP_IN_MODEL, REPORT, SAVED_MODEL  # noqa: F401
+from patchvae_tf.export_layout import GROUP_IN_MODEL, REPORT, SAVED_MODEL
 
 ONNX_DIR = "onnx"
 ONNX_FILE = "encoder.onnx"
