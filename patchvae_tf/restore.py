@@ -125,8 +125,14 @@ def newest_readable(
             failures.append(path)
             continue
         if failures and resuming:
-            kept = [p for p in state.all_model_checkpoint_paths if p not in failures]
-            tf.compat.v1.train.update_checkpoint_state(checkpoint_dir, path, kept)
+            paths, stamps = _listed(state)
+            keep = [i for i, p in enumerate(paths) if p not in failures]
+            tf.compat.v1.train.update_checkpoint_state(
+                checkpoint_dir,
+                path,
+                [paths[i] for i in keep],
+                all_model_checkpoint_timestamps=[stamps[i] for i in keep] if stamps else None,
+            )
         elif failures:
             print(f"using checkpoint {path}, the newest readable one")
         return path
@@ -162,15 +168,25 @@ def named(checkpoint: str, workdir: str, **objects) -> str:
 def discard_latest(checkpoint_dir: str) -> str | None:
     """Deletes the latest checkpoint; the one before it (returned) becomes the latest."""
     state = tf.train.get_checkpoint_state(checkpoint_dir)
-    paths = list(state.all_model_checkpoint_paths) if state else []
+    paths, stamps = _listed(state) if state else ([], [])
     for f in tf.io.gfile.glob(paths[-1] + ".*") if paths else []:
         tf.io.gfile.remove(f)
     if len(paths) < 2:
         if state:
             tf.io.gfile.remove(os.path.join(checkpoint_dir, "checkpoint"))
         return None
-    stamps = list(state.all_model_checkpoint_timestamps)[:-1] or None  # for the rotation
     tf.compat.v1.train.update_checkpoint_state(
-        checkpoint_dir, paths[-2], paths[:-1], all_model_checkpoint_timestamps=stamps
+        checkpoint_dir, paths[-2], paths[:-1], all_model_checkpoint_timestamps=stamps[:-1] or None
     )
     return paths[-2]
+
+
+def _listed(state) -> tuple[list, list]:
+    """The checkpoints a state file lists and their timestamps ([] where it has none): a
+    CheckpointManager keeps in its rotation only the checkpoints listed with a timestamp.
+    """
+    paths, stamps = (
+        list(state.all_model_checkpoint_paths),
+        list(state.all_model_checkpoint_timestamps),
+    )
+    return paths, stamps if len(stamps) == len(paths) else []

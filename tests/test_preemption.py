@@ -152,6 +152,9 @@ def test_discard_latest_makes_the_one_before_the_latest(tmp_path):
     v.assign(9.0)
     assert restore.newest_readable(str(tmp_path), str(tmp_path), v=v).endswith("ckpt-1")
     assert float(v.numpy()) == 1.0
+    # The state file keeps ckpt-1's timestamp: a resumed run's manager still rotates it out.
+    again = tf.train.CheckpointManager(tf.train.Checkpoint(v=v), str(tmp_path), max_to_keep=3)
+    assert [os.path.basename(p) for p in again.checkpoints] == ["ckpt-1"]
     assert restore.discard_latest(str(tmp_path)) is None
     assert tf.train.latest_checkpoint(str(tmp_path)) is None
 
