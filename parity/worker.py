@@ -287,20 +287,19 @@ class ParityWorker(reference_worker.Worker):
 
         self.torch.manual_seed(0)
         size = c["image_size"]
+        model = {
+            "device": "cpu",
+            "encoder_arch": "resnet",
+            "decoder_arch": "pyramid",
+            "hidden_size": c["appearance_dim"],
+            "num_parts": c["num_parts"],
+            "base_depth": c["base_channels"],
+            "scale": c["scale"],
+        }
         if c.get("head") == "pool":
             # Their --arch=resnet18 classifier: the encoder's features averaged over the grid
             # (an AdaptiveAvgPool2d appended to features), then the same SimpleClassifier.
-            vae, _ = commons.load_vae_model(
-                (3, size, size),
-                "patchy",
-                device="cpu",
-                encoder_arch="resnet",
-                decoder_arch="pyramid",
-                hidden_size=c["appearance_dim"],
-                num_parts=c["num_parts"],
-                base_depth=c["base_channels"],
-                scale=c["scale"],
-            )
+            vae, _ = commons.load_vae_model((3, size, size), "patchy", **model)
             vae.features.add_module("avgpool", self.torch.nn.AdaptiveAvgPool2d(1))
             channels = 16 * c["scale"]
             clf = commons.SimpleClassifier(vae.features, channels, c["num_classes"])
@@ -312,13 +311,7 @@ class ParityWorker(reference_worker.Worker):
             pretrained=None,
             freeze=c["freeze"],
             input_size=(3, size, size),
-            encoder_arch="resnet",
-            decoder_arch="pyramid",
-            hidden_size=c["appearance_dim"],
-            num_parts=c["num_parts"],
-            base_depth=c["base_channels"],
-            scale=c["scale"],
-            device="cpu",
+            **model,
         )
 
     def classifier_layout(self, r):
