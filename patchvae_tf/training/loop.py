@@ -282,13 +282,17 @@ def _train(cfg: Config, held: contextlib.ExitStack, source, callbacks, strategy)
         lambda: tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in model.variables])
     )
 
+    def finite() -> bool:
+        """Whether every loss so far and every weight now is finite."""
+        return int(diverged.numpy()) < 0 and bool(weights_finite())
+
     def stop_if_diverged(metrics) -> None:
         """Raises UserError (one line) once a loss or a weight is not finite: checked at
         every logged step and before every checkpoint, so none holds a non-finite value.
         """
-        bad = int(diverged.numpy())
-        if bad < 0 and bool(weights_finite()):
+        if finite():
             return
+        bad = int(diverged.numpy())
         terms = ", ".join(
             f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()) if k != "temperature"
         )
@@ -311,13 +315,7 @@ def _train(cfg: Config, held: contextlib.ExitStack, source, callbacks, strategy)
     else:
         writer = tf.summary.create_noop_writer()
     previous_sigterm = signal.getsignal(signal.SIGTERM)
-    preemption = _preemption_handler(
-        strategy,
-        manager,
-        checkpoint_dir,
-        step,
-        lambda: int(diverged.numpy()) < 0 and bool(weights_finite()),
-    )
+    preemption = _preemption_handler(strategy, manager, checkpoint_dir, step, finite)
     progress = keras.utils.Progbar(t.train_steps, stateful_metrics=["loss", "images/s"])
     hooks = Callbacks(callbacks, model, strategy, {"epochs": 1, "steps": t.train_steps})
     hooks.begin()
